@@ -1,0 +1,45 @@
+// Command tandem-orchestrator accepts jobs over gRPC, keeps them in NATS
+// JetStream queues and runs them on the compute service. Run with --help for
+// flags; every flag is also a TANDEM_ORCH_* environment variable.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/tandem/tandem/orchestrator-go/internal/config"
+	"github.com/tandem/tandem/orchestrator-go/internal/orchestrator"
+)
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	cfg, err := config.Parse(os.Args[1:], os.Getenv, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tandem-orchestrator:", err)
+		return 2
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	slog.SetDefault(log)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	orc, err := orchestrator.Start(ctx, orchestrator.Options{Config: cfg, Logger: log})
+	if err != nil {
+		log.Error("start failed", "err", err)
+		return 1
+	}
+	<-ctx.Done()
+	stop()
+	orc.Shutdown(cfg.DrainTimeout)
+	return 0
+}

@@ -1,0 +1,274 @@
+// Package compute is the orchestrator's client of tandem.v1.ComputeService: one
+// gRPC connection and one circuit breaker per endpoint, round-robin over the
+// endpoints whose breaker is closed, a cached ListOps, and request validation.
+package compute
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
+	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
+)
+
+// ErrUnreachable marks a call that never reached a compute server (transport
+// failure or every breaker open). Jobs failing this way keep their attempt.
+var ErrUnreachable = errors.New("compute unreachable")
+
+// IsUnreachable reports whether err is (or wraps) ErrUnreachable.
+func IsUnreachable(err error) bool { return errors.Is(err, ErrUnreachable) }
+
+// Options configure a Client.
+type Options struct {
+	Endpoints       []string
+	MaxMessageBytes int
+	// BreakerOpenFor is how long a breaker stays open before a ListOps probe (default 2s).
+	BreakerOpenFor time.Duration
+	// BreakerFailures is how many consecutive transport failures open a breaker (default 3).
+	BreakerFailures uint32
+	Logger          *slog.Logger
+	// OnBreakerChange is called with the endpoint and its new state.
+	OnBreakerChange func(endpoint string, state gobreaker.State)
+}
+
+type endpoint struct {
+	addr string
+	conn *grpc.ClientConn
+	cli  tandemv1.ComputeServiceClient
+	cb   *gobreaker.CircuitBreaker[any]
+}
+
+// Client calls the compute service.
+type Client struct {
+	eps  []*endpoint
+	next atomic.Uint64
+	log  *slog.Logger
+
+	opsMu      sync.Mutex
+	ops        *tandemv1.ListOpsResponse
+	opsAt      time.Time
+	opsTriedAt time.Time
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// New dials (lazily) every endpoint and starts the breaker probes.
+func New(o Options) (*Client, error) {
+	if o.BreakerOpenFor <= 0 {
+		o.BreakerOpenFor = 2 * time.Second
+	}
+	if o.BreakerFailures == 0 {
+		o.BreakerFailures = 3
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	c := &Client{log: o.Logger, stop: make(chan struct{})}
+	for _, addr := range o.Endpoints {
+		opts := []grpc.DialOption{
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(o.MaxMessageBytes), grpc.MaxCallSendMsgSize(o.MaxMessageBytes)),
+		}
+		if strings.HasPrefix(addr, "dns:") {
+			opts = append(opts, grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`))
+		}
+		conn, err := grpc.NewClient(addr, opts...)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("compute endpoint %q: %w", addr, err)
+		}
+		ep := &endpoint{addr: addr, conn: conn, cli: tandemv1.NewComputeServiceClient(conn)}
+		failures := o.BreakerFailures
+		ep.cb = gobreaker.NewCircuitBreaker[any](gobreaker.Settings{
+			Name:        addr,
+			MaxRequests: 1,
+			Timeout:     o.BreakerOpenFor,
+			ReadyToTrip: func(cn gobreaker.Counts) bool { return cn.ConsecutiveFailures >= failures },
+			// Only transport failures count: an error the server answered with
+			// (ErrorInfo attached) means compute is up.
+			IsSuccessful: func(err error) bool { return err == nil || !transportFailure(err) },
+			OnStateChange: func(name string, from, to gobreaker.State) {
+				c.log.Warn("compute circuit breaker", "endpoint", name, "from", from.String(), "to", to.String())
+				if o.OnBreakerChange != nil {
+					o.OnBreakerChange(name, to)
+				}
+			},
+		})
+		c.eps = append(c.eps, ep)
+	}
+	c.wg.Add(1)
+	go c.probe()
+	return c, nil
+}
+
+// transportFailure reports whether err means the server was not reached.
+func transportFailure(err error) bool {
+	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+		return true
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return false
+	}
+	return st.Code() == codes.Unavailable && !apierr.HasErrorInfo(err)
+}
+
+// probe calls ListOps on every endpoint whose breaker is half-open, so a
+// recovered endpoint closes its breaker without a job being spent on it.
+func (c *Client) probe() {
+	defer c.wg.Done()
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	lastHealthy := time.Time{}
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+		// Closed endpoints are probed every 2s too, so a compute that went
+		// away while no job was running is noticed (health, pools) and the
+		// ListOps cache stays fresh.
+		probeClosed := time.Since(lastHealthy) >= 2*time.Second
+		if probeClosed {
+			lastHealthy = time.Now()
+		}
+		for _, ep := range c.eps {
+			st := ep.cb.State()
+			if st == gobreaker.StateOpen || st == gobreaker.StateClosed && !probeClosed {
+				continue
+			}
+			_, _ = ep.cb.Execute(func() (any, error) {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				defer cancel()
+				r, err := ep.cli.ListOps(ctx, &tandemv1.ListOpsRequest{})
+				if err == nil {
+					c.storeOps(r)
+				}
+				return r, err
+			})
+		}
+	}
+}
+
+// Ready reports whether some endpoint's breaker is closed: the pools pull only then.
+func (c *Client) Ready() bool {
+	for _, ep := range c.eps {
+		if ep.cb.State() == gobreaker.StateClosed {
+			return true
+		}
+	}
+	return false
+}
+
+// BreakerStates reports each endpoint's breaker state.
+func (c *Client) BreakerStates() map[string]gobreaker.State {
+	m := make(map[string]gobreaker.State, len(c.eps))
+	for _, ep := range c.eps {
+		m[ep.addr] = ep.cb.State()
+	}
+	return m
+}
+
+func (c *Client) pick() *endpoint {
+	n := uint64(len(c.eps))
+	start := c.next.Add(1)
+	for i := range n {
+		ep := c.eps[(start+i)%n]
+		if ep.cb.State() == gobreaker.StateClosed {
+			return ep
+		}
+	}
+	return nil
+}
+
+// Transform runs one pipeline. Errors are *apierr.Error; transport failures
+// also wrap ErrUnreachable.
+func (c *Client) Transform(ctx context.Context, req *tandemv1.TransformRequest) (*tandemv1.TransformResponse, error) {
+	ep := c.pick()
+	if ep == nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnreachable, apierr.ComputeUnavailable("every compute endpoint's circuit breaker is open"))
+	}
+	r, err := ep.cb.Execute(func() (any, error) { return ep.cli.Transform(ctx, req) })
+	if err != nil {
+		code := status.Code(err)
+		if !apierr.HasErrorInfo(err) && (code == codes.Canceled || code == codes.DeadlineExceeded) {
+			// A server may answer CANCELLED when the deadline it was sent
+			// expires (tonic does), a hair before the client notices.
+			dl, hasDL := ctx.Deadline()
+			if code == codes.DeadlineExceeded || errors.Is(ctx.Err(), context.DeadlineExceeded) ||
+				(ctx.Err() == nil && hasDL && time.Until(dl) < 250*time.Millisecond) {
+				return nil, apierr.Timeout("compute call to %s ran past its deadline", ep.addr)
+			}
+			if ctx.Err() != nil {
+				return nil, apierr.Cancelled("compute call cancelled")
+			}
+		}
+		if transportFailure(err) {
+			return nil, fmt.Errorf("%w: %w", ErrUnreachable, apierr.ComputeUnavailable("compute %s: %v", ep.addr, status.Convert(err).Message()))
+		}
+		return nil, apierr.From(err)
+	}
+	return r.(*tandemv1.TransformResponse), nil
+}
+
+func (c *Client) storeOps(r *tandemv1.ListOpsResponse) {
+	c.opsMu.Lock()
+	c.ops, c.opsAt = r, time.Now()
+	c.opsMu.Unlock()
+}
+
+// opsTTL is how long a ListOps answer is trusted.
+const opsTTL = 30 * time.Second
+
+// Ops returns the cached ListOps answer, refreshing it when older than 30s.
+// It returns nil when compute has never answered (validation then checks
+// structure only; compute validates again when the job runs).
+func (c *Client) Ops(ctx context.Context) *tandemv1.ListOpsResponse {
+	c.opsMu.Lock()
+	ops, at, tried := c.ops, c.opsAt, c.opsTriedAt
+	stale := ops == nil || time.Since(at) > opsTTL
+	if stale && time.Since(tried) > time.Second {
+		c.opsTriedAt = time.Now()
+		c.opsMu.Unlock()
+		if ep := c.pick(); ep != nil {
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			r, err := ep.cli.ListOps(cctx, &tandemv1.ListOpsRequest{})
+			cancel()
+			if err == nil {
+				c.storeOps(r)
+				return r
+			}
+			c.log.Warn("compute ListOps failed; validating structure only", "err", err)
+		}
+		return ops
+	}
+	c.opsMu.Unlock()
+	return ops
+}
+
+// Close closes every connection.
+func (c *Client) Close() {
+	select {
+	case <-c.stop:
+	default:
+		close(c.stop)
+	}
+	c.wg.Wait()
+	for _, ep := range c.eps {
+		_ = ep.conn.Close()
+	}
+}

@@ -1,0 +1,272 @@
+// Package config is the orchestrator's one configuration loader: command-line
+// flags, each also settable by a TANDEM_ORCH_* environment variable (a flag given
+// on the command line wins), plus an optional TOML file declaring queues.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Durability selects how the embedded nats-server persists writes.
+const (
+	DurabilityAlways   = "always"   // fsync every write before acknowledging it
+	DurabilityInterval = "interval" // nats-server default: fsync every 2 minutes
+)
+
+// DefaultQueue is the queue that always exists.
+const DefaultQueue = "default"
+
+// Config is the orchestrator's whole configuration.
+type Config struct {
+	Listen          string
+	Compute         []string // addresses, or one dns:/// target
+	NATSURL         string   // empty: embedded server
+	NATSListen      string   // embedded server only; empty: no TCP listener
+	DataDir         string
+	ConfigFile      string
+	Durability      string
+	MetricsListen   string
+	DrainTimeout    time.Duration
+	LogLevel        slog.Level
+	MaxMessageBytes int // gRPC max receive message size
+
+	Queues []Queue
+}
+
+// Queue is one queue's settings. Zero values in the TOML file take the defaults
+// of DefaultQueueSettings.
+type Queue struct {
+	Name        string        `toml:"name"`
+	MinWorkers  int           `toml:"min_workers"`
+	MaxWorkers  int           `toml:"max_workers"`
+	MaxAttempts int           `toml:"max_attempts"`
+	JobTimeout  time.Duration `toml:"job_timeout"`
+	BackoffBase time.Duration `toml:"backoff_base"`
+	BackoffCap  time.Duration `toml:"backoff_cap"`
+	RateLimit   float64       `toml:"rate_limit"` // jobs per second, 0 = none
+	RateBurst   int           `toml:"rate_burst"`
+	MaxDepth    int64         `toml:"max_depth"`
+	ResultTTL   time.Duration `toml:"result_ttl"`
+}
+
+// DefaultQueueSettings are the settings of the built-in default queue and the
+// defaults of every field left out of a queue in the config file.
+func DefaultQueueSettings(name string) Queue {
+	return Queue{
+		Name:        name,
+		MinWorkers:  2,
+		MaxWorkers:  16,
+		MaxAttempts: 5,
+		JobTimeout:  60 * time.Second,
+		BackoffBase: time.Second,
+		BackoffCap:  time.Minute,
+		RateLimit:   0,
+		RateBurst:   0,
+		MaxDepth:    100_000,
+		ResultTTL:   24 * time.Hour,
+	}
+}
+
+func (q *Queue) fillDefaults() {
+	d := DefaultQueueSettings(q.Name)
+	if q.MaxWorkers <= 0 {
+		q.MaxWorkers = d.MaxWorkers
+	}
+	if q.MinWorkers <= 0 {
+		q.MinWorkers = min(d.MinWorkers, q.MaxWorkers)
+	}
+	if q.MaxAttempts <= 0 {
+		q.MaxAttempts = d.MaxAttempts
+	}
+	if q.JobTimeout <= 0 {
+		q.JobTimeout = d.JobTimeout
+	}
+	if q.BackoffBase <= 0 {
+		q.BackoffBase = d.BackoffBase
+	}
+	if q.BackoffCap <= 0 {
+		q.BackoffCap = max(d.BackoffCap, q.BackoffBase)
+	}
+	if q.RateLimit > 0 && q.RateBurst <= 0 {
+		q.RateBurst = max(1, int(q.RateLimit))
+	}
+	if q.MaxDepth <= 0 {
+		q.MaxDepth = d.MaxDepth
+	}
+	if q.ResultTTL <= 0 {
+		q.ResultTTL = d.ResultTTL
+	}
+}
+
+var queueNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// Validate checks one queue's settings.
+func (q Queue) Validate() error {
+	if !queueNameRE.MatchString(q.Name) {
+		return fmt.Errorf("queue name %q: must match %s", q.Name, queueNameRE)
+	}
+	if q.MinWorkers > q.MaxWorkers {
+		return fmt.Errorf("queue %q: min_workers %d > max_workers %d", q.Name, q.MinWorkers, q.MaxWorkers)
+	}
+	if q.BackoffCap < q.BackoffBase {
+		return fmt.Errorf("queue %q: backoff_cap %s < backoff_base %s", q.Name, q.BackoffCap, q.BackoffBase)
+	}
+	if q.ResultTTL < time.Second {
+		return fmt.Errorf("queue %q: result_ttl %s is below 1s", q.Name, q.ResultTTL)
+	}
+	if q.RateLimit < 0 {
+		return fmt.Errorf("queue %q: rate_limit must be >= 0", q.Name)
+	}
+	return nil
+}
+
+// fileFormat is the TOML file: an array of [[queue]] tables.
+type fileFormat struct {
+	Queue []Queue `toml:"queue"`
+}
+
+// LoadQueues reads the TOML queue file (see examples/queues.toml). The default
+// queue is added with built-in settings unless the file declares it.
+func LoadQueues(path string) ([]Queue, error) {
+	var ff fileFormat
+	if path != "" {
+		md, err := toml.DecodeFile(path, &ff)
+		if err != nil {
+			return nil, fmt.Errorf("config file %s: %w", path, err)
+		}
+		if und := md.Undecoded(); len(und) > 0 {
+			return nil, fmt.Errorf("config file %s: unknown keys %v", path, und)
+		}
+	}
+	return NormalizeQueues(ff.Queue)
+}
+
+// NormalizeQueues fills defaults, adds the default queue and validates.
+func NormalizeQueues(in []Queue) ([]Queue, error) {
+	seen := map[string]bool{}
+	out := make([]Queue, 0, len(in)+1)
+	for _, q := range in {
+		q.fillDefaults()
+		if err := q.Validate(); err != nil {
+			return nil, err
+		}
+		if seen[q.Name] {
+			return nil, fmt.Errorf("queue %q declared twice", q.Name)
+		}
+		seen[q.Name] = true
+		out = append(out, q)
+	}
+	if !seen[DefaultQueue] {
+		out = append(out, DefaultQueueSettings(DefaultQueue))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+type flagDef struct {
+	name, env, usage string
+}
+
+// Parse parses args (without the program name) and the environment.
+func Parse(args []string, getenv func(string) string, stderr io.Writer) (*Config, error) {
+	fs := flag.NewFlagSet("tandem-orchestrator", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		cfg          Config
+		compute      string
+		logLevel     string
+		defs         []flagDef
+		maxMsgBytes  int
+		drainTimeout time.Duration
+	)
+	str := func(p *string, name, env, def, usage string) {
+		fs.StringVar(p, name, def, usage)
+		defs = append(defs, flagDef{name, env, usage})
+	}
+	str(&cfg.Listen, "listen", "TANDEM_ORCH_LISTEN", "127.0.0.1:50051", "gRPC listen address")
+	str(&compute, "compute", "TANDEM_ORCH_COMPUTE", "127.0.0.1:50052", "compute endpoints: comma-separated host:port list, or dns:///host:port")
+	str(&cfg.NATSURL, "nats-url", "TANDEM_ORCH_NATS_URL", "", "NATS server URL; empty: start an embedded nats-server")
+	str(&cfg.NATSListen, "nats-listen", "TANDEM_ORCH_NATS_LISTEN", "127.0.0.1:4222", "embedded nats-server client listen address (port 0: random; empty: no TCP listener)")
+	str(&cfg.DataDir, "data-dir", "TANDEM_ORCH_DATA_DIR", "./tandem-data", "data directory (embedded JetStream file store under DIR/jetstream)")
+	str(&cfg.ConfigFile, "config", "TANDEM_ORCH_CONFIG", "", "TOML queue config file; empty: built-in default queue only")
+	str(&cfg.Durability, "durability", "TANDEM_ORCH_DURABILITY", DurabilityAlways, "embedded server fsync policy: always (fsync each write) or interval (fsync every 2 min)")
+	str(&cfg.MetricsListen, "metrics-listen", "TANDEM_ORCH_METRICS_LISTEN", "127.0.0.1:9101", "Prometheus /metrics listen address; empty: off")
+	fs.DurationVar(&drainTimeout, "drain-timeout", 30*time.Second, "how long SIGTERM waits for in-flight jobs before handing them back")
+	defs = append(defs, flagDef{"drain-timeout", "TANDEM_ORCH_DRAIN_TIMEOUT", ""})
+	str(&logLevel, "log-level", "TANDEM_ORCH_LOG_LEVEL", "info", "log level: debug, info, warn, error")
+	fs.IntVar(&maxMsgBytes, "max-message-bytes", 64<<20+1<<20, "largest gRPC request accepted (a 64 MiB payload plus overhead)")
+	defs = append(defs, flagDef{"max-message-bytes", "TANDEM_ORCH_MAX_MESSAGE_BYTES", ""})
+
+	envOf := map[string]string{}
+	for _, d := range defs {
+		envOf[d.name] = d.env
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: tandem-orchestrator [flags]\n\nEvery flag can also be set by its environment variable; a flag on the command line wins.\n\n")
+		fs.VisitAll(func(f *flag.Flag) {
+			fmt.Fprintf(stderr, "  --%s (env %s, default %q)\n    \t%s\n", f.Name, envOf[f.Name], f.DefValue, f.Usage)
+		})
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for _, d := range defs {
+		if set[d.name] {
+			continue
+		}
+		if v, ok := lookup(getenv, d.env); ok {
+			if err := fs.Set(d.name, v); err != nil {
+				return nil, fmt.Errorf("%s=%q: %w", d.env, v, err)
+			}
+		}
+	}
+	cfg.DrainTimeout = drainTimeout
+	cfg.MaxMessageBytes = maxMsgBytes
+	for _, c := range strings.Split(compute, ",") {
+		if c = strings.TrimSpace(c); c != "" {
+			cfg.Compute = append(cfg.Compute, c)
+		}
+	}
+	if len(cfg.Compute) == 0 {
+		return nil, errors.New("--compute: at least one endpoint is required")
+	}
+	if err := cfg.LogLevel.UnmarshalText([]byte(logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	if cfg.Durability != DurabilityAlways && cfg.Durability != DurabilityInterval {
+		return nil, fmt.Errorf("--durability: %q is neither %q nor %q", cfg.Durability, DurabilityAlways, DurabilityInterval)
+	}
+	if cfg.MaxMessageBytes < 1<<20 {
+		return nil, fmt.Errorf("--max-message-bytes: %d is below 1 MiB", cfg.MaxMessageBytes)
+	}
+	qs, err := LoadQueues(cfg.ConfigFile)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Queues = qs
+	return &cfg, nil
+}
+
+func lookup(getenv func(string) string, key string) (string, bool) {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	v := getenv(key)
+	return v, v != ""
+}

@@ -1,0 +1,93 @@
+package config_test
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/tandem/tandem/orchestrator-go/internal/config"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestDefaults(t *testing.T) {
+	t.Parallel()
+	c, err := config.Parse(nil, env(nil), &bytes.Buffer{})
+	require.NoError(t, err)
+	require.Equal(t, "127.0.0.1:50051", c.Listen)
+	require.Equal(t, []string{"127.0.0.1:50052"}, c.Compute)
+	require.Equal(t, "", c.NATSURL)
+	require.Equal(t, "127.0.0.1:4222", c.NATSListen)
+	require.Equal(t, "./tandem-data", c.DataDir)
+	require.Equal(t, config.DurabilityAlways, c.Durability)
+	require.Equal(t, "127.0.0.1:9101", c.MetricsListen)
+	require.Equal(t, 30*time.Second, c.DrainTimeout)
+	require.Len(t, c.Queues, 1)
+	require.Equal(t, "default", c.Queues[0].Name)
+}
+
+func TestEnvAndFlagPrecedence(t *testing.T) {
+	t.Parallel()
+	e := env(map[string]string{
+		"TANDEM_ORCH_LISTEN": "0.0.0.0:1", "TANDEM_ORCH_COMPUTE": "a:1, b:2", "TANDEM_ORCH_DURABILITY": "interval",
+		"TANDEM_ORCH_DRAIN_TIMEOUT": "5s", "TANDEM_ORCH_METRICS_LISTEN": "",
+	})
+	c, err := config.Parse([]string{"--listen", "127.0.0.1:9"}, e, &bytes.Buffer{})
+	require.NoError(t, err)
+	require.Equal(t, "127.0.0.1:9", c.Listen, "flag wins over env")
+	require.Equal(t, []string{"a:1", "b:2"}, c.Compute)
+	require.Equal(t, config.DurabilityInterval, c.Durability)
+	require.Equal(t, 5*time.Second, c.DrainTimeout)
+
+	_, err = config.Parse([]string{"--durability", "never"}, env(nil), &bytes.Buffer{})
+	require.ErrorContains(t, err, "--durability")
+}
+
+func TestHelpShowsEveryEnvVar(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	_, err := config.Parse([]string{"--help"}, env(nil), &out)
+	require.Error(t, err)
+	for _, v := range []string{"TANDEM_ORCH_LISTEN", "TANDEM_ORCH_COMPUTE", "TANDEM_ORCH_NATS_URL", "TANDEM_ORCH_NATS_LISTEN", "TANDEM_ORCH_DATA_DIR",
+		"TANDEM_ORCH_CONFIG", "TANDEM_ORCH_DURABILITY", "TANDEM_ORCH_METRICS_LISTEN", "TANDEM_ORCH_DRAIN_TIMEOUT", "TANDEM_ORCH_LOG_LEVEL"} {
+		require.Contains(t, out.String(), v)
+	}
+}
+
+func TestExampleQueuesFile(t *testing.T) {
+	t.Parallel()
+	qs, err := config.LoadQueues(filepath.Join("..", "..", "examples", "queues.toml"))
+	require.NoError(t, err)
+	require.Len(t, qs, 2)
+	require.Equal(t, "default", qs[0].Name)
+	require.Equal(t, config.DefaultQueueSettings("default"), qs[0])
+	img := qs[1]
+	require.Equal(t, "images", img.Name)
+	require.Equal(t, 4, img.MaxWorkers)
+	require.Equal(t, 2*time.Minute, img.JobTimeout)
+	require.Equal(t, 50.0, img.RateLimit)
+	require.Equal(t, 72*time.Hour, img.ResultTTL)
+}
+
+func TestQueueFileErrors(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	write := func(s string) string {
+		p := filepath.Join(dir, "q.toml")
+		require.NoError(t, os.WriteFile(p, []byte(s), 0o600))
+		return p
+	}
+	_, err := config.LoadQueues(write("[[queue]]\nname = \"a b\"\n"))
+	require.ErrorContains(t, err, "queue name")
+	_, err = config.LoadQueues(write("[[queue]]\nname = \"a\"\nmax_wrokers = 3\n"))
+	require.ErrorContains(t, err, "unknown keys")
+	_, err = config.LoadQueues(write("[[queue]]\nname = \"a\"\nmin_workers = 5\nmax_workers = 2\n"))
+	require.ErrorContains(t, err, "min_workers")
+	qs, err := config.LoadQueues(write("[[queue]]\nname = \"x\"\n"))
+	require.NoError(t, err)
+	require.Equal(t, []string{"default", "x"}, []string{qs[0].Name, qs[1].Name})
+}

@@ -1,0 +1,352 @@
+// Package jobstore keeps job records in the JetStream KV bucket (changed only by
+// compare-and-set on the revision), large payloads and results in object stores,
+// and encodes the job message published on a queue's stream.
+package jobstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
+	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
+	"github.com/tandem/tandem/orchestrator-go/internal/broker"
+)
+
+// Headers of a job message.
+const (
+	HeaderJobID         = "Tandem-Job-Id"
+	HeaderPayloadObject = "Tandem-Payload-Object" // set when the payload is in the object store
+	// HeaderAttemptBase is set by RetryDeadLetters: attempts are numbered on
+	// from the dead job's last attempt, and max_attempts counts from it.
+	HeaderAttemptBase = "Tandem-Attempt-Base"
+)
+
+// ErrConflict is returned by Update when the record changed since it was read.
+var ErrConflict = errors.New("job record changed concurrently")
+
+// ErrExists is returned by Create when the record already exists.
+var ErrExists = errors.New("job record exists")
+
+// Record is a job record and the KV revision it was read at.
+type Record struct {
+	Job *tandemv1.Job
+	Rev uint64
+}
+
+// Store reads and writes job records and blobs.
+type Store struct {
+	b *broker.Broker
+	// InlineLimit is the largest payload or result kept inside the message or
+	// record; larger ones go to an object store.
+	InlineLimit int
+}
+
+// New returns a Store. The inline limit is 512 KiB, or a quarter of the
+// server's max payload when that is smaller.
+func New(b *broker.Broker) *Store {
+	limit := 512 << 10
+	if mp := int(b.NC.MaxPayload()); mp > 0 && mp/4 < limit {
+		limit = mp / 4
+	}
+	return &Store{b: b, InlineLimit: limit}
+}
+
+// Terminal reports whether a state has no way out but expiry.
+func Terminal(s tandemv1.JobState) bool {
+	switch s {
+	case tandemv1.JobState_JOB_STATE_SUCCEEDED, tandemv1.JobState_JOB_STATE_FAILED,
+		tandemv1.JobState_JOB_STATE_CANCELLED, tandemv1.JobState_JOB_STATE_DEAD:
+		return true
+	}
+	return false
+}
+
+func brokerErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ae *apierr.Error
+	if errors.As(err, &ae) {
+		return err
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return apierr.BrokerUnavailable(err)
+}
+
+// Create writes a new record (KV create: fails with ErrExists if present).
+func (s *Store) Create(ctx context.Context, j *tandemv1.Job) (*Record, error) {
+	data, err := proto.Marshal(j)
+	if err != nil {
+		return nil, err
+	}
+	rev, err := s.b.Jobs.Create(ctx, j.GetId(), data)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return nil, ErrExists
+	}
+	if err != nil {
+		return nil, brokerErr(err)
+	}
+	return &Record{Job: j, Rev: rev}, nil
+}
+
+// Get reads a record; JOB_NOT_FOUND when absent.
+func (s *Store) Get(ctx context.Context, id string) (*Record, error) {
+	if id == "" || !validKey(id) {
+		return nil, apierr.JobNotFound(id)
+	}
+	e, err := s.b.Jobs.Get(ctx, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return nil, apierr.JobNotFound(id)
+	}
+	if err != nil {
+		return nil, brokerErr(err)
+	}
+	return Decode(e)
+}
+
+// Decode turns a KV entry into a Record.
+func Decode(e jetstream.KeyValueEntry) (*Record, error) {
+	j := &tandemv1.Job{}
+	if err := proto.Unmarshal(e.Value(), j); err != nil {
+		return nil, apierr.Internal("job record %s is corrupt: %v", e.Key(), err)
+	}
+	return &Record{Job: j, Rev: e.Revision()}, nil
+}
+
+// Update writes rec.Job if the record is still at rec.Rev, and advances rec.Rev.
+func (s *Store) Update(ctx context.Context, rec *Record) error { return s.UpdateTTL(ctx, rec, 0) }
+
+// UpdateTTL is Update with a time to live for the written value (0 = none):
+// the terminal write of a job carries its queue's result TTL.
+func (s *Store) UpdateTTL(ctx context.Context, rec *Record, ttl time.Duration) error {
+	rec.Job.UpdatedAt = timestamppb.Now()
+	data, err := proto.Marshal(rec.Job)
+	if err != nil {
+		return err
+	}
+	var rev uint64
+	if ttl <= 0 {
+		rev, err = s.b.Jobs.Update(ctx, rec.Job.GetId(), data, rec.Rev)
+	} else {
+		// A KV update is a publish expecting the key's last sequence; done by
+		// hand here because kv.Update takes no TTL.
+		var ack *jetstream.PubAck
+		ack, err = s.b.JS.Publish(ctx, broker.JobKVSubject(rec.Job.GetId()), data,
+			jetstream.WithExpectLastSequencePerSubject(rec.Rev), jetstream.WithMsgTTL(max(ttl, time.Second)))
+		if err == nil {
+			rev = ack.Sequence
+		}
+	}
+	if errors.Is(err, jetstream.ErrKeyExists) || isWrongLastSeq(err) {
+		return ErrConflict
+	}
+	if err != nil {
+		return brokerErr(err)
+	}
+	rec.Rev = rev
+	return nil
+}
+
+func isWrongLastSeq(err error) bool {
+	var ae *jetstream.APIError
+	if errors.As(err, &ae) {
+		return ae.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || ae.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+	}
+	return false
+}
+
+// Mutate reads the record, applies fn and writes it back by CAS, retrying on
+// conflicts. fn returning an error aborts without writing; fn returning
+// (false, nil) means "no change needed".
+// ttl, when set, gives the TTL of the written value (see UpdateTTL).
+func (s *Store) Mutate(ctx context.Context, id string, ttl func(j *tandemv1.Job) time.Duration, fn func(j *tandemv1.Job) (bool, error)) (*Record, error) {
+	for i := 0; ; i++ {
+		rec, err := s.Get(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		changed, err := fn(rec.Job)
+		if err != nil || !changed {
+			return rec, err
+		}
+		var d time.Duration
+		if ttl != nil {
+			d = ttl(rec.Job)
+		}
+		err = s.UpdateTTL(ctx, rec, d)
+		if errors.Is(err, ErrConflict) && i < 100 {
+			continue
+		}
+		return rec, err
+	}
+}
+
+func validKey(k string) bool {
+	for _, c := range k {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '=' || c == '/' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// Spec returns the part of a record that travels in the job message.
+func Spec(j *tandemv1.Job) *tandemv1.Job {
+	return &tandemv1.Job{
+		Id: j.GetId(), Queue: j.GetQueue(), Steps: j.GetSteps(), MaxAttempts: j.GetMaxAttempts(),
+		IdempotencyKey: j.GetIdempotencyKey(), Labels: j.GetLabels(), PayloadSize: j.GetPayloadSize(),
+		CreatedAt: j.GetCreatedAt(), Timeout: j.GetTimeout(), State: tandemv1.JobState_JOB_STATE_QUEUED,
+	}
+}
+
+// EncodeMsg builds the job message: body = uvarint(len(spec)) | spec | inline payload.
+// When payloadObject is set the payload is in the payloads object store.
+func EncodeMsg(subject string, spec *tandemv1.Job, payload []byte, payloadObject string) (*nats.Msg, error) {
+	sb, err := proto.Marshal(spec)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	buf.Grow(binary.MaxVarintLen64 + len(sb) + len(payload))
+	var n [binary.MaxVarintLen64]byte
+	buf.Write(n[:binary.PutUvarint(n[:], uint64(len(sb)))])
+	buf.Write(sb)
+	if payloadObject == "" {
+		buf.Write(payload)
+	}
+	m := nats.NewMsg(subject)
+	m.Header.Set(HeaderJobID, spec.GetId())
+	if payloadObject != "" {
+		m.Header.Set(HeaderPayloadObject, payloadObject)
+	}
+	m.Data = buf.Bytes()
+	return m, nil
+}
+
+// DecodeMsg splits a job message into its spec, inline payload and payload object name.
+func DecodeMsg(h nats.Header, data []byte) (spec *tandemv1.Job, payload []byte, payloadObject string, err error) {
+	l, n := binary.Uvarint(data)
+	if n <= 0 || uint64(len(data)-n) < l {
+		return nil, nil, "", fmt.Errorf("job message: bad framing")
+	}
+	spec = &tandemv1.Job{}
+	if err := proto.Unmarshal(data[n:n+int(l)], spec); err != nil {
+		return nil, nil, "", fmt.Errorf("job message: %w", err)
+	}
+	return spec, data[n+int(l):], h.Get(HeaderPayloadObject), nil
+}
+
+// PayloadObject is the object name of a job's payload.
+func PayloadObject(jobID string) string { return "payload/" + jobID }
+
+// ResultObject is the object name of a job's result.
+func ResultObject(jobID string) string { return "result/" + jobID }
+
+// PutPayload stores a large payload.
+func (s *Store) PutPayload(ctx context.Context, jobID string, payload []byte) (string, error) {
+	name := PayloadObject(jobID)
+	if _, err := s.b.Payloads.PutBytes(ctx, name, payload); err != nil {
+		return "", brokerErr(err)
+	}
+	return name, nil
+}
+
+// LoadPayload returns the payload of a job message.
+func (s *Store) LoadPayload(ctx context.Context, inline []byte, object string) ([]byte, error) {
+	if object == "" {
+		return inline, nil
+	}
+	data, err := s.b.Payloads.GetBytes(ctx, object)
+	if err != nil {
+		return nil, brokerErr(fmt.Errorf("payload %s: %w", object, err))
+	}
+	return data, nil
+}
+
+// DeletePayload removes a payload object (best effort).
+func (s *Store) DeletePayload(ctx context.Context, object string) {
+	if object != "" {
+		_ = s.b.Payloads.Delete(ctx, object)
+	}
+}
+
+// AttachResult puts the result inline in the record when small, else in the
+// results object store (the record then has result_size > 0 and no bytes).
+func (s *Store) AttachResult(ctx context.Context, j *tandemv1.Job, result []byte, contentType string) error {
+	j.ResultSize = uint64(len(result))
+	j.ResultContentType = contentType
+	if len(result) <= s.InlineLimit {
+		j.Result = result
+		return nil
+	}
+	store, err := s.results(ctx, j.GetQueue())
+	if err != nil {
+		return err
+	}
+	if _, err := store.PutBytes(ctx, ResultObject(j.GetId()), result); err != nil {
+		return brokerErr(err)
+	}
+	j.Result = nil
+	return nil
+}
+
+// results is the results object store of a queue (one configured in another
+// orchestrator sharing the NATS server is looked up by name).
+func (s *Store) results(ctx context.Context, queue string) (jetstream.ObjectStore, error) {
+	if store, ok := s.b.Results[queue]; ok {
+		return store, nil
+	}
+	store, err := s.b.JS.ObjectStore(ctx, broker.ResultsBucket(queue))
+	if err != nil {
+		return nil, brokerErr(fmt.Errorf("results of queue %s: %w", queue, err))
+	}
+	return store, nil
+}
+
+// View returns a copy of the record fit for a client: with the result bytes
+// (loaded from the object store if needed) when includeResult, else without.
+func (s *Store) View(ctx context.Context, j *tandemv1.Job, includeResult bool) (*tandemv1.Job, error) {
+	out := proto.Clone(j).(*tandemv1.Job)
+	if !includeResult || out.GetState() != tandemv1.JobState_JOB_STATE_SUCCEEDED {
+		out.Result = nil
+		return out, nil
+	}
+	if out.GetResultSize() > 0 && len(out.GetResult()) == 0 {
+		store, err := s.results(ctx, out.GetQueue())
+		if err != nil {
+			return nil, err
+		}
+		data, err := store.GetBytes(ctx, ResultObject(out.GetId()))
+		if err != nil {
+			return nil, brokerErr(fmt.Errorf("result of job %s: %w", out.GetId(), err))
+		}
+		out.Result = data
+	}
+	return out, nil
+}
+
+// Now is a timestamp for records.
+func Now() *timestamppb.Timestamp { return timestamppb.New(time.Now()) }
+
+// PublishEvent announces a state change on tandem.events.<queue> (core NATS,
+// not persisted: the record in KV is the durable truth, WatchJobs by id reads it).
+func (s *Store) PublishEvent(j *tandemv1.Job) {
+	ev := proto.Clone(j).(*tandemv1.Job)
+	ev.Result = nil
+	data, err := proto.Marshal(ev)
+	if err != nil {
+		return
+	}
+	_ = s.b.NC.Publish(broker.EventsSubject(j.GetQueue()), data)
+}
