@@ -1,0 +1,76 @@
+"""Tandem: a background-job system. This package is its Python client.
+
+::
+
+    import tandem
+
+    with tandem.Client("127.0.0.1:50051") as client:
+        job = client.submit("hash.sha256", b"hello")
+        digest = job.result(timeout=30)
+
+* :class:`Client` / :class:`AsyncClient` talk to the orchestrator over gRPC.
+* :mod:`tandem.local` runs the same transforms in-process (``tandem._native``).
+* Every error is a :class:`TandemError`; see its subclasses.
+* The ``tandem`` command-line tool is :mod:`tandem.cli`.
+"""
+
+from tandem._async_client import AsyncClient, AsyncJobHandle
+from tandem._client import Client, JobHandle
+from tandem._errors import (
+    Cancelled,
+    Conflict,
+    InternalError,
+    InvalidJob,
+    JobFailed,
+    NotFound,
+    Overloaded,
+    TandemError,
+    Timeout,
+    Unavailable,
+)
+from tandem._requests import JobSpec
+from tandem._retry import NO_RETRY, RetryPolicy
+from tandem._types import (
+    Attempt,
+    DeadLetters,
+    Job,
+    JobState,
+    Limits,
+    Ops,
+    OpSpec,
+    ParamSpec,
+    QueueInfo,
+    Step,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncClient",
+    "AsyncJobHandle",
+    "Attempt",
+    "Cancelled",
+    "Client",
+    "Conflict",
+    "DeadLetters",
+    "InternalError",
+    "InvalidJob",
+    "Job",
+    "JobFailed",
+    "JobHandle",
+    "JobSpec",
+    "JobState",
+    "Limits",
+    "NO_RETRY",
+    "NotFound",
+    "OpSpec",
+    "Ops",
+    "Overloaded",
+    "ParamSpec",
+    "QueueInfo",
+    "RetryPolicy",
+    "Step",
+    "TandemError",
+    "Timeout",
+    "Unavailable",
+]

@@ -1,0 +1,819 @@
+"""The ``tandem`` command-line tool.
+
+Exit codes (also in ``tandem --help``):
+
+====  ==========================================================
+0     success
+1     a job did not succeed (FAILED, DEAD or CANCELLED), or some
+      jobs of ``tandem map`` failed
+2     bad command-line arguments
+3     the request was rejected (invalid job, unknown op/queue/job,
+      state conflict)
+4     the service is unavailable, overloaded, or a wait timed out
+5     any other error
+130   interrupted (Ctrl-C)
+====  ==========================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from tandem._client import Client, JobHandle, job_outcome
+from tandem._errors import (
+    Cancelled,
+    Conflict,
+    InvalidJob,
+    JobFailed,
+    NotFound,
+    Overloaded,
+    TandemError,
+    Timeout,
+    Unavailable,
+)
+from tandem._requests import DEFAULT_ADDRESS, JobSpec
+from tandem._types import Job, JobState, Step
+
+__all__ = ["main", "EXIT_OK", "EXIT_JOB_FAILED", "EXIT_USAGE", "EXIT_REJECTED",
+           "EXIT_UNAVAILABLE", "EXIT_ERROR", "EXIT_INTERRUPTED"]
+
+EXIT_OK = 0
+EXIT_JOB_FAILED = 1
+EXIT_USAGE = 2
+EXIT_REJECTED = 3
+EXIT_UNAVAILABLE = 4
+EXIT_ERROR = 5
+EXIT_INTERRUPTED = 130
+
+EPILOG = """\
+exit codes:
+  0    success
+  1    a job did not succeed (FAILED, DEAD, CANCELLED), or some map jobs failed
+  2    bad command-line arguments
+  3    request rejected (invalid job, unknown op/queue/job, state conflict)
+  4    service unavailable or overloaded, or a wait timed out
+  5    any other error
+  130  interrupted
+
+environment:
+  TANDEM_ADDRESS          orchestrator address (default 127.0.0.1:50051)
+  TANDEM_COMPUTE_ADDRESS  compute address, used by `tandem ops` only when the
+                          orchestrator does not serve ListOps itself
+"""
+
+
+class UsageError(Exception):
+    """A command-line mistake found after parsing (exit code 2)."""
+
+
+def exit_code_for(err: BaseException) -> int:
+    """The documented exit code for an exception."""
+    if isinstance(err, JobFailed):
+        return EXIT_JOB_FAILED
+    if isinstance(err, Cancelled) and "job_id" in err.metadata:
+        return EXIT_JOB_FAILED
+    if isinstance(err, (InvalidJob, NotFound, Conflict)):
+        return EXIT_REJECTED
+    if isinstance(err, (Unavailable, Overloaded, Timeout)):
+        return EXIT_UNAVAILABLE
+    if isinstance(err, UsageError):
+        return EXIT_USAGE
+    if isinstance(err, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    return EXIT_ERROR
+
+
+# ---------------------------------------------------------------- step arguments
+
+
+class _OpAction(argparse.Action):
+    """``--op NAME`` appends a step; ``-p KEY=VALUE`` sets a param on the
+    last step given before it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        steps = list(getattr(ns, "steps", None) or [])
+        steps.append({"op": str(values), "params": {}})
+        ns.steps = steps
+
+
+class _ParamAction(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        text = str(values)
+        if "=" not in text:
+            parser.error(f"{option_string} expects KEY=VALUE, got {text!r}")
+        key, value = text.split("=", 1)
+        steps = list(getattr(ns, "steps", None) or [])
+        if not steps:
+            parser.error(f"{option_string} {text}: give --op before its params")
+        steps[-1] = {"op": steps[-1]["op"], "params": {**steps[-1]["params"], key: value}}
+        ns.steps = steps
+
+
+def _add_steps(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pipeline")
+    g.add_argument("--op", action=_OpAction, metavar="OP",
+                   help="an op; repeat for a pipeline (each --op runs on the previous output)")
+    g.add_argument("-p", "--param", action=_ParamAction, metavar="KEY=VALUE",
+                   help="a parameter of the --op before it; repeatable")
+    g.add_argument("--steps", dest="steps_json", metavar="JSON",
+                   help='the pipeline as JSON: [{"op": "...", "params": {...}}, ...]')
+
+
+def _steps(ns: argparse.Namespace) -> list[Step]:
+    if ns.steps_json:
+        if getattr(ns, "steps", None):
+            raise UsageError("give either --op or --steps, not both")
+        try:
+            raw = json.loads(ns.steps_json)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"--steps is not valid JSON: {err}") from None
+        if isinstance(raw, dict):
+            raw = [raw]
+        if not isinstance(raw, list):
+            raise UsageError("--steps must be a JSON list of {op, params}")
+        out = []
+        for item in raw:
+            if not isinstance(item, dict) or "op" not in item:
+                raise UsageError("--steps items need an \"op\"")
+            out.append(Step(str(item["op"]), item.get("params") or {}))
+        return out
+    steps = getattr(ns, "steps", None)
+    if not steps:
+        raise UsageError("no op given: use --op OP (repeat for a pipeline) or --steps JSON")
+    return [Step(s["op"], s["params"]) for s in steps]
+
+
+def _add_input(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("input (default: standard input when it is not a terminal)")
+    x = g.add_mutually_exclusive_group()
+    x.add_argument("-f", "--file", metavar="FILE", help="read the payload from FILE ('-' = stdin)")
+    x.add_argument("-d", "--data", metavar="TEXT", help="the payload as text (UTF-8)")
+
+
+def _payload(ns: argparse.Namespace) -> bytes:
+    if ns.data is not None:
+        return str(ns.data).encode()
+    if ns.file is not None:
+        if ns.file == "-":
+            return sys.stdin.buffer.read()
+        try:
+            return Path(ns.file).read_bytes()
+        except OSError as err:
+            raise UsageError(f"cannot read {ns.file}: {err.strerror}") from None
+    if not sys.stdin.isatty():
+        return sys.stdin.buffer.read()
+    return b""
+
+
+# ---------------------------------------------------------------- output
+
+
+class Out:
+    """Prints human or JSON output."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.json = as_json
+
+    def emit(self, obj: Any) -> None:
+        sys.stdout.write(json.dumps(obj, indent=None, sort_keys=False) + "\n")
+        sys.stdout.flush()
+
+    def line(self, text: str) -> None:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+
+def _console() -> Any:
+    """A rich console; wide when stdout is not a terminal (pipes, logs)."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _result_fields(data: bytes) -> dict[str, Any]:
+    fields: dict[str, Any] = {"result_base64": base64.b64encode(data).decode()}
+    try:
+        fields["result_text"] = data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if len(data) <= 64:
+        fields["result_hex"] = data.hex()
+    return fields
+
+
+def _print_result(out: Out, data: bytes, content_type: str, output: str | None) -> None:
+    """Writes result bytes: to --output, else readable text as is, else hex
+    for short binary (digests), else a note to use --output."""
+    if output:
+        if output == "-":
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        else:
+            Path(output).write_bytes(data)
+            if not out.json:
+                print(f"wrote {len(data)} bytes to {output}", file=sys.stderr)
+        return
+    text: str | None = None
+    if content_type.startswith(("text/", "application/json")):
+        text = data.decode("utf-8", errors="replace")
+    else:
+        try:
+            decoded = data.decode("utf-8")
+            if decoded.isprintable() or all(c.isprintable() or c in "\n\r\t" for c in decoded):
+                text = decoded
+        except UnicodeDecodeError:
+            text = None
+    if text is not None and len(data) > 0:
+        out.line(text.rstrip("\n"))
+    elif len(data) <= 4096:
+        out.line(data.hex())
+    else:
+        raise UsageError(f"the result is {len(data)} bytes of binary: use --output FILE")
+
+
+def _job_line(job: Job) -> str:
+    parts = [job.id, job.state.name, f"attempt {job.attempt}/{job.max_attempts}", job.queue or "-"]
+    if job.last_error is not None and job.state in (JobState.FAILED, JobState.DEAD, JobState.RETRYING):
+        parts.append(str(job.last_error))
+    return "  ".join(parts)
+
+
+def _job_dict(job: Job, *, with_result: bool = False) -> dict[str, Any]:
+    d = job.to_dict()
+    if with_result and job.result is not None:
+        d.update(_result_fields(job.result))
+    return d
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _client(ns: argparse.Namespace) -> Client:
+    return Client(ns.address, timeout=ns.timeout)
+
+
+def cmd_submit(ns: argparse.Namespace, out: Out) -> int:
+    if ns.output and not ns.wait:
+        raise UsageError("--output needs --wait")
+    steps = _steps(ns)
+    payload = _payload(ns)
+    labels = dict(_kv(ns.label or [], "--label"))
+    with _client(ns) as client:
+        handle = client.submit(
+            steps, payload, queue=ns.queue, idempotency_key=ns.key,
+            max_attempts=ns.max_attempts, timeout=ns.job_timeout, labels=labels,
+        )
+        if not ns.wait:
+            if out.json:
+                out.emit({**_job_dict(handle.job), "deduplicated": handle.deduplicated})
+            else:
+                out.line(handle.id)
+            return EXIT_OK
+        return _wait_and_print(handle, ns, out)
+
+
+def _wait_and_print(handle: JobHandle, ns: argparse.Namespace, out: Out) -> int:
+    job = handle.wait(timeout=ns.wait_timeout)
+    if out.json:
+        out.emit({**_job_dict(job, with_result=ns.output is None), "deduplicated": handle.deduplicated})
+        if job.state is JobState.SUCCEEDED and ns.output:
+            _print_result(out, job.result or b"", job.result_content_type, ns.output)
+        return EXIT_OK if job.state is JobState.SUCCEEDED else EXIT_JOB_FAILED
+    data = job_outcome(job)  # raises JobFailed / Cancelled
+    _print_result(out, data, job.result_content_type, ns.output)
+    return EXIT_OK
+
+
+def cmd_get(ns: argparse.Namespace, out: Out) -> int:
+    with _client(ns) as client:
+        job = client.get(ns.job_id, include_result=ns.result or bool(ns.output))
+    if ns.result or ns.output:
+        if job.state is not JobState.SUCCEEDED:
+            if out.json:
+                out.emit(_job_dict(job))
+                return EXIT_JOB_FAILED
+            if job.done:
+                job_outcome(job)  # raises JobFailed or Cancelled
+            raise UsageError(f"job {job.id} is {job.state.name}: no result yet")
+        if out.json:
+            out.emit(_job_dict(job, with_result=ns.output is None))
+            if ns.output:
+                _print_result(out, job.result or b"", job.result_content_type, ns.output)
+        else:
+            _print_result(out, job.result or b"", job.result_content_type, ns.output)
+        return EXIT_OK
+    if out.json:
+        out.emit(_job_dict(job))
+    else:
+        out.line(_job_line(job))
+        if job.last_error is not None:
+            out.line(f"  last error: {job.last_error}")
+    return EXIT_OK
+
+
+def cmd_watch(ns: argparse.Namespace, out: Out) -> int:
+    if not ns.job_ids and not ns.queue:
+        raise UsageError("give job ids or --queue")
+    if ns.job_ids and ns.queue:
+        raise UsageError("give job ids or --queue, not both")
+    worst = EXIT_OK
+    with _client(ns) as client:
+        for job in client.watch(ns.job_ids or None, queue=ns.queue, timeout=ns.wait_timeout):
+            if out.json:
+                out.emit(_job_dict(job))
+            else:
+                out.line(f"{time.strftime('%H:%M:%S')}  {_job_line(job)}")
+            if ns.job_ids and job.done and job.state is not JobState.SUCCEEDED:
+                worst = EXIT_JOB_FAILED
+    return worst
+
+
+def cmd_cancel(ns: argparse.Namespace, out: Out) -> int:
+    with _client(ns) as client:
+        job = client.cancel(ns.job_id)
+    if out.json:
+        out.emit(_job_dict(job))
+    else:
+        out.line(_job_line(job))
+    return EXIT_OK
+
+
+def _ops_table(ops: Any, limits: Any, out: Out) -> None:
+    if out.json:
+        out.emit({
+            "ops": [
+                {"name": o.name, "description": o.description, "debug": o.debug,
+                 "output_content_type": o.output_content_type,
+                 "output_encoding": o.output_encoding,
+                 "params": [p.__dict__ for p in o.params]}
+                for o in ops
+            ],
+            "limits": limits.__dict__ if limits else None,
+        })
+        return
+    from rich.table import Table
+
+    table = Table(title="ops", title_justify="left")
+    table.add_column("op", style="bold")
+    table.add_column("params")
+    table.add_column("output")
+    table.add_column("description")
+    for o in ops:
+        params = []
+        for p in o.params:
+            desc = f"{p.name}:{p.type}"
+            if p.type == "int":
+                desc += f"[{p.min}..{p.max}]"
+            elif p.type == "enum" and p.choices:
+                desc += "{" + "|".join(p.choices) + "}"
+            if p.default:
+                desc += f"={p.default}"
+            elif p.required:
+                desc += " (required)"
+            params.append(desc)
+        name = o.name + (" (debug)" if o.debug else "")
+        table.add_row(name, "\n".join(params) or "-", o.output_content_type, o.description)
+    console = _console()
+    console.print(table)
+    if limits:
+        console.print(
+            f"limits: request {limits.max_request_bytes} B, output {limits.max_output_bytes} B, "
+            f"{limits.max_steps} steps, batch {limits.max_batch_items}, "
+            f"image {limits.max_image_pixels} px / {limits.max_image_dimension} px, "
+            f"{limits.workers} workers, wait queue {limits.queue_depth}"
+        )
+
+
+def cmd_ops(ns: argparse.Namespace, out: Out) -> int:
+    with _client(ns) as client:
+        ops = client.ops()
+    _ops_table(ops.ops, ops.limits, out)
+    return EXIT_OK
+
+
+def cmd_queues(ns: argparse.Namespace, out: Out) -> int:
+    with _client(ns) as client:
+        queues = client.queues()
+    if out.json:
+        out.emit({"queues": [q.__dict__ for q in queues]})
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table(title="queues", title_justify="left")
+    for col in ("queue", "depth", "running", "workers", "dead", "paused", "attempts",
+                "timeout", "max depth", "jobs/s"):
+        table.add_column(col, justify="left" if col == "queue" else "right")
+    for q in queues:
+        table.add_row(
+            q.name, str(q.depth), str(q.in_flight),
+            f"{q.workers} ({q.min_workers}-{q.max_workers})", str(q.dead_letters),
+            "yes" if q.paused else "no", str(q.max_attempts),
+            f"{q.job_timeout:g}s" if q.job_timeout else "-", str(q.max_depth or "-"),
+            f"{q.completed_per_second:.1f}",
+        )
+    _console().print(table)
+    return EXIT_OK
+
+
+def cmd_pause_resume(ns: argparse.Namespace, out: Out) -> int:
+    with _client(ns) as client:
+        q = client.pause_queue(ns.queue) if ns.command == "pause" else client.resume_queue(ns.queue)
+    if out.json:
+        out.emit(q.__dict__)
+    else:
+        out.line(f"queue {q.name}: {'paused' if q.paused else 'running'}, depth {q.depth}")
+    return EXIT_OK
+
+
+def cmd_dlq(ns: argparse.Namespace, out: Out) -> int:
+    with _client(ns) as client:
+        if ns.dlq_cmd == "list":
+            dl = client.dead_letters(ns.queue, limit=ns.limit)
+            if out.json:
+                out.emit({"queue": dl.queue, "total": dl.total, "jobs": [_job_dict(j) for j in dl.jobs]})
+            else:
+                out.line(f"{dl.total} dead letter{'s' if dl.total != 1 else ''} in queue {dl.queue}")
+                for j in dl.jobs:
+                    out.line(_job_line(j))
+            return EXIT_OK
+        if not ns.job_ids and not ns.all:
+            raise UsageError(f"dlq {ns.dlq_cmd}: give job ids or --all")
+        if ns.job_ids and ns.all:
+            raise UsageError(f"dlq {ns.dlq_cmd}: give job ids or --all, not both")
+        ids = None if ns.all else list(ns.job_ids)
+        if ns.dlq_cmd == "retry":
+            retried = client.retry_dead_letters(ns.queue, ids)
+            if out.json:
+                out.emit({"retried_job_ids": retried})
+            else:
+                out.line(f"retried {len(retried)} job{'s' if len(retried) != 1 else ''}")
+                for i in retried:
+                    out.line(i)
+            return EXIT_OK
+        purged = client.purge_dead_letters(ns.queue, ids)
+        if out.json:
+            out.emit({"purged": purged})
+        else:
+            out.line(f"purged {purged} dead letter{'s' if purged != 1 else ''}")
+        return EXIT_OK
+
+
+def cmd_local(ns: argparse.Namespace, out: Out) -> int:
+    from tandem import local
+
+    if ns.list:
+        ops = local.ops(debug_ops=ns.debug_ops)
+        _ops_table(ops.ops, ops.limits, out)
+        return EXIT_OK
+    steps = _steps(ns)
+    payload = _payload(ns)
+    data = local.run(steps, payload, debug_ops=ns.debug_ops)
+    if out.json and not ns.output:
+        out.emit(_result_fields(data))
+    else:
+        _print_result(out, data, "", ns.output)
+    return EXIT_OK
+
+
+_EXT_BY_TYPE = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp",
+                "application/json": ".json", "text/plain": ".txt"}
+
+
+def _map_inputs(ns: argparse.Namespace) -> list[Path]:
+    files: list[Path] = []
+    for name in ns.paths:
+        p = Path(name)
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob(ns.glob) if f.is_file()))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UsageError(f"no such file or folder: {name}")
+    if not files:
+        raise UsageError("no input files")
+    return files
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(round(q / 100 * (len(s) - 1)))))
+    return s[k]
+
+
+def cmd_map(ns: argparse.Namespace, out: Out) -> int:
+    steps = _steps(ns)
+    files = _map_inputs(ns)
+    if ns.output_dir:
+        Path(ns.output_dir).mkdir(parents=True, exist_ok=True)
+    summary = run_map(ns.address, ns.timeout, steps, files, queue=ns.queue,
+                      window=ns.window, output_dir=ns.output_dir, progress=not out.json,
+                      wait_timeout=ns.wait_timeout)
+    if out.json:
+        out.emit(summary)
+    else:
+        print_map_summary(summary)
+    return EXIT_OK if summary["failed"] == 0 else EXIT_JOB_FAILED
+
+
+def run_map(
+    address: str | None,
+    timeout: float,
+    steps: list[Step],
+    files: list[Path],
+    *,
+    queue: str = "",
+    window: int = 256,
+    output_dir: str | None = None,
+    progress: bool = True,
+    wait_timeout: float | None = None,
+    on_result: Callable[[Path, Job | TandemError], None] | None = None,
+    client: Client | None = None,
+) -> dict[str, Any]:
+    """Runs one pipeline over files through the service, with a progress
+    bar; returns a summary dict (count, succeeded, failed, seconds, jobs/s,
+    MB/s, latency p50/p99 in ms, failures). Used by ``tandem map`` and the
+    demo."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    own = client is None
+    cl = client or Client(address, timeout=timeout)
+    latencies: list[float] = []
+    failures: list[dict[str, str]] = []
+    succeeded = 0
+    in_bytes = 0
+    started = time.monotonic()
+    bar = Progress(TextColumn("[bold]map"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                   TimeElapsedColumn(), disable=not progress, transient=False)
+    try:
+        with bar:
+            task = bar.add_task("map", total=len(files), status="")
+            for chunk in _windows(files, max(1, window), MAP_WINDOW_BYTES):
+                specs = [JobSpec(steps=steps, payload=f, queue=queue) for f in chunk]
+                in_bytes += sum(f.stat().st_size for f in chunk)
+                submitted = cl.submit_many(specs)
+                by_id: dict[str, Path] = {}
+                for f, r in zip(chunk, submitted):
+                    if isinstance(r, TandemError):
+                        failures.append({"input": str(f), "error": str(r)})
+                        bar.advance(task)
+                        if on_result:
+                            on_result(f, r)
+                    else:
+                        by_id[r.id] = f
+                watched = cl.watch(list(by_id), include_result=True, timeout=wait_timeout) \
+                    if by_id else iter(())
+                for job in watched:
+                    if not job.done:
+                        continue
+                    f = by_id[job.id]
+                    if job.state is JobState.SUCCEEDED:
+                        succeeded += 1
+                        if job.created_at and job.finished_at:
+                            latencies.append((job.finished_at - job.created_at).total_seconds() * 1000)
+                        if output_dir:
+                            data = job.result
+                            if data is None:
+                                data = cl.get(job.id, include_result=True).result or b""
+                            ext = _EXT_BY_TYPE.get(job.result_content_type, ".out")
+                            (Path(output_dir) / (f.name + ext)).write_bytes(data)
+                    else:
+                        try:
+                            job_outcome(job)
+                        except TandemError as err:
+                            error = err.error if isinstance(err, JobFailed) else err
+                            failures.append({"input": str(f), "error": f"{job.state.name}: {error}"})
+                    if on_result:
+                        on_result(f, job)
+                    bar.update(task, advance=1, status=f"{len(failures)} failed" if failures else "")
+    finally:
+        if own:
+            cl.close()
+    seconds = time.monotonic() - started
+    return {
+        "count": len(files),
+        "succeeded": succeeded,
+        "failed": len(failures),
+        "seconds": round(seconds, 3),
+        "jobs_per_second": round(len(files) / seconds, 1) if seconds > 0 else 0.0,
+        "mb_per_second": round(in_bytes / 1e6 / seconds, 2) if seconds > 0 else 0.0,
+        "latency_ms_p50": round(_percentile(latencies, 50), 2),
+        "latency_ms_p99": round(_percentile(latencies, 99), 2),
+        "failures": failures,
+    }
+
+
+# A map window holds at most this many payload bytes in memory at once (or
+# one file, if a single file is larger).
+MAP_WINDOW_BYTES = 128 * 1024 * 1024
+
+
+def _windows(files: list[Path], count: int, max_bytes: int) -> Iterator[list[Path]]:
+    """Cuts files into windows bounded by count and by total size."""
+    chunk: list[Path] = []
+    size = 0
+    for f in files:
+        n = f.stat().st_size
+        if chunk and (len(chunk) >= count or size + n > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(f)
+        size += n
+    if chunk:
+        yield chunk
+
+
+def print_map_summary(summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title="summary", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("jobs", str(summary["count"]))
+    table.add_row("succeeded", str(summary["succeeded"]))
+    table.add_row("failed", str(summary["failed"]))
+    table.add_row("wall time", f"{summary['seconds']:.2f} s")
+    table.add_row("throughput", f"{summary['jobs_per_second']} jobs/s, {summary['mb_per_second']} MB/s")
+    table.add_row("latency p50 / p99", f"{summary['latency_ms_p50']} ms / {summary['latency_ms_p99']} ms")
+    console = _console()
+    console.print(table)
+    for f in summary["failures"][:20]:
+        console.print(f"[red]failed[/red] {f['input']}: {f['error']}", highlight=False)
+    if len(summary["failures"]) > 20:
+        console.print(f"... and {len(summary['failures']) - 20} more")
+
+
+def _kv(items: Sequence[str], flag: str) -> Iterator[tuple[str, str]]:
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"{flag} expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        yield k, v
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--address", default=argparse.SUPPRESS, metavar="HOST:PORT",
+                        help=f"orchestrator address (env TANDEM_ADDRESS; default {DEFAULT_ADDRESS})")
+    common.add_argument("--timeout", type=float, default=argparse.SUPPRESS, metavar="SECONDS",
+                        help="deadline of each call (default 30)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable JSON output")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks on errors")
+
+    parser = argparse.ArgumentParser(
+        prog="tandem", description="Submit and inspect Tandem jobs, or run transforms locally.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common],
+    )
+    parser.add_argument("--version", action="version", version="tandem 0.1.0")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common],
+                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        return p
+
+    def add_wait_timeout(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--wait-timeout", type=float, metavar="SECONDS",
+                       help="give up waiting after this long (default: wait forever)")
+
+    p = add("submit", "submit a job (a pipeline of ops over one payload)")
+    _add_steps(p)
+    _add_input(p)
+    p.add_argument("-q", "--queue", default="", help="queue (default: the server's 'default')")
+    p.add_argument("-k", "--key", help="idempotency key (default: a generated one)")
+    p.add_argument("--max-attempts", type=int, help="override the queue's max attempts")
+    p.add_argument("--job-timeout", type=float, metavar="SECONDS", help="per-attempt job timeout")
+    p.add_argument("--label", action="append", metavar="KEY=VALUE", help="a label; repeatable")
+    p.add_argument("-w", "--wait", action="store_true", help="wait for the result and print it")
+    p.add_argument("-o", "--output", metavar="FILE", help="with --wait: write the result to FILE ('-' = stdout)")
+    add_wait_timeout(p)
+    p.set_defaults(func=cmd_submit)
+
+    p = add("get", "show a job")
+    p.add_argument("job_id")
+    p.add_argument("-r", "--result", action="store_true", help="print the result instead")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the result to FILE")
+    p.set_defaults(func=cmd_get)
+
+    p = add("watch", "follow jobs' state changes (ends when all are terminal) or a queue's")
+    p.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    p.add_argument("-q", "--queue", help="watch every job of this queue")
+    add_wait_timeout(p)
+    p.set_defaults(func=cmd_watch)
+
+    p = add("cancel", "cancel a job")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_cancel)
+
+    p = add("ops", "list the ops the compute service runs, with their params")
+    p.set_defaults(func=cmd_ops)
+
+    p = add("queues", "list queues with their live figures")
+    p.set_defaults(func=cmd_queues)
+
+    for name, text in (("pause", "stop a queue's workers from pulling (submits still queue)"),
+                       ("resume", "let a paused queue's workers pull again")):
+        p = add(name, text)
+        p.add_argument("queue")
+        p.set_defaults(func=cmd_pause_resume)
+
+    p = add("dlq", "dead-letter queue: list, retry or purge")
+    dsub = p.add_subparsers(dest="dlq_cmd", metavar="ACTION", required=True)
+    for name, text in (("list", "list dead jobs"), ("retry", "re-enqueue dead jobs"),
+                       ("purge", "delete dead jobs for good")):
+        dp = dsub.add_parser(name, help=text, description=text, parents=[common])
+        dp.add_argument("-q", "--queue", default="default", help="queue (default: default)")
+        if name == "list":
+            dp.add_argument("--limit", type=int, default=100, help="at most this many (max 1000)")
+        else:
+            dp.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+            dp.add_argument("--all", action="store_true", help="every dead job of the queue")
+    p.set_defaults(func=cmd_dlq)
+
+    p = add("local", "run a pipeline in this process (tandem._native), no service needed")
+    _add_steps(p)
+    _add_input(p)
+    p.add_argument("-o", "--output", metavar="FILE", help="write the result to FILE")
+    p.add_argument("--list", action="store_true", help="list the native ops instead")
+    p.add_argument("--debug-ops", action="store_true", help="allow the test-only debug.* ops")
+    p.set_defaults(func=cmd_local)
+
+    p = add("map", "run one pipeline over a folder of files, with progress and a summary")
+    _add_steps(p)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursed)")
+    p.add_argument("--glob", default="*", help="file pattern inside folders (default '*')")
+    p.add_argument("-q", "--queue", default="", help="queue")
+    p.add_argument("--output-dir", metavar="DIR", help="write each result to DIR/<name>.<ext>")
+    p.add_argument("--window", type=int, default=256, help="jobs in flight at once (default 256)")
+    add_wait_timeout(p)
+    p.set_defaults(func=cmd_map)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point of the ``tandem`` command."""
+    sys.exit(run(argv))
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI and returns the exit code (never raises for errors)."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    for name, default in (("address", None), ("timeout", 30.0), ("json", False), ("debug", False)):
+        if not hasattr(ns, name):
+            setattr(ns, name, default)
+    ns.address = ns.address or os.environ.get("TANDEM_ADDRESS") or DEFAULT_ADDRESS
+    out = Out(ns.json)
+    try:
+        code: int = ns.func(ns, out)
+        return code
+    except KeyboardInterrupt:
+        if ns.debug:
+            raise
+        print("tandem: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (TandemError, UsageError) as err:
+        if ns.debug:
+            import traceback
+
+            traceback.print_exc()
+        code = exit_code_for(err)
+        if out.json and isinstance(err, TandemError):
+            payload: dict[str, Any] = {"error": {"type": type(err).__name__, "reason": err.reason,
+                                                 "message": err.message, "metadata": err.metadata}}
+            if isinstance(err, JobFailed):
+                payload["error"]["job"] = err.job.to_dict()
+            print(json.dumps(payload), file=sys.stderr)
+        elif isinstance(err, Unavailable) and not err.reason:
+            print(f"tandem: error: cannot reach {ns.address}: {err.message}", file=sys.stderr)
+        else:
+            print(f"tandem: error: {err}", file=sys.stderr)
+        return code
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as err:  # noqa: BLE001 - one line unless --debug
+        if ns.debug:
+            raise
+        print(f"tandem: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,403 @@
+"""``python -m tandem.demo``: start a local Tandem stack, run a small batch
+through it, print what happened, stop the stack.
+
+The stack is one ``tandem-compute`` and one ``tandem-orchestrator`` with its
+embedded NATS JetStream, on loopback ports, with a temporary data folder.
+The batch: generated PNG images get thumbnails and fingerprints, generated
+texts get statistics and content-defined chunk fingerprints, and one
+deliberately corrupt image shows what a clear error looks like.
+
+``--serve`` keeps the stack up after the demo (orchestrator on
+127.0.0.1:50051 unless ``--address`` says otherwise) until Ctrl-C, so the
+``tandem`` command can be tried against it. Exits 0 when the demo went as
+expected; leaves no process running either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import struct
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from tandem._client import Client, job_outcome
+from tandem._errors import JobFailed, TandemError
+from tandem._stack import Process, StackError, free_port, grpc_ready, which
+from tandem._types import Job, JobState, Ops, Step
+
+__all__ = ["main", "LocalStack"]
+
+
+# ---------------------------------------------------------------- the stack
+
+
+@dataclass
+class LocalStack:
+    """compute + orchestrator (embedded NATS) on loopback, in ``workdir``."""
+
+    compute_bin: str
+    orchestrator_bin: str
+    workdir: Path
+    address: str = ""
+    compute_address: str = ""
+    nats_address: str = ""
+    processes: list[Process] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.compute_address = self.compute_address or f"127.0.0.1:{free_port()}"
+        self.address = self.address or f"127.0.0.1:{free_port()}"
+        self.nats_address = self.nats_address or f"127.0.0.1:{free_port()}"
+        logs = self.workdir / "logs"
+        compute = Process(
+            "tandem-compute",
+            [self.compute_bin, "--listen", self.compute_address, "--metrics-listen", ""],
+            log_path=logs / "compute.log",
+            ready=grpc_ready(self.compute_address),
+        )
+        orchestrator = Process(
+            "tandem-orchestrator",
+            [
+                self.orchestrator_bin,
+                "--listen", self.address,
+                "--compute", self.compute_address,
+                "--nats-listen", self.nats_address,
+                "--data-dir", str(self.workdir / "data"),
+                "--metrics-listen", "",
+            ],
+            log_path=logs / "orchestrator.log",
+            ready=grpc_ready(self.address),
+            ready_timeout=60.0,
+        )
+        self.processes = [compute, orchestrator]
+        for p in self.processes:
+            p.start()
+
+    def stop(self) -> None:
+        for p in reversed(self.processes):
+            p.stop(timeout=15.0)
+
+    def logs(self) -> str:
+        return "\n".join(f"==== {p.name} ({p.log_path})\n{p.log_tail(40)}" for p in self.processes)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def png(width: int, height: int, seed: int) -> bytes:
+    """A colourful RGB PNG made of gradients (pure Python, fast enough)."""
+    rng = random.Random(seed)
+    a, b, c = rng.randrange(1, 5), rng.randrange(1, 5), rng.randrange(256)
+    red = bytes((x * 255 // max(1, width - 1) * a + c) & 255 for x in range(width))
+    blue = bytes((255 - x * 255 // max(1, width - 1) + c) & 255 for x in range(width))
+    raw = bytearray()
+    row = bytearray(width * 3)
+    row[0::3] = red
+    row[2::3] = blue
+    for y in range(height):
+        row[1::3] = bytes([(y * 255 // max(1, height - 1) * b) & 255]) * width
+        raw += b"\x00" + row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(raw), 6)) + chunk(b"IEND", b"")
+
+
+_WORDS = ("job queue worker retry stream broker compute pipeline thumbnail hash chunk "
+          "durable idempotent backoff deadline cancel dead letter orchestrator tandem "
+          "rust go python nats jetstream grpc latency throughput").split()
+
+
+def text(seed: int, words: int) -> bytes:
+    rng = random.Random(seed)
+    out = []
+    for i in range(words):
+        w = rng.choice(_WORDS)
+        out.append(w.capitalize() if i % 12 == 0 else w)
+        if i % 12 == 11:
+            out[-1] += ".\n"
+    return (" ".join(out) + ".\n").encode()
+
+
+def make_inputs(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    sizes = [(640, 480), (480, 640), (800, 600), (320, 240), (1024, 256), (256, 256)]
+    for i in range(18):
+        w, h = sizes[i % len(sizes)]
+        p = folder / f"image-{i:02d}.png"
+        p.write_bytes(png(w, h, i))
+        files.append(p)
+    for i in range(10):
+        p = folder / f"text-{i:02d}.txt"
+        p.write_bytes(text(100 + i, 200 + 300 * i))
+        files.append(p)
+    bad = folder / "broken.png"
+    bad.write_bytes(png(64, 64, 7)[:90])  # truncated: header fine, pixels cut off
+    files.append(bad)
+    return files
+
+
+# ---------------------------------------------------------------- pipelines
+
+
+def _int_param(ops: Ops, op: str, names: Sequence[str], value: int) -> dict[str, str]:
+    spec = ops.get(op)
+    if spec is None:
+        return {}
+    params: dict[str, str] = {}
+    for p in spec.params:
+        if p.name in names and p.type == "int":
+            v = value if not p.max else min(value, p.max)
+            params[p.name] = str(max(v, p.min))
+    return params
+
+
+def pipelines(ops: Ops) -> dict[str, tuple[str, list[Step]]]:
+    """What runs on each kind of input, adapted to the ops the server has."""
+    have = set(ops.names())
+    out: dict[str, tuple[str, list[Step]]] = {}
+    if "image.thumbnail" in have:
+        params = _int_param(ops, "image.thumbnail",
+                            ("max_width", "max_height", "width", "height"), 128)
+        spec = ops.get("image.thumbnail")
+        if spec and any(p.name == "format" for p in spec.params):
+            params["format"] = "png"
+        out["thumbnail"] = ("image", [Step("image.thumbnail", params)])
+    fp = "hash.blake3" if "hash.blake3" in have else "hash.sha256"
+    out["fingerprint"] = ("any", [Step(fp)])
+    if "text.stats" in have:
+        out["stats"] = ("text", [Step("text.stats")])
+    if "chunk.fastcdc" in have:
+        # Small chunks, so that the demo's texts show several.
+        params = _int_param(ops, "chunk.fastcdc", ("min_size",), 256)
+        params.update(_int_param(ops, "chunk.fastcdc", ("avg_size",), 1024))
+        params.update(_int_param(ops, "chunk.fastcdc", ("max_size",), 4096))
+        out["chunks"] = ("text", [Step("chunk.fastcdc", params)])
+    return out
+
+
+def describe(kind: str, job: Job) -> str:
+    data = job.result or b""
+    if kind == "thumbnail" and data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        w, h = struct.unpack(">II", data[16:24])
+        return f"{w}x{h} PNG, {len(data):,} bytes"
+    if kind == "stats":
+        try:
+            stats = json.loads(data)
+            return ", ".join(f"{stats[k]} {k}" for k in ("words", "lines") if k in stats) or data[:60].decode()
+        except (ValueError, TypeError):
+            pass
+    if kind == "chunks":
+        try:
+            parsed = json.loads(data)
+            items = parsed.get("chunks", parsed) if isinstance(parsed, dict) else parsed
+            return f"{len(items)} chunk{'s' if len(items) != 1 else ''}"
+        except (ValueError, TypeError, AttributeError):
+            pass
+    if kind == "fingerprint" or (len(data) <= 64 and not data.isascii()):
+        return data.hex()[:16] + "…"
+    try:
+        t = data.decode()
+        return (t[:40] + "…") if len(t) > 40 else t
+    except UnicodeDecodeError:
+        return data.hex()[:16] + "…"
+
+
+# ---------------------------------------------------------------- the demo
+
+
+def run_demo(client: Client, workdir: Path, console: Any) -> bool:
+    """Runs the demo batch; True when everything went as expected."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    ops = client.ops()
+    console.print(f"compute serves {len(ops)} ops: {', '.join(ops.names())}", highlight=False)
+    files = make_inputs(workdir / "inputs")
+    plan = pipelines(ops)
+    jobs: list[tuple[Path, str, list[Step]]] = []
+    for f in files:
+        is_image = f.suffix == ".png"
+        for name, (target, steps) in plan.items():
+            applies = target == "any" or (target == "image") == is_image
+            if applies:
+                jobs.append((f, name, steps))
+    console.print(f"submitting {len(jobs)} jobs for {len(files)} inputs "
+                  f"({sum(f.stat().st_size for f in files) / 1e6:.1f} MB)…", highlight=False)
+
+    from tandem._requests import JobSpec
+
+    started = time.monotonic()
+    handles = client.submit_many(JobSpec(steps=s, payload=f) for f, _, s in jobs)
+    rejected = [(jobs[i], h) for i, h in enumerate(handles) if isinstance(h, TandemError)]
+    by_id = {h.id: i for i, h in enumerate(handles) if not isinstance(h, TandemError)}
+    finals: dict[int, Job] = {}
+    bar = Progress(TextColumn("[bold]jobs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=console)
+    with bar:
+        task = bar.add_task("jobs", total=len(jobs), completed=len(rejected))
+        for job in (client.watch(list(by_id), include_result=True, timeout=120) if by_id else ()):
+            if job.done:
+                finals[by_id[job.id]] = job
+                bar.advance(task)
+    seconds = time.monotonic() - started
+
+    # One row per input: what each pipeline made of it.
+    kinds = list(plan)
+    table = Table(title="results", title_justify="left")
+    table.add_column("input")
+    table.add_column("size", justify="right")
+    for kind in kinds:
+        table.add_column(kind)
+    rows: dict[Path, dict[str, str]] = {}
+    failures = []
+    for i, (f, name, steps) in enumerate(jobs):
+        final = finals.get(i)
+        if final is None:
+            continue
+        job = final
+        cell = describe(name, job) if job.state is JobState.SUCCEEDED else (
+            f"[red]{job.state.name}: {job.last_error.reason if job.last_error else ''}[/red]")
+        rows.setdefault(f, {})[name] = cell
+        if job.state is not JobState.SUCCEEDED:
+            failures.append((f, job))
+    for f, cells in rows.items():
+        table.add_row(f.name, f"{f.stat().st_size:,}", *(cells.get(k, "") for k in kinds))
+    console.print(table)
+
+    ok = len(finals) == len(by_id)
+    # The one failure we expect: the corrupt image, with a clear error.
+    for f, job in failures:
+        try:
+            job_outcome(job)
+        except JobFailed as err:
+            expected = f.name == "broken.png" and err.error.reason in ("INPUT_CORRUPT", "OUTPUT_TOO_LARGE")
+            colour = "yellow" if expected else "red"
+            label = "expected error" if expected else "unexpected error"
+            console.print(f"[{colour}]{label}[/{colour}] for {f.name}: {err.error}", highlight=False)
+            ok = ok and (expected or f.name == "broken.png")
+        except TandemError as err:
+            console.print(f"[red]unexpected[/red] {f.name}: {err}", highlight=False)
+            ok = False
+    for (f, name, _), rejection in rejected:
+        console.print(f"[red]rejected[/red] {f.name} ({name}): {rejection}", highlight=False)
+        ok = False
+
+    # Same bytes in-process, through the native module.
+    try:
+        from tandem import local
+
+        if local.available():
+            checked = same = 0
+            for i, (f, name, steps) in enumerate(jobs):
+                done_job = finals.get(i)
+                if done_job is None or done_job.state is not JobState.SUCCEEDED:
+                    continue
+                checked += 1
+                same += local.run(steps, f) == done_job.result
+            mark = "[green]✓[/green]" if same == checked else "[red]✗[/red]"
+            console.print(f"{mark} native parity: {same}/{checked} results identical when run "
+                          "in-process with tandem.local.run", highlight=False)
+            ok = ok and same == checked
+    except TandemError as err:
+        console.print(f"native module not usable: {err}", highlight=False)
+
+    done = sum(1 for j in finals.values() if j.state is JobState.SUCCEEDED)
+    summary = Table(title="summary", title_justify="left", show_header=False)
+    summary.add_column("what")
+    summary.add_column("value", justify="right")
+    summary.add_row("jobs", str(len(jobs)))
+    summary.add_row("succeeded", str(done))
+    summary.add_row("failed", str(len(jobs) - done))
+    summary.add_row("wall time", f"{seconds:.2f} s")
+    summary.add_row("throughput", f"{len(jobs) / seconds:.0f} jobs/s" if seconds else "-")
+    console.print(summary)
+    return ok
+
+
+_stop_requested = False
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    global _stop_requested
+    _stop_requested = True
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tandem.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--compute-bin", default=os.environ.get("TANDEM_COMPUTE_BIN", "tandem-compute"))
+    parser.add_argument("--orchestrator-bin",
+                        default=os.environ.get("TANDEM_ORCHESTRATOR_BIN", "tandem-orchestrator"))
+    parser.add_argument("--serve", action="store_true",
+                        help="keep the stack running after the demo until Ctrl-C")
+    parser.add_argument("--address", help="orchestrator listen address "
+                        "(default: 127.0.0.1:50051 with --serve, a free port otherwise)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, data)")
+    ns = parser.parse_args(argv)
+
+    from rich.console import Console
+
+    console = Console()
+    signal.signal(signal.SIGTERM, _on_signal)
+    workdir = Path(tempfile.mkdtemp(prefix="tandem-demo-"))
+    try:
+        compute_bin = which(ns.compute_bin)
+        orchestrator_bin = which(ns.orchestrator_bin)
+    except StackError as err:
+        console.print(f"[red]error:[/red] {err} (build with `make build`)", highlight=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+        return 2
+    stack = LocalStack(compute_bin, orchestrator_bin, workdir,
+                       address=ns.address or ("127.0.0.1:50051" if ns.serve else ""))
+    ok = False
+    try:
+        console.print(f"starting the local stack in {workdir} …", highlight=False)
+        t0 = time.monotonic()
+        stack.start()
+        console.print(f"stack up in {time.monotonic() - t0:.1f} s: orchestrator {stack.address}, "
+                      f"compute {stack.compute_address}, NATS {stack.nats_address}", highlight=False)
+        with Client(stack.address, compute_address=stack.compute_address) as client:
+            ok = run_demo(client, workdir, console)
+        if ns.serve:
+            console.print(
+                f"\nserving: export TANDEM_ADDRESS={stack.address} TANDEM_COMPUTE_ADDRESS="
+                f"{stack.compute_address}; try `tandem ops`, `tandem queues`, "
+                "`tandem submit --op hash.sha256 --data hi --wait`.\nCtrl-C stops.",
+                highlight=False)
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping…")
+    except (StackError, TandemError) as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False)
+        console.print(stack.logs(), highlight=False, markup=False)
+        ok = False
+    finally:
+        stack.stop()
+        if ns.keep:
+            console.print(f"kept {workdir}", highlight=False)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    console.print("[green]demo finished: every job went as expected; the stack is stopped.[/green]"
+                  if ok else "[red]demo finished with unexpected results[/red]")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
