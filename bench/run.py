@@ -1,0 +1,593 @@
+#!/usr/bin/env python3
+"""Tandem vs Celery+Redis, side by side, against the raw limits (make bench).
+
+Runs with the main dev venv (.venv: grpcio, the tandem package). Installs
+what else it needs by itself: bench/.venv (Celery, redis-py, zstandard,
+Pillow, matplotlib; see bench/requirements.txt), redis-server from Debian's
+packages when missing, and bench/jsbench (a small Go client of NATS
+JetStream) built with the Go toolchain. Starts everything on loopback and
+stops everything at the end, also on error or Ctrl-C.
+
+Output: a table on the terminal, bench/results/latest.json (every figure,
+every run, the machine) and bench/results/latest.png; --quick also writes
+quick.json/png and a full run full.json/png. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import report  # noqa: E402
+import services as svc  # noqa: E402
+import workloads  # noqa: E402
+
+BENCH_VENV = os.path.join(HERE, ".venv")
+BENCH_PY = os.path.join(BENCH_VENV, "bin", "python")
+CACHE = os.path.join(BENCH_VENV, "cache", "workloads")
+JSBENCH_BIN = os.path.join(BENCH_VENV, "bin", "jsbench")
+RESULTS = os.path.join(HERE, "results")
+QUEUE = "bench"
+CORES = os.cpu_count() or 1
+
+ALL_WORKLOADS = ("limits", "tiny", "latency", "thumbnails", "compress")
+
+
+@dataclass
+class Settings:
+    quick: bool
+    repeats: int
+    counts: dict[str, int]
+    latency_seconds: float
+    latency_min_jobs: int
+    latency_max_jobs: int
+    jetstream_msgs: int
+    celery_fast_workloads: tuple[str, ...]
+    workloads: tuple[str, ...]
+    tandem_durability: tuple[str, ...] = ("always", "interval")
+    redis_persistence: tuple[str, ...] = ("aof-always", "default")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    plan = workloads.plan(args.quick)
+    counts = {k: w.count for k, w in plan.items()}
+    for kv in args.count or []:
+        k, _, v = kv.partition("=")
+        counts[k] = int(v)
+    only = tuple(args.only) if args.only else ALL_WORKLOADS
+    for w in only:
+        if w not in ALL_WORKLOADS:
+            raise SystemExit(f"--only: unknown workload {w!r} (one of {', '.join(ALL_WORKLOADS)})")
+    return Settings(
+        quick=args.quick,
+        # --quick is a smoke run: one run per figure unless --repeats says more.
+        repeats=args.repeats or (1 if args.quick else 3),
+        counts=counts,
+        latency_seconds=args.latency_seconds or (1.5 if args.quick else 5.0),
+        latency_min_jobs=100 if args.quick else 250,
+        latency_max_jobs=1000 if args.quick else 15000,
+        # Fewer than a few thousand messages measure JetStream's start-up
+        # (file creation) more than its rate.
+        jetstream_msgs=max(counts["tiny"], 3000 if args.quick else 20000),
+        celery_fast_workloads=("tiny",) if args.celery_fast == "tiny" else (() if args.celery_fast == "off" else ("tiny", "thumbnails", "compress")),
+        workloads=only,
+    )
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def sha256_file(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def ensure_bench_venv() -> None:
+    req = os.path.join(HERE, "requirements.txt")
+    stamp = os.path.join(BENCH_VENV, ".requirements.sha256")
+    want = sha256_file(req)
+    if os.path.exists(stamp) and open(stamp).read().strip() == want and os.path.exists(BENCH_PY):
+        return
+    log("setting up bench/.venv (Celery, redis-py, zstandard, Pillow, matplotlib)")
+    if not os.path.exists(BENCH_PY):
+        base = getattr(sys, "_base_executable", None) or shutil.which("python3") or sys.executable
+        subprocess.run([base, "-m", "venv", BENCH_VENV], check=True)
+    subprocess.run([BENCH_PY, "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
+    subprocess.run([BENCH_PY, "-m", "pip", "install", "-q", "-r", req], check=True)
+    with open(stamp, "w") as f:
+        f.write(want + "\n")
+
+
+def ensure_jsbench() -> str:
+    src = os.path.join(HERE, "jsbench")
+    newest = max(os.path.getmtime(os.path.join(src, n)) for n in ("main.go", "go.mod", "go.sum"))
+    if os.path.exists(JSBENCH_BIN) and os.path.getmtime(JSBENCH_BIN) >= newest:
+        return JSBENCH_BIN
+    log("building bench/jsbench (Go, nats.go)")
+    subprocess.run(["go", "build", "-o", JSBENCH_BIN, "."], cwd=src, check=True,
+                   env=dict(os.environ, GOFLAGS="-mod=readonly -buildvcs=false"))
+    return JSBENCH_BIN
+
+
+def binary(env: str, default: str) -> str:
+    path = os.environ.get(env) or os.path.join(ROOT, default)
+    return os.path.abspath(path)
+
+
+def generate_workloads(st: Settings) -> dict[str, dict[str, Any]]:
+    names = set()
+    if {"tiny", "latency", "limits"} & set(st.workloads):
+        names.add("tiny")
+    for w in ("thumbnails", "compress"):
+        if w in st.workloads or "limits" in st.workloads:
+            names.add(w)
+    cmd = [BENCH_PY, os.path.join(HERE, "workloads.py"), "generate", "--out", CACHE, "--only", *sorted(names)]
+    for k in sorted(names):
+        cmd += ["--count", f"{k}={st.counts[k]}"]
+    log(f"generating workloads {sorted(names)} (cached under bench/.venv/cache)")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    manifests = {}
+    for line in out.splitlines():
+        m = json.loads(line)
+        manifests[m["name"]] = m
+    return manifests
+
+
+def machine_description() -> dict[str, Any]:
+    d: dict[str, Any] = {"cores": CORES, "platform": platform.platform(), "python": platform.python_version()}
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                d["cpu"] = line.split(":", 1)[1].strip()
+                break
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                d["memory_gib"] = round(int(line.split()[1]) / 2**20, 1)
+                break
+    except OSError:
+        pass
+
+    def version(cmd: list[str]) -> str:
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+            return (r.stdout or r.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "unknown"
+
+    d["go"] = version(["go", "version"])
+    d["redis_server"] = version([shutil.which("redis-server") or "redis-server", "--version"])
+    d["nats_server"] = version([binary("TANDEM_NATS_SERVER_BIN", "bin/nats-server"), "--version"])
+    d["celery"] = version([BENCH_PY, "-c", "import celery, kombu, redis; print('celery', celery.__version__, 'kombu', kombu.__version__, 'redis-py', redis.__version__)"])
+    d["grpcio"] = version([sys.executable, "-c", "import grpc; print(grpc.__version__)"])
+    for name, env, default in (("tandem_compute", "TANDEM_COMPUTE_BIN", "compute-rs/target/release/tandem-compute"),
+                               ("tandem_orchestrator", "TANDEM_ORCHESTRATOR_BIN", "bin/tandem-orchestrator")):
+        p = binary(env, default)
+        if os.path.exists(p):
+            d[name] = {"path": os.path.relpath(p, ROOT), "sha256": sha256_file(p)[:16],
+                       "built": dt.datetime.fromtimestamp(os.path.getmtime(p), dt.timezone.utc).isoformat(timespec="seconds")}
+    return d
+
+
+# ---------------------------------------------------------------- the run
+
+
+class Bench:
+    def __init__(self, st: Settings, work: str, manifests: dict[str, dict[str, Any]]) -> None:
+        self.st = st
+        self.work = work
+        self.manifests = manifests
+        self.services = svc.Services(os.path.join(work, "logs"))
+        self.measurements: list[dict[str, Any]] = []
+        self.runs: list[dict[str, Any]] = []
+        self.failures: list[dict[str, Any]] = []
+        self.tiny_max: dict[str, float] = {}  # system -> median single-submit jobs/s
+        self.jetstream_with_tandem = False
+
+    # -- helpers
+
+    def driver(self, system: str, label: str, cmd: list[str], timeout: float,
+               record: bool = True) -> dict[str, Any] | None:
+        """Runs one driver process; its parsed result, or None (recorded as a failure)."""
+        t0 = time.monotonic()
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=HERE)
+            if r.returncode != 0:
+                raise RuntimeError(f"exit {r.returncode}: {(r.stderr or r.stdout).strip()[-1500:]}")
+            res = report.parse_driver_output(r.stdout)
+            if res.get("errors") or res.get("timed_out"):
+                raise RuntimeError(f"{res.get('errors')} errors, timed out: {res.get('timed_out')}; {res.get('note')}")
+        except Exception as e:  # noqa: BLE001 - one failed run must not stop the others
+            msg = str(e) if not isinstance(e, subprocess.TimeoutExpired) else f"timed out after {timeout:.0f}s"
+            log(f"  FAILED {system} {label}: {msg[:400]}")
+            self.failures.append({"system": system, "workload": label, "error": msg})
+            return None
+        res["system"] = system
+        res["label"] = label
+        res["wall_seconds"] = time.monotonic() - t0
+        stored = {k: v for k, v in res.items() if k != "latencies"}
+        if "latencies" in res and res["latencies"]:
+            stored["latency_ms"] = report.latency_summary(res["latencies"])
+        if record:
+            self.runs.append(stored)
+        return res
+
+    def repeat(self, system: str, label: str, cmd: list[str], timeout: float) -> list[dict[str, Any]]:
+        out = []
+        for i in range(self.st.repeats):
+            res = self.driver(system, label, cmd, timeout)
+            if res is not None:
+                out.append(res)
+        return out
+
+    def add_throughput(self, system: str, workload: str, results: list[dict[str, Any]], unit: str) -> None:
+        if not results:
+            return
+        if unit == "MB/s":
+            runs = [r["input_bytes"] / 1e6 / r["elapsed_seconds"] for r in results]
+        else:
+            runs = [r["jobs"] / r["elapsed_seconds"] for r in results]
+        m = report.measurement(system, workload, "throughput", unit, runs, jobs=results[0]["jobs"])
+        self.measurements.append(m)
+        log(f"  {system:<28} {workload:<14} {report.fmt_figure(m)}")
+
+    def add_latency(self, system: str, load: str, results: list[dict[str, Any]]) -> None:
+        if not results:
+            return
+        sums = [report.latency_summary(r["latencies"]) for r in results]
+        rate = results[0]["rate"]
+        for metric in ("p50", "p99", "p999"):
+            m = report.measurement(system, "latency", metric, "ms", [s[metric] for s in sums],
+                                   load=load, rate=rate, jobs=int(sums[0]["count"]))
+            self.measurements.append(m)
+        log(f"  {system:<28} latency @{load} ({rate:.0f}/s): p50 {report.fmt_num(self.measurements[-3]['median'])} ms, "
+            f"p99 {report.fmt_num(self.measurements[-2]['median'])} ms, p999 {report.fmt_num(self.measurements[-1]['median'])} ms")
+
+    def latency_count(self, rate: float) -> int:
+        n = int(rate * self.st.latency_seconds)
+        return max(self.st.latency_min_jobs, min(self.st.latency_max_jobs, n))
+
+    # Probe sizes, and minimum counts, of the calibration run (see sized()).
+    PROBE = {"tiny": 300, "thumbnails": 16, "compress": 8}
+    MIN_COUNT = {"tiny": 1000, "thumbnails": 100, "compress": 40}
+    MIN_COUNT_QUICK = {"tiny": 300, "thumbnails": 12, "compress": 8}
+    TARGET_SECONDS = {"tiny": 10.0, "thumbnails": 12.0, "compress": 8.0}
+
+    def sized(self, system: str, base: list[str], workload: str) -> int:
+        """The count for this system's runs of a throughput workload: the full
+        count unless a short probe run says it would take longer than the
+        target; then what fits (the same first-N inputs for every repeat)."""
+        full = self.st.counts[workload]
+        probe = min(full, self.PROBE[workload])
+        min_count = (self.MIN_COUNT_QUICK if self.st.quick else self.MIN_COUNT)[workload]
+        target = 4.0 if self.st.quick else self.TARGET_SECONDS[workload]
+        if full <= min_count or self.st.quick:
+            return full
+        res = self.driver(system, f"{workload}/probe", base + ["--workload", workload, "--limit", str(probe)],
+                          self.timeout_for(workload), record=False)
+        if res is None:
+            return min(full, min_count)
+        n = report.calibrated_count(res["jobs"] / res["elapsed_seconds"], full, target, min_count)
+        if n < full:
+            log(f"  {system} {workload}: {n} of {full} inputs per run (probe: {res['jobs'] / res['elapsed_seconds']:.1f}/s)")
+        return n
+
+    def unit_of(self, workload: str) -> str:
+        return {"jobs": "jobs/s", "images": "images/s", "MB": "MB/s"}[workloads.plan()[workload].unit]
+
+    def timeout_for(self, workload: str) -> float:
+        return 90.0 if self.st.quick else 600.0
+
+    # -- limits
+
+    def run_limits(self, jetstream: bool = True) -> None:
+        """The limits: raw JetStream in both sync modes (unless the Tandem
+        part measures each right before its own mode) and the native op."""
+        if jetstream:
+            for sync in ("always", "interval"):
+                self.run_jetstream(sync)
+        self.run_native()
+
+    def run_jetstream(self, sync: str) -> None:
+        nats_bin = binary("TANDEM_NATS_SERVER_BIN", "bin/nats-server")
+        if not os.path.exists(nats_bin):
+            self.failures.append({"system": f"jetstream/{sync}", "workload": "limits", "error": f"no nats-server at {nats_bin}"})
+            log(f"  skipping the JetStream limit: no nats-server at {nats_bin}")
+            return
+        jsb = ensure_jsbench()
+        system = f"jetstream/{sync}"
+        port = svc.free_port()
+        d = tempfile.mkdtemp(prefix=f"nats-{sync}-", dir=self.work)
+        conf = os.path.join(d, "nats.conf")
+        with open(conf, "w") as f:
+            f.write(svc.nats_conf(port, os.path.join(d, "store"), sync))
+        p = self.services.start(f"nats-{sync}", [nats_bin, "-c", conf])
+        try:
+            svc.wait_until(lambda: svc.tcp_open(port), 20, "nats-server", p)
+            # sync always runs at ~1–4k msgs/s here: fewer messages keep
+            # the three phases within ~15 s, still far past start-up.
+            msgs = self.st.jetstream_msgs if sync == "interval" else \
+                min(self.st.jetstream_msgs, 2000 if self.st.quick else 6000)
+            cmd = [jsb, "-url", f"nats://127.0.0.1:{port}", "-msgs", str(msgs), "-sync", sync]
+            res = self.repeat(system, "jetstream", cmd, 600)
+        finally:
+            self.services.stop(p)
+        for key in ("pub", "consume", "pubsub"):
+            if res:
+                m = report.measurement(system, f"jetstream/{key}", "throughput", "msgs/s", [r[key] for r in res],
+                                       jobs=res[0]["msgs"])
+                self.measurements.append(m)
+                log(f"  {system:<28} {'jetstream/' + key:<18} {report.fmt_figure(m)}")
+
+    def run_native(self) -> None:
+        # The op alone, in-process.
+        for w in ("tiny", "thumbnails", "compress"):
+            if w not in self.manifests:
+                continue
+            cmd = [sys.executable, os.path.join(HERE, "native_driver.py"), "--data", CACHE, "--workload", w,
+                   "--threads", str(CORES)]
+            self.add_throughput("native", w, self.repeat("native", w, cmd, 600), self.unit_of(w))
+
+    # -- Celery
+
+    def run_celery(self) -> None:
+        redis_bin = svc.ensure_redis_server()
+        for persistence in self.st.redis_persistence:
+            port = svc.free_port()
+            d = tempfile.mkdtemp(prefix=f"redis-{persistence}-", dir=self.work)
+            rp = self.services.start(f"redis-{persistence}", [redis_bin, *svc.redis_args(persistence, port, d)])
+            try:
+                svc.wait_until(lambda: svc.redis_ping(port), 20, "redis-server", rp)
+                url = f"redis://127.0.0.1:{port}/0"
+                for mode in ("reliable", "fast"):
+                    if mode == "fast" and not self.st.celery_fast_workloads:
+                        continue
+                    self.run_celery_mode(f"celery-{mode}/{persistence}", mode, url)
+            finally:
+                self.services.stop(rp)
+
+    def run_celery_mode(self, system: str, mode: str, url: str) -> None:
+        log(f"{system}: starting Redis-backed Celery worker ({CORES} prefork processes)")
+        celery_bin = os.path.join(BENCH_VENV, "bin", "celery")
+        env = {"BENCH_REDIS_URL": url, "BENCH_CELERY_MODE": mode, "BENCH_CONCURRENCY": str(CORES)}
+        wp = self.services.start(system.replace("/", "-"), [
+            celery_bin, "-A", "celery_app", "worker", "-Q", QUEUE, "--pool", "prefork", "--concurrency", str(CORES),
+            "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "WARNING"], env=env, cwd=HERE)
+        try:
+            base = [BENCH_PY, os.path.join(HERE, "celery_driver.py"), "--redis-url", url, "--data", CACHE]
+            wanted = self.st.workloads if mode == "reliable" else tuple(w for w in self.st.workloads if w in self.st.celery_fast_workloads)
+            self.run_workloads(system, base, wanted, celery=True)
+        finally:
+            self.services.stop(wp)
+
+    # -- Tandem
+
+    def run_tandem(self) -> None:
+        compute_bin = binary("TANDEM_COMPUTE_BIN", "compute-rs/target/release/tandem-compute")
+        orch_bin = binary("TANDEM_ORCHESTRATOR_BIN", "bin/tandem-orchestrator")
+        for b in (compute_bin, orch_bin):
+            if not os.path.exists(b):
+                self.failures.append({"system": "tandem", "workload": "all", "error": f"missing binary {b}"})
+                log(f"skipping Tandem: missing binary {b}")
+                if self.jetstream_with_tandem:
+                    for sync in self.st.tandem_durability:
+                        self.run_jetstream(sync)
+                return
+        for durability in self.st.tandem_durability:
+            system = f"tandem/{durability}"
+            if self.jetstream_with_tandem:
+                log(f"limit: raw JetStream, sync {durability}")
+                self.run_jetstream(durability)
+            log(f"{system}: starting tandem-compute ({CORES} workers) and tandem-orchestrator (--durability {durability})")
+            d = tempfile.mkdtemp(prefix=f"tandem-{durability}-", dir=self.work)
+            cport, oport = svc.free_port(), svc.free_port()
+            cfg = os.path.join(d, "queues.toml")
+            with open(cfg, "w") as f:
+                f.write(svc.tandem_queue_toml(QUEUE, self.st.extra.get("tandem_min_workers", 4),
+                                              self.st.extra.get("tandem_max_workers", 16), 1_000_000))
+            cp = self.services.start(f"compute-{durability}", [
+                compute_bin, "--listen", f"127.0.0.1:{cport}", "--metrics-listen", f"127.0.0.1:{svc.free_port()}",
+                "--workers", str(CORES), "--queue-depth", str(self.st.extra.get("compute_queue_depth", 64)),
+                "--log-level", "warn"])
+            op = None
+            try:
+                svc.wait_until(lambda: svc.grpc_healthy(f"127.0.0.1:{cport}"), 30, "tandem-compute health", cp)
+                op = self.services.start(f"orchestrator-{durability}", [
+                    orch_bin, "--listen", f"127.0.0.1:{oport}", "--compute", f"127.0.0.1:{cport}",
+                    "--nats-listen", f"127.0.0.1:{svc.free_port()}", "--data-dir", os.path.join(d, "data"),
+                    "--config", cfg, "--durability", durability,
+                    "--metrics-listen", f"127.0.0.1:{svc.free_port()}", "--log-level", "warn"])
+                svc.wait_until(lambda: svc.grpc_healthy(f"127.0.0.1:{oport}"), 60, "tandem-orchestrator health", op)
+                base = [sys.executable, os.path.join(HERE, "tandem_driver.py"), "--address", f"127.0.0.1:{oport}",
+                        "--compute-address", f"127.0.0.1:{cport}", "--queue", QUEUE, "--data", CACHE]
+                self.run_workloads(system, base, self.st.workloads, celery=False)
+            except Exception as e:  # noqa: BLE001
+                log(f"  FAILED {system}: {e}")
+                self.failures.append({"system": system, "workload": "start", "error": str(e)[-3000:]})
+            finally:
+                if op is not None:
+                    self.services.stop(op, timeout=40)
+                self.services.stop(cp)
+
+    # -- workloads common to both systems
+
+    def run_workloads(self, system: str, base: list[str], wanted: tuple[str, ...], celery: bool) -> None:
+        if "tiny" in wanted or "latency" in wanted:
+            n = self.sized(system, base, "tiny")
+            for submit in ("single", "batch"):
+                if submit == "batch" and ("tiny" not in wanted or system.startswith("celery-fast")):
+                    continue
+                cmd = base + ["--workload", "tiny", "--submit", submit, "--limit", str(n)]
+                res = self.repeat(system, f"tiny/{submit}", cmd, self.timeout_for("tiny"))
+                self.add_throughput(system, f"tiny/{submit}", res, "jobs/s")
+                if submit == "single" and res:
+                    self.tiny_max[system] = report.summarize([r["jobs"] / r["elapsed_seconds"] for r in res])["median"]
+        if "latency" in wanted and system in self.tiny_max and not system.startswith("celery-fast"):
+            loads: list[tuple[str, float]] = [(f"{p}%", self.tiny_max[system] * p / 100) for p in (25, 50)]
+            if not celery:
+                d = report.SYSTEMS[system]["durability"]
+                ref = report.CELERY_REFERENCE[d]
+                if ref in self.tiny_max:
+                    loads += [(f"celery {p}%", self.tiny_max[ref] * p / 100) for p in (25, 50)]
+            for load, rate in loads:
+                cmd = base + ["--workload", "latency", "--rate", f"{rate:.3f}", "--count", str(self.latency_count(rate))]
+                self.add_latency(system, load, self.repeat(system, f"latency@{load}", cmd, self.timeout_for("latency")))
+        for w in ("thumbnails", "compress"):
+            if w in wanted:
+                cmd = base + ["--workload", w, "--limit", str(self.sized(system, base, w))]
+                self.add_throughput(system, w, self.repeat(system, w, cmd, self.timeout_for(w)), self.unit_of(w))
+
+
+def write_outputs(doc: dict[str, Any], names: list[str]) -> list[str]:
+    os.makedirs(RESULTS, exist_ok=True)
+    written = []
+    for name in names:
+        path = os.path.join(RESULTS, f"{name}.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+        os.replace(path + ".tmp", path)
+        written.append(path)
+    # The chart (matplotlib lives in the bench venv).
+    json_path = written[0]
+    for name in names:
+        png = os.path.join(RESULTS, f"{name}.png")
+        r = subprocess.run([BENCH_PY, os.path.join(HERE, "chart.py"), json_path, png], capture_output=True, text=True)
+        if r.returncode != 0:
+            log(f"chart failed: {r.stderr.strip()[-800:]}")
+        else:
+            written.append(png)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run: small sizes, under 2 minutes")
+    ap.add_argument("--only", action="append", choices=ALL_WORKLOADS, help="run only this workload (repeatable)")
+    ap.add_argument("--repeats", type=int, default=0, help="runs per figure (default 3)")
+    ap.add_argument("--count", action="append", metavar="WORKLOAD=N", help="override a workload's job count")
+    ap.add_argument("--latency-seconds", type=float, default=0.0, help="target length of each latency run")
+    ap.add_argument("--celery-fast", choices=["tiny", "all", "off"], default="tiny",
+                    help="workloads also run with Celery's fast settings (default: tiny)")
+    ap.add_argument("--systems", default="celery,tandem", help="comma list of celery, tandem (limits always run with --only limits or all)")
+    ap.add_argument("--tandem-max-workers", type=int, default=16, help="the bench queue's max_workers")
+    ap.add_argument("--tandem-min-workers", type=int, default=0, help="the bench queue's min_workers (default: max)")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, data) after the run")
+    args = ap.parse_args(argv)
+    if args.repeats and args.repeats < 1:
+        raise SystemExit("--repeats must be >= 1")
+    st = settings_from(args)
+    st.extra["tandem_max_workers"] = args.tandem_max_workers
+    st.extra["tandem_min_workers"] = args.tandem_min_workers or args.tandem_max_workers
+    systems = {s.strip() for s in args.systems.split(",") if s.strip()}
+
+    svc.install_signal_handlers()
+    started = dt.datetime.now(dt.timezone.utc)
+    t_start = time.monotonic()
+    work = tempfile.mkdtemp(prefix="tandem-bench-")
+    bench: Bench | None = None
+    interrupted = False
+    try:
+        ensure_bench_venv()
+        manifests = generate_workloads(st)
+        bench = Bench(st, work, manifests)
+        parts = []
+        tandem_runs = "tandem" in systems and bool(set(st.workloads) - {"limits"})
+        bench.jetstream_with_tandem = "limits" in st.workloads and tandem_runs
+        if "limits" in st.workloads:
+            # With Tandem running, each raw JetStream mode is measured right
+            # before Tandem's own mode (fsync costs drift on a shared disk).
+            parts.append(("limits", lambda: bench.run_limits(jetstream=not tandem_runs)))
+        if "celery" in systems and set(st.workloads) - {"limits"}:
+            parts.append(("celery", bench.run_celery))
+        if "tandem" in systems and set(st.workloads) - {"limits"}:
+            parts.append(("tandem", bench.run_tandem))
+        for name, part in parts:
+            if name == "limits":
+                log("limits: tandem._native in-process" + ("" if tandem_runs else ", raw JetStream (both sync modes)"))
+            try:
+                part()
+            except Exception as e:  # noqa: BLE001 - report it, run the rest
+                log(f"FAILED {name}: {e!r}")
+                bench.failures.append({"system": name, "workload": "all", "error": repr(e)[-3000:]})
+                bench.services.stop_all()
+    except KeyboardInterrupt:
+        log("interrupted: stopping everything; writing what was measured")
+        interrupted = True
+        if bench is None:
+            return 130
+    finally:
+        if bench is not None:
+            bench.services.stop_all()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            log(f"work dir kept: {work}")
+
+    # "full" only for the run the README reports: every workload and system,
+    # default sizes and repeats; anything narrower is "custom" (latest.* only).
+    custom = bool(args.only or args.count or args.repeats or args.latency_seconds
+                  or systems != {"celery", "tandem"} or args.celery_fast != "tiny")
+    mode = "quick" if st.quick else ("custom" if custom else "full")
+    rows = report.build_rows(bench.measurements)
+    checks = report.check_targets(rows)
+    doc = {
+        "mode": mode,
+        "interrupted": interrupted,
+        "command": "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "started": started.isoformat(timespec="seconds"),
+        "seconds": round(time.monotonic() - t_start, 1),
+        "machine": machine_description(),
+        "settings": {"repeats": st.repeats, "counts": st.counts, "latency_seconds": st.latency_seconds,
+                     "jetstream_msgs": st.jetstream_msgs, "workloads": st.workloads,
+                     "celery_fast_workloads": st.celery_fast_workloads, "cores": CORES, **st.extra},
+        "workloads": {k: {kk: vv for kk, vv in m.items() if kk != "sizes"} for k, m in bench.manifests.items()},
+        "systems": report.SYSTEMS,
+        "measurements": bench.measurements,
+        "rows": rows,
+        "targets": checks,
+        "failures": bench.failures,
+        "runs": bench.runs,
+    }
+    names = ["latest"] + ([] if mode == "custom" else [mode])
+    try:
+        written = write_outputs(doc, names)
+    except KeyboardInterrupt:
+        log("interrupted while writing the results")
+        return 130
+    print()
+    print(report.format_table(rows))
+    if checks:
+        print("\nTargets (goals from issue 6, not asserts):")
+        print(report.format_targets(checks))
+    if bench.failures:
+        print(f"\n{len(bench.failures)} run(s) failed:")
+        for f in bench.failures:
+            print(f'  {f["system"]} {f["workload"]}: {f["error"][:300]}')
+    print(f"\nwrote {', '.join(os.path.relpath(p, ROOT) for p in written)} in {doc['seconds']:.0f}s")
+    if interrupted:
+        return 130
+    return 1 if bench.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Statistics, result parsing, ratios, fractions, the table and targets."""
+
+import json
+
+import pytest
+
+import report
+
+
+def test_percentile_interpolates():
+    v = list(range(1, 101))  # 1..100
+    assert report.percentile(v, 0) == 1
+    assert report.percentile(v, 100) == 100
+    assert report.percentile(v, 50) == pytest.approx(50.5)
+    assert report.percentile([5.0], 99) == 5.0
+    assert report.percentile([3, 1, 2], 50) == 2
+    with pytest.raises(ValueError):
+        report.percentile([], 50)
+    with pytest.raises(ValueError):
+        report.percentile([1], 101)
+
+
+def test_latency_summary_in_ms():
+    s = report.latency_summary([0.001] * 990 + [0.1] * 10)
+    assert s["p50"] == pytest.approx(1.0)
+    assert s["p999"] == pytest.approx(100.0)
+    assert s["max"] == pytest.approx(100.0)
+    assert s["count"] == 1000
+
+
+def test_summarize_median_min_max():
+    assert report.summarize([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0}
+    assert report.summarize([1.0, 2.0, 3.0, 4.0])["median"] == 2.5
+    with pytest.raises(ValueError):
+        report.summarize([])
+
+
+def test_calibrated_count():
+    assert report.calibrated_count(5000.0, 20000, 12.0, 1000) == 20000
+    assert report.calibrated_count(80.0, 20000, 12.0, 1000) == 1000
+    assert report.calibrated_count(500.0, 20000, 12.0, 1000) == 6000
+    assert report.calibrated_count(0.0, 20000, 12.0, 1000) == 1000
+    assert report.calibrated_count(1.0, 50, 12.0, 100) == 50
+
+
+def test_parse_driver_output_takes_last_result_line():
+    text = "progress...\n" + json.dumps({"bench_result": 1, "jobs": 1}) + "\nnoise {not json\n" + \
+        json.dumps({"bench_result": 1, "jobs": 2}) + "\n"
+    assert report.parse_driver_output(text)["jobs"] == 2
+    with pytest.raises(ValueError):
+        report.parse_driver_output("nothing here\n{\"other\": 1}\n")
+
+
+def test_parse_jsbench():
+    line = json.dumps({"bench_result": 1, "pub": 4031.0, "consume": 4291.7, "pubsub": 2103.0, "sync": "always"})
+    assert report.parse_jsbench(line) == {"pub": 4031.0, "consume": 4291.7, "pubsub": 2103.0}
+    with pytest.raises(ValueError, match="pubsub"):
+        report.parse_jsbench(json.dumps({"bench_result": 1, "pub": 1.0, "consume": 1.0, "pubsub": 0}))
+
+
+def _m(system, workload, median, metric="throughput", unit="jobs/s", load=""):
+    extra = {"load": load} if load else {}
+    return report.measurement(system, workload, metric, unit, [median * 0.9, median, median * 1.1], **extra)
+
+
+def sample():
+    return [
+        _m("tandem/always", "tiny/batch", 1500.0),
+        _m("tandem/interval", "tiny/batch", 9000.0),
+        _m("celery-reliable/aof-always", "tiny/batch", 75.0),
+        _m("celery-reliable/default", "tiny/batch", 600.0),
+        _m("celery-fast/default", "tiny/batch", 900.0),
+        _m("jetstream/always", "jetstream/pubsub", 2000.0, unit="msgs/s"),
+        _m("jetstream/interval", "jetstream/pubsub", 50000.0, unit="msgs/s"),
+        _m("tandem/always", "thumbnails", 30.0, unit="images/s"),
+        _m("celery-reliable/aof-always", "thumbnails", 25.0, unit="images/s"),
+        _m("native", "thumbnails", 40.0, unit="images/s"),
+        _m("tandem/always", "latency", 4.0, metric="p99", unit="ms", load="celery 50%"),
+        _m("tandem/always", "latency", 3.0, metric="p99", unit="ms", load="50%"),
+        _m("celery-reliable/aof-always", "latency", 160.0, metric="p99", unit="ms", load="50%"),
+    ]
+
+
+def row(rows, system, workload, metric="throughput", load=""):
+    [r] = [r for r in rows if (r["system"], r["workload"], r["metric"], r.get("load", "")) == (system, workload, metric, load)]
+    return r
+
+
+def test_ratios_pair_equal_durability_with_reliable_celery():
+    rows = report.build_rows(sample())
+    assert row(rows, "tandem/always", "tiny/batch")["ratio_to_celery"] == pytest.approx(20.0)
+    assert row(rows, "tandem/interval", "tiny/batch")["ratio_to_celery"] == pytest.approx(15.0)
+    assert row(rows, "celery-fast/default", "tiny/batch")["ratio_to_celery"] == pytest.approx(1.5)
+    assert row(rows, "celery-reliable/default", "tiny/batch")["ratio_to_celery"] == pytest.approx(1.0)
+
+
+def test_fractions_of_limits():
+    rows = report.build_rows(sample())
+    assert row(rows, "tandem/always", "tiny/batch")["fraction_of_limit"] == pytest.approx(0.75)
+    assert row(rows, "tandem/interval", "tiny/batch")["fraction_of_limit"] == pytest.approx(0.18)
+    assert row(rows, "tandem/always", "thumbnails")["fraction_of_limit"] == pytest.approx(0.75)
+    # Limit rows have neither.
+    lim = row(rows, "native", "thumbnails")
+    assert lim["ratio_to_celery"] is None and lim["fraction_of_limit"] is None
+
+
+def test_latency_compares_equal_offered_load_only():
+    rows = report.build_rows(sample())
+    assert row(rows, "tandem/always", "latency", "p99", "celery 50%")["ratio_to_celery"] == pytest.approx(0.025)
+    assert row(rows, "tandem/always", "latency", "p99", "50%")["ratio_to_celery"] is None
+    assert row(rows, "celery-reliable/aof-always", "latency", "p99", "50%")["ratio_to_celery"] is None
+
+
+def test_missing_reference_gives_none():
+    rows = report.build_rows([_m("tandem/always", "compress", 100.0, unit="MB/s")])
+    assert rows[0]["ratio_to_celery"] is None and rows[0]["fraction_of_limit"] is None
+
+
+def test_table_lists_every_row_with_ratio_and_fraction():
+    rows = report.build_rows(sample())
+    text = report.format_table(rows)
+    lines = text.splitlines()
+    assert lines[0].split()[:2] == ["system", "workload"]
+    assert len(lines) == 2 + len(rows)
+    line = next(ln for ln in lines if ln.startswith("tandem/always") and "tiny/batch" in ln)
+    assert "1,500 jobs/s (1,350–1,650)" in line and "20.00×" in line and "75%" in line
+    # Limit figures come last.
+    assert lines[-1].startswith(("jetstream", "native"))
+
+
+def test_targets_are_checked_not_asserted():
+    checks = report.check_targets(report.build_rows(sample()))
+    by = {(c["target"], c["system"]): c for c in checks}
+    assert by[("tiny ≥ 10× Celery", "tandem/always")]["met"] is True
+    assert by[("tiny ≥ 25% of JetStream", "tandem/interval")]["met"] is False
+    assert by[("latency p99 ≤ 1/5 of Celery", "tandem/always")]["met"] is True
+    assert by[("thumbnails ≥ 1.5× Celery", "tandem/always")]["met"] is False
+    text = report.format_targets(checks)
+    assert "MISSED" in text and "met" in text
+
+
+def test_latency_percentiles_share_one_line():
+    ms = [_m("tandem/always", "latency", v, metric=q, unit="ms", load="celery 50%")
+          for q, v in (("p50", 2.0), ("p99", 4.0), ("p999", 9.0))]
+    ms += [_m("celery-reliable/aof-always", "latency", 160.0, metric="p99", unit="ms", load="50%")]
+    text = report.format_table(report.build_rows(ms))
+    [line] = [ln for ln in text.splitlines() if ln.startswith("tandem/always")]
+    assert "p50 2.00 / p99 4.00 / p999 9.00 ms" in line
+    assert "p99 0.03×" in line
+
+
+def test_markdown_section():
+    ms = sample()
+    doc = {"measurements": ms, "machine": {"cpu": "X", "cores": 2}, "settings": {"repeats": 3},
+           "command": "python bench/run.py", "started": "t"}
+    md = report.format_markdown(doc)
+    lines = md.splitlines()
+    assert lines[0].startswith("| system | workload |")
+    assert any(ln.startswith("| tandem/always | tiny/batch | 1,500 jobs/s") for ln in lines)
+    assert "median of 3 runs" in md and "MISSED" in md
