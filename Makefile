@@ -60,7 +60,9 @@ $(STAMP)/venv: tools/requirements-dev.txt | $(STAMP)
 	touch $@
 
 $(STAMP)/npm: tools/package.json tools/package-lock.json | $(STAMP)
-	cd tools && npm ci --no-audit --no-fund --loglevel=error
+	# npm ci rejects the lock file buf's per-platform optional packages produce
+	# (npm 11); install honours the lock file and leaves it unchanged.
+	cd tools && npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
 $(STAMP)/gotools: orchestrator-go/go.mod orchestrator-go/go.sum | $(STAMP)
