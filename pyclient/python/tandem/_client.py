@@ -1,85 +1,26 @@
-"""The synchronous client."""
+"""The synchronous client: the blocking I/O around the logic of :mod:`tandem._core`."""
 
 from __future__ import annotations
 
-import collections
-import os
-import random
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
-from tandem._errors import (
-    Cancelled,
-    InternalError,
-    JobFailed,
-    TandemError,
-    Timeout,
-    Unavailable,
-    from_proto_error,
-    from_rpc_error,
-)
-from tandem._requests import (
-    MAX_MESSAGE_BYTES,
-    JobSpec,
-    batches,
-    channel_options,
-    channel_target,
-    check_size,
-    default_address,
-    spec_request,
-    submit_request,
-    traceparent,
-)
-from tandem._retry import RetryPolicy
-from tandem._types import (
-    DeadLetters,
-    Job,
-    JobState,
-    Ops,
-    Payload,
-    QueueInfo,
-    StepsLike,
-    ops_from_proto,
-)
-from tandem.v1 import compute_pb2, jobs_pb2, jobs_pb2_grpc
+from tandem import _core as core
+from tandem._core import WATCH_MAX_IDS, job_outcome
+from tandem._errors import InternalError, TandemError, from_rpc_error
+from tandem._requests import JobSpec
+from tandem._types import DeadLetters, Job, Ops, Payload, QueueInfo, StepsLike
+from tandem.v1 import compute_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 __all__ = ["Client", "JobHandle"]
 
 T = TypeVar("T")
 
-# How long a waiter sleeps between reconnects of a broken watch stream; it
-# keeps waiting (until its own timeout) across orchestrator restarts.
-#: The most job ids one WatchJobs call may name (the orchestrator's limit).
-WATCH_MAX_IDS = 1000
 
-_RECONNECT_MIN = 0.05
-_RECONNECT_MAX = 2.0
-
-
-def _remaining(deadline: float | None) -> float | None:
-    if deadline is None:
-        return None
-    return deadline - time.monotonic()
-
-
-def job_outcome(job: Job) -> bytes:
-    """The result of a terminal job, or the exception its end implies."""
-    if job.state is JobState.SUCCEEDED:
-        return job.result if job.result is not None else b""
-    if job.state is JobState.CANCELLED:
-        raise Cancelled(f"job {job.id} was cancelled", reason="CANCELLED",
-                        metadata={"job_id": job.id})
-    error = job.last_error or InternalError(
-        f"job {job.id} ended {job.state.name} without an error", reason="INTERNAL_ERROR"
-    )
-    raise JobFailed(job, error)
-
-
-class JobHandle:
+class JobHandle(core.HandleBase["Client"]):
     """A submitted job. Cheap to create; thread-safe.
 
     Attributes:
@@ -88,15 +29,6 @@ class JobHandle:
         deduplicated: True when the idempotency key matched an existing job,
             which this handle now refers to.
     """
-
-    def __init__(self, client: Client, job: Job, deduplicated: bool = False) -> None:
-        self._client = client
-        self.job = job
-        self.id = job.id
-        self.deduplicated = deduplicated
-
-    def __repr__(self) -> str:
-        return f"JobHandle(id={self.id!r}, deduplicated={self.deduplicated})"
 
     def get(self, *, include_result: bool = False) -> Job:
         """The job's current record."""
@@ -122,7 +54,7 @@ class JobHandle:
         return self._client.cancel(self.id)
 
 
-class Client:
+class Client(core.ClientBase):
     """A connection to a Tandem orchestrator (``tandem.v1.JobService``).
 
     ``address`` defaults to ``$TANDEM_ADDRESS`` or ``127.0.0.1:50051``; a
@@ -139,31 +71,9 @@ class Client:
     context manager or call :meth:`close`.
     """
 
-    def __init__(
-        self,
-        address: str | None = None,
-        *,
-        timeout: float = 30.0,
-        retry: RetryPolicy | None = None,
-        queue: str = "",
-        compute_address: str | None = None,
-        max_message_bytes: int = MAX_MESSAGE_BYTES,
-        credentials: grpc.ChannelCredentials | None = None,
-    ) -> None:
-        self.address = address or default_address()
-        self.compute_address = compute_address or os.environ.get("TANDEM_COMPUTE_ADDRESS") or ""
-        self.timeout = timeout
-        self.retry = retry if retry is not None else RetryPolicy()
-        self.queue = queue
-        self.max_message_bytes = max_message_bytes
-        target, extra = channel_target(self.address)
-        options: list[tuple[str, Any]] = [*channel_options(max_message_bytes), *extra]
-        if credentials is not None:
-            self._channel = grpc.secure_channel(target, credentials, options=options)
-        else:
-            self._channel = grpc.insecure_channel(target, options=options)
-        self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
-        self._closed = threading.Event()
+    _grpc = grpc
+    _channel: grpc.Channel
+    _stub: jobs_pb2_grpc.JobServiceStub
 
     # ------------------------------------------------------------ lifecycle
 
@@ -179,31 +89,29 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __repr__(self) -> str:
-        return f"Client(address={self.address!r})"
-
     # ------------------------------------------------------------ plumbing
 
-    def _call(
-        self,
-        method: Callable[..., T],
-        request: Any,
-        *,
-        retry: RetryPolicy | None = None,
-        timeout: float | None = None,
-        metadata: tuple[tuple[str, str], ...] | None = None,
-    ) -> T:
-        policy = retry or self.retry
-        attempt = 0
+    def _drive(self, plan: core.Plan[T], stub: Any = None) -> T:
+        """Performs the calls and pauses ``plan`` asks for; returns its result."""
+        reply: Any = None
         while True:
-            attempt += 1
             try:
-                return method(request, timeout=timeout or self.timeout, metadata=metadata)
+                step = plan.send(reply)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            if isinstance(step, core.Sleep):
+                time.sleep(step.seconds)
+                reply = None
+                continue
+            method = getattr(stub or self._stub, step.method)
+            try:
+                reply = method(step.request, timeout=self.timeout, metadata=step.metadata)
             except grpc.RpcError as rpc_err:
-                err = from_rpc_error(rpc_err)
-            if not policy.should_retry(err, attempt) or self._closed.is_set():
-                raise err
-            time.sleep(policy.backoff(err, attempt))
+                reply = from_rpc_error(rpc_err)
+
+    def _run(self, rpc: core.Rpc[T], stub: Any = None) -> T:
+        return self._drive(self._unary(rpc), stub)
 
     # ------------------------------------------------------------ jobs
 
@@ -237,18 +145,9 @@ class Client:
             Overloaded: the queue is full (after the client's retries).
             Unavailable: the orchestrator cannot be reached (after retries).
         """
-        req = submit_request(
-            steps,
-            payload,
-            queue=self.queue if queue is None else queue,
-            idempotency_key=idempotency_key,
-            max_attempts=max_attempts,
-            timeout=timeout,
-            labels=labels,
-        )
-        check_size(req, self.max_message_bytes)
-        resp = self._call(self._stub.SubmitJob, req, metadata=traceparent())
-        return JobHandle(self, Job.from_proto(resp.job), resp.deduplicated)
+        rpc = self._job_request(steps, payload, queue, idempotency_key, max_attempts,
+                                timeout, labels)
+        return JobHandle(self, *self._run(rpc))
 
     def submit_many(
         self,
@@ -265,69 +164,15 @@ class Client:
         failure of a whole call after all retries is reported for each of
         its items.
         """
-        requests = [spec_request(j, self.queue) for j in jobs]
-        results: list[JobHandle | TandemError | None] = [None] * len(requests)
-        pending = []
-        for i, r in enumerate(requests):
-            try:
-                check_size(r, self.max_message_bytes)
-            except TandemError as too_big:
-                results[i] = too_big
-                continue
-            pending.append((i, r))
-        attempt = 0
-        trace = traceparent()
-        while pending:
-            attempt += 1
-            retry_later: list[tuple[int, jobs_pb2.SubmitJobRequest]] = []
-            last_err: TandemError | None = None
-            for batch in batches(pending, max_items=batch_size):
-                try:
-                    resp = self._stub.SubmitJobs(
-                        jobs_pb2.SubmitJobsRequest(jobs=[r for _, r in batch]),
-                        timeout=self.timeout,
-                        metadata=trace,
-                    )
-                except grpc.RpcError as rpc_err:
-                    err = from_rpc_error(rpc_err)
-                    for i, r in batch:
-                        results[i] = err
-                    if self.retry.should_retry(err, attempt):
-                        retry_later.extend(batch)
-                        last_err = err
-                    continue
-                if len(resp.results) != len(batch):
-                    err = InternalError(
-                        f"SubmitJobs answered {len(resp.results)} results for {len(batch)} jobs"
-                    )
-                    for i, _ in batch:
-                        results[i] = err
-                    continue
-                for (i, r), res in zip(batch, resp.results):
-                    if res.HasField("submitted"):
-                        results[i] = JobHandle(
-                            self, Job.from_proto(res.submitted.job), res.submitted.deduplicated
-                        )
-                    else:
-                        err = from_proto_error(res.error)
-                        results[i] = err
-                        if self.retry.should_retry(err, attempt):
-                            retry_later.append((i, r))
-                            last_err = err
-            pending = sorted(retry_later, key=lambda p: p[0])
-            if pending:
-                time.sleep(self.retry.backoff(last_err, attempt))
-        return [r if r is not None else InternalError("no result") for r in results]
+        plan = self._submit_many(jobs, batch_size, lambda job, dedup: JobHandle(self, job, dedup))
+        return self._drive(plan)
 
     def get(self, job_id: str, *, include_result: bool = False) -> Job:
         """A job's record; with ``include_result`` also its result bytes.
 
         Raises :class:`NotFound` for an unknown (or expired) job.
         """
-        resp = self._call(
-            self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id, include_result=include_result)
-        )
-        return Job.from_proto(resp.job)
+        return self._run(core.get_job(job_id, include_result))
 
     def handle(self, job_id: str) -> JobHandle:
         """A handle for an existing job (fetches its record)."""
@@ -337,8 +182,7 @@ class Client:
         """Cancels a job: a queued job never runs, a running job has its
         compute call cancelled. Raises :class:`Conflict` when the job
         already finished."""
-        resp = self._call(self._stub.CancelJob, jobs_pb2.CancelJobRequest(job_id=job_id))
-        return Job.from_proto(resp.job)
+        return self._run(core.cancel_job(job_id))
 
     def watch(
         self,
@@ -357,55 +201,29 @@ class Client:
         groups, so later groups report their current state when their turn
         comes rather than every intermediate change.
         """
-        ids = [job_ids] if isinstance(job_ids, str) else list(job_ids or [])
-        if not ids and not queue:
-            raise ValueError("watch needs job ids or a queue")
+        ids = core.watch_ids(job_ids, queue)
         if len(ids) > WATCH_MAX_IDS:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            for start in range(0, len(ids), WATCH_MAX_IDS):
-                yield from self.watch(ids[start:start + WATCH_MAX_IDS],
-                                      include_result=include_result,
-                                      timeout=_remaining(deadline))
+            deadline = core.deadline_after(timeout)
+            for group in core.id_groups(ids):
+                yield from self.watch(group, include_result=include_result,
+                                      timeout=core.remaining(deadline))
             return
-        deadline = None if timeout is None else time.monotonic() + timeout
-        open_ids = set(ids)
-        sleep = _RECONNECT_MIN
+        w = core.Watch(ids, queue, include_result, timeout, self._closed)
         while True:
-            req = jobs_pb2.WatchJobsRequest(
-                job_ids=[i for i in ids if i in open_ids] if ids else [],
-                queue="" if ids else (queue or ""),
-                include_result=include_result,
-            )
-            rem = _remaining(deadline)
-            if rem is not None and rem <= 0:
-                raise Timeout(f"watch timed out after {timeout} s", reason="TIMEOUT")
+            req, rem = w.request()
             call = self._stub.WatchJobs(req, timeout=rem)
             try:
                 for resp in call:
-                    job = Job.from_proto(resp.job)
-                    sleep = _RECONNECT_MIN
-                    if ids and job.done:
-                        open_ids.discard(job.id)
-                    yield job
-                    if ids and not open_ids:
+                    yield w.job(resp)
+                    if w.finished:
                         return
-                if ids and open_ids:
-                    # The server ended the stream early: reconnect.
-                    raise Unavailable("watch stream ended early")
-                if not ids:
+                if w.ended():
                     return
             except grpc.RpcError as rpc_err:
-                err = from_rpc_error(rpc_err)
-                if isinstance(err, Timeout) and deadline is not None and time.monotonic() >= deadline:
-                    raise Timeout(f"watch timed out after {timeout} s", reason="TIMEOUT") from rpc_err
-                if not isinstance(err, (Unavailable, InternalError, Cancelled)) or self._closed.is_set():
-                    raise err from rpc_err
-            except Unavailable:
-                pass
+                w.broken(rpc_err)
             finally:
                 call.cancel()
-            time.sleep(min(sleep, max(0.0, _remaining(deadline) or sleep)))
-            sleep = min(_RECONNECT_MAX, sleep * 2 * random.uniform(0.8, 1.2))
+            time.sleep(w.reconnect_delay())
 
     def wait(
         self, job_ids: Sequence[str], *, timeout: float | None = None, include_result: bool = True
@@ -414,16 +232,13 @@ class Client:
         keyed by id (with result bytes when asked). Survives orchestrator
         restarts by reconnecting. Raises :class:`tandem.Timeout`."""
         final: dict[str, Job] = {}
-        want = list(dict.fromkeys(job_ids))
-        if not want:
-            return final
-        for job in self.watch(want, include_result=include_result, timeout=timeout):
-            if job.done:
-                final[job.id] = job
-        if include_result:
-            for job_id, job in list(final.items()):
-                if job.state is JobState.SUCCEEDED and job.result is None:
-                    final[job_id] = self.get(job_id, include_result=True)
+        want = core.wait_ids(job_ids)
+        if want:
+            for job in self.watch(want, include_result=include_result, timeout=timeout):
+                if job.done:
+                    final[job.id] = job
+        for job_id in core.missing_results(final, include_result):
+            final[job_id] = self.get(job_id, include_result=True)
         return final
 
     def map(
@@ -445,45 +260,18 @@ class Client:
         ``return_exceptions`` is true, in which case the exception is
         yielded in its place. ``timeout`` bounds the wait for each batch.
         """
-        q = self.queue if queue is None else queue
-        it = iter(inputs)
-        inflight: collections.deque[list[JobHandle | TandemError]] = collections.deque()
-        in_count = 0
-        exhausted = False
+        plan: core.MapPlan[JobHandle] = self._map(steps, inputs, queue, window, batch_size)
 
         def fill() -> None:
-            nonlocal in_count, exhausted
-            while not exhausted and in_count < window:
-                chunk: list[JobSpec] = []
-                for payload in it:
-                    chunk.append(JobSpec(steps=steps, payload=payload, queue=q))
-                    if len(chunk) >= batch_size:
-                        break
-                if len(chunk) < batch_size:
-                    exhausted = True
-                if chunk:
-                    inflight.append(self.submit_many(chunk, batch_size=batch_size))
-                    in_count += len(chunk)
+            for chunk in plan.chunks():
+                plan.submitted(self.submit_many(chunk, batch_size=batch_size))
 
         fill()
-        while inflight:
-            chunk_results = inflight.popleft()
-            in_count -= len(chunk_results)
-            ids = [r.id for r in chunk_results if isinstance(r, JobHandle)]
+        while plan.inflight:
+            chunk_results, ids = plan.next()
             final = self.wait(ids, timeout=timeout) if ids else {}
             fill()
-            for r in chunk_results:
-                outcome: Any
-                if isinstance(r, TandemError):
-                    outcome = r
-                else:
-                    try:
-                        outcome = job_outcome(final[r.id])
-                    except TandemError as e:
-                        outcome = e
-                if isinstance(outcome, TandemError) and not return_exceptions:
-                    raise outcome
-                yield outcome
+            yield from plan.outcomes(chunk_results, final, return_exceptions)
 
     # ------------------------------------------------------------ catalogue and queues
 
@@ -494,73 +282,45 @@ class Client:
         address; when the orchestrator does not serve it, asks the compute
         service at ``compute_address`` (``$TANDEM_COMPUTE_ADDRESS``).
         """
-        from tandem.v1 import compute_pb2_grpc
-
-        stub = compute_pb2_grpc.ComputeServiceStub(self._channel)
         try:
-            resp: compute_pb2.ListOpsResponse = self._call(
-                stub.ListOps, compute_pb2.ListOpsRequest()
-            )
+            return self._run(core.list_ops(), compute_pb2_grpc.ComputeServiceStub(self._channel))
         except InternalError as err:
-            if err.code is not grpc.StatusCode.UNIMPLEMENTED:
-                raise
-            if not self.compute_address:
-                raise TandemError(
-                    f"the orchestrator at {self.address} does not serve ListOps: give the "
-                    "compute service's address (compute_address=, $TANDEM_COMPUTE_ADDRESS)",
-                    reason=err.reason, code=err.code, cause=err,
-                ) from err
-            with grpc.insecure_channel(self.compute_address) as channel:
-                stub = compute_pb2_grpc.ComputeServiceStub(channel)
-                resp = self._call(stub.ListOps, compute_pb2.ListOpsRequest())
-        return ops_from_proto(resp)
+            address = self._ops_fallback(err)
+        with grpc.insecure_channel(address) as channel:
+            return self._run(core.list_ops(), compute_pb2_grpc.ComputeServiceStub(channel))
 
     def queues(self) -> list[QueueInfo]:
         """Every queue's configuration and live figures."""
-        resp = self._call(self._stub.ListQueues, jobs_pb2.ListQueuesRequest())
-        return [QueueInfo.from_proto(q) for q in resp.queues]
+        return self._run(core.list_queues())
 
     def pause_queue(self, queue: str) -> QueueInfo:
         """Stops the queue's workers from pulling; submits still queue."""
-        resp = self._call(self._stub.PauseQueue, jobs_pb2.PauseQueueRequest(queue=queue))
-        return QueueInfo.from_proto(resp.queue)
+        return self._run(core.pause_queue(queue))
 
     def resume_queue(self, queue: str) -> QueueInfo:
         """Undoes :meth:`pause_queue`."""
-        resp = self._call(self._stub.ResumeQueue, jobs_pb2.ResumeQueueRequest(queue=queue))
-        return QueueInfo.from_proto(resp.queue)
+        return self._run(core.resume_queue(queue))
 
     # ------------------------------------------------------------ dead letters
 
     def dead_letters(self, queue: str = "default", *, limit: int = 100) -> DeadLetters:
         """The jobs parked in ``queue``'s dead-letter queue (at most
         ``limit``, max 1000) and the total count."""
-        resp = self._call(
-            self._stub.ListDeadLetters, jobs_pb2.ListDeadLettersRequest(queue=queue, limit=limit)
-        )
-        return DeadLetters(queue=queue, jobs=[Job.from_proto(j) for j in resp.jobs], total=resp.total)
+        return self._run(core.list_dead_letters(queue, limit))
 
     def retry_dead_letters(
         self, queue: str = "default", job_ids: Sequence[str] | None = None
     ) -> list[str]:
         """Re-enqueues dead jobs with fresh attempts: the given ones, or all
         of the queue when ``job_ids`` is None. Returns the retried ids."""
-        req = jobs_pb2.RetryDeadLettersRequest(
-            queue=queue, job_ids=list(job_ids or []), all=job_ids is None
-        )
-        resp = self._call(self._stub.RetryDeadLetters, req)
-        return list(resp.retried_job_ids)
+        return self._run(core.retry_dead_letters(queue, job_ids))
 
     def purge_dead_letters(
         self, queue: str = "default", job_ids: Sequence[str] | None = None
     ) -> int:
         """Deletes dead jobs for good: the given ones, or all of the queue
         when ``job_ids`` is None. Returns how many were purged."""
-        req = jobs_pb2.PurgeDeadLettersRequest(
-            queue=queue, job_ids=list(job_ids or []), all=job_ids is None
-        )
-        resp = self._call(self._stub.PurgeDeadLetters, req)
-        return int(resp.purged)
+        return self._run(core.purge_dead_letters(queue, job_ids))
 
     # ------------------------------------------------------------ health
 
@@ -569,4 +329,3 @@ class Client:
         from tandem._health import check
 
         return check(self._channel, service, timeout=timeout)
-

@@ -3,7 +3,10 @@ grpcio-health-checking package: the two messages are one field each."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
+import grpc.aio
 
 _CHECK = "/grpc.health.v1.Health/Check"
 SERVING = 1
@@ -26,12 +29,17 @@ def decode_status(data: bytes) -> int:
     return 0  # UNKNOWN
 
 
-def status(channel: grpc.Channel, service: str = "", *, timeout: float = 5.0) -> int:
-    """The ServingStatus number (1 = SERVING); raises grpc.RpcError."""
-    call = channel.unary_unary(
+def health_call(channel: grpc.Channel | grpc.aio.Channel) -> Any:
+    """The Check method on ``channel`` (sync or asyncio): called with the
+    service name, it answers the ServingStatus number."""
+    return channel.unary_unary(
         _CHECK, request_serializer=encode_request, response_deserializer=decode_status
     )
-    result: int = call(service, timeout=timeout)
+
+
+def status(channel: grpc.Channel, service: str = "", *, timeout: float = 5.0) -> int:
+    """The ServingStatus number (1 = SERVING); raises grpc.RpcError."""
+    result: int = health_call(channel)(service, timeout=timeout)
     return result
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from google.protobuf import duration_pb2
 
@@ -16,6 +17,8 @@ from tandem.v1 import jobs_pb2
 __all__ = ["JobSpec", "DEFAULT_ADDRESS", "default_address", "channel_options"]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+_I = TypeVar("_I")
 
 # Largest message the client sends or accepts. The compute service's default
 # request limit is 64 MiB; a little more leaves room for the envelope so the
@@ -179,14 +182,22 @@ def batches(
     max_bytes: int = BATCH_BYTES,
 ) -> Iterator[list[tuple[int, jobs_pb2.SubmitJobRequest]]]:
     """Cuts (index, request) pairs into batches bounded by count and bytes."""
-    batch: list[tuple[int, jobs_pb2.SubmitJobRequest]] = []
-    size = 0
-    for item in requests:
-        n = len(item[1].payload) + 256
-        if batch and (len(batch) >= max_items or size + n > max_bytes):
-            yield batch
-            batch, size = [], 0
-        batch.append(item)
-        size += n
-    if batch:
-        yield batch
+    return bounded_groups(requests, lambda item: len(item[1].payload) + 256, max_items, max_bytes)
+
+
+def bounded_groups(
+    items: Iterable[_I], size: Callable[[_I], int], max_items: int, max_bytes: int
+) -> Iterator[list[_I]]:
+    """Cuts ``items``, in order, into groups of at most ``max_items`` whose
+    ``size`` sum stays within ``max_bytes`` (an item larger than that goes alone)."""
+    group: list[_I] = []
+    total = 0
+    for item in items:
+        n = size(item)
+        if group and (len(group) >= max_items or total + n > max_bytes):
+            yield group
+            group, total = [], 0
+        group.append(item)
+        total += n
+    if group:
+        yield group

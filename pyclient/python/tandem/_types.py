@@ -10,11 +10,13 @@ import datetime as _dt
 import enum
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import IO, Any, Union
+from dataclasses import dataclass, field, fields
+from typing import IO, Any, TypeVar, Union
 
 from tandem._errors import TandemError, from_proto_error
 from tandem.v1 import compute_pb2, jobs_pb2
+
+_D = TypeVar("_D")
 
 __all__ = [
     "JobState",
@@ -168,6 +170,14 @@ def _ts(msg: Any, name: str) -> _dt.datetime | None:
         return None
     value: _dt.datetime = getattr(msg, name).ToDatetime(tzinfo=_dt.timezone.utc)
     return value
+
+
+def _same_fields(cls: type[_D], msg: Any, **overrides: Any) -> _D:
+    """``cls`` with each field copied from ``msg``'s field of the same name,
+    but for ``overrides``."""
+    values = {f.name: getattr(msg, f.name) for f in fields(cls)  # type: ignore[arg-type]
+              if f.name not in overrides}
+    return cls(**values, **overrides)
 
 
 def _dur(msg: Any, name: str) -> float | None:
@@ -383,16 +393,7 @@ class Limits:
 
     @classmethod
     def from_proto(cls, msg: compute_pb2.Limits) -> Limits:
-        return cls(
-            max_request_bytes=msg.max_request_bytes,
-            max_output_bytes=msg.max_output_bytes,
-            max_steps=msg.max_steps,
-            max_batch_items=msg.max_batch_items,
-            max_image_pixels=msg.max_image_pixels,
-            max_image_dimension=msg.max_image_dimension,
-            workers=msg.workers,
-            queue_depth=msg.queue_depth,
-        )
+        return _same_fields(cls, msg)
 
 
 @dataclass(frozen=True)
@@ -435,21 +436,7 @@ class QueueInfo:
 
     @classmethod
     def from_proto(cls, msg: jobs_pb2.QueueInfo) -> QueueInfo:
-        return cls(
-            name=msg.name,
-            depth=msg.depth,
-            in_flight=msg.in_flight,
-            workers=msg.workers,
-            min_workers=msg.min_workers,
-            max_workers=msg.max_workers,
-            dead_letters=msg.dead_letters,
-            paused=msg.paused,
-            max_attempts=msg.max_attempts,
-            job_timeout=_dur(msg, "job_timeout"),
-            max_depth=msg.max_depth,
-            rate_limit=msg.rate_limit,
-            completed_per_second=msg.completed_per_second,
-        )
+        return _same_fields(cls, msg, job_timeout=_dur(msg, "job_timeout"))
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from tandem._client import Client, JobHandle, job_outcome
+from tandem._client import Client, JobHandle
+from tandem._core import job_outcome
 from tandem._errors import (
     Cancelled,
     Conflict,
@@ -39,7 +40,7 @@ from tandem._errors import (
     Timeout,
     Unavailable,
 )
-from tandem._requests import DEFAULT_ADDRESS, JobSpec
+from tandem._requests import DEFAULT_ADDRESS, JobSpec, bounded_groups
 from tandem._types import Job, JobState, Step
 
 __all__ = ["main", "EXIT_OK", "EXIT_JOB_FAILED", "EXIT_USAGE", "EXIT_REJECTED",
@@ -621,17 +622,7 @@ MAP_WINDOW_BYTES = 128 * 1024 * 1024
 
 def _windows(files: list[Path], count: int, max_bytes: int) -> Iterator[list[Path]]:
     """Cuts files into windows bounded by count and by total size."""
-    chunk: list[Path] = []
-    size = 0
-    for f in files:
-        n = f.stat().st_size
-        if chunk and (len(chunk) >= count or size + n > max_bytes):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(f)
-        size += n
-    if chunk:
-        yield chunk
+    return bounded_groups(files, lambda f: f.stat().st_size, count, max_bytes)
 
 
 def print_map_summary(summary: dict[str, Any]) -> None:

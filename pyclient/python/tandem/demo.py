@@ -32,7 +32,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tandem._client import Client, job_outcome
+from tandem._client import Client
+from tandem._core import job_outcome
 from tandem._errors import JobFailed, TandemError
 from tandem._stack import Process, StackError, free_port, grpc_ready, which
 from tandem._types import Job, JobState, Ops, Step
