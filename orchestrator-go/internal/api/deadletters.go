@@ -198,7 +198,7 @@ func (s *Service) retryDeadLetters(ctx context.Context, req *tandemv1.RetryDeadL
 			s.Log.Warn("removing retried dead letter failed", "job_id", id, "err", err)
 		}
 		if rec, err := s.Store.Get(ctx, id); err == nil {
-			s.Store.PublishEvent(rec.Job)
+			s.Store.PublishEvent(rec.Job, rec.Rev)
 		}
 		out.RetriedJobIds = append(out.RetriedJobIds, id)
 	}

@@ -2,9 +2,13 @@ package api
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
@@ -29,6 +33,63 @@ func (s *Service) getJob(ctx context.Context, req *tandemv1.GetJobRequest) (*tan
 	return &tandemv1.GetJobResponse{Job: j}, nil
 }
 
+// natsCallTimeout bounds each NATS call a watch makes: a watch lives as long
+// as its client, but every KV get or flush inside it gets its own deadline.
+const natsCallTimeout = 10 * time.Second
+
+// resultCallTimeout bounds loading a result (possibly a large object).
+const resultCallTimeout = 60 * time.Second
+
+// Watch buffers. A queue watch keeps up to watchPendingMsgs events (or
+// watchPendingBytes) waiting for a slow client; past that NATS drops events
+// and the watch ends with RESOURCE_EXHAUSTED so the client re-syncs.
+const (
+	watchPendingMsgs  = 1 << 19
+	watchPendingBytes = 256 << 20
+	// watchResync is how often a watch by ids re-reads its pending records,
+	// as a safety net for an event lost with its publisher (a crash between
+	// the record write and the event).
+	watchResync = 10 * time.Second
+)
+
+// WatchLimits overrides the watch buffers (tests).
+type WatchLimits struct {
+	PendingMsgs int // queue watch: events buffered before NATS drops (slow consumer)
+	IDChanSize  int // watch by ids: events buffered before NATS drops (then re-sync)
+}
+
+func (s *Service) callCtx(parent context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(parent, natsCallTimeout)
+}
+
+// view returns the job to send. Without include_result, or unless the job
+// succeeded, the given copy (an event, or a record read at rev) minus result
+// bytes. Otherwise the result is loaded: from the record (read again when j is
+// an event, which carries no result bytes) and, if large, the object store.
+func (s *Service) view(ctx context.Context, j *tandemv1.Job, rev uint64, isRecord, includeResult bool) (*tandemv1.Job, uint64, error) {
+	if !includeResult || j.GetState() != tandemv1.JobState_JOB_STATE_SUCCEEDED {
+		out, err := s.Store.View(ctx, j, false)
+		return out, rev, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, resultCallTimeout)
+	defer cancel()
+	if !isRecord && j.GetResultSize() > 0 {
+		rec, err := s.Store.Get(cctx, j.GetId())
+		if err != nil {
+			return nil, 0, err
+		}
+		j, rev = rec.Job, rec.Rev
+	}
+	out, err := s.Store.View(cctx, j, true)
+	return out, rev, err
+}
+
+// watchJobs by ids serves from the per-job events subjects, not from a KV
+// watch: subscribe to every id's events first, then read each record (its
+// current state), then stream the events. A change made between the two is
+// seen twice at worst (the KV revision carried by each event drops the older
+// copy), never missed. Dropped events (slow consumer), a lost connection, and
+// every watchResync, re-read the pending records.
 func (s *Service) watchJobs(req *tandemv1.WatchJobsRequest, stream tandemv1.JobService_WatchJobsServer) error {
 	ctx := stream.Context()
 	if len(req.GetJobIds()) == 0 {
@@ -37,91 +98,203 @@ func (s *Service) watchJobs(req *tandemv1.WatchJobsRequest, stream tandemv1.JobS
 	if len(req.GetJobIds()) > maxWatchIDs {
 		return apierr.InvalidRequest("job_ids", "job_ids: %d ids, more than %d", len(req.GetJobIds()), maxWatchIDs)
 	}
+	var ids []string
 	pending := map[string]bool{}
 	for _, id := range req.GetJobIds() {
-		if _, err := s.Store.Get(ctx, id); err != nil {
-			return err
+		if !jobstore.ValidID(id) {
+			return apierr.JobNotFound(id)
 		}
-		pending[id] = true
+		if !pending[id] {
+			pending[id] = true
+			ids = append(ids, id)
+		}
 	}
-	// A KV watch sends each key's current value first, then every change.
-	w, err := s.Broker.Jobs.WatchFiltered(ctx, req.GetJobIds())
+	size := min(16384, 64+8*len(ids))
+	if s.WatchLimits.IDChanSize > 0 {
+		size = s.WatchLimits.IDChanSize
+	}
+	ch := make(chan *nats.Msg, size)
+	subs := make([]*nats.Subscription, 0, len(ids))
+	defer func() {
+		for _, sub := range subs {
+			_ = sub.Unsubscribe()
+		}
+	}()
+	gen := s.Broker.Disconnects()
+	for _, id := range ids {
+		sub, err := s.Broker.NC.ChanSubscribe(broker.JobEventsFilter(id), ch)
+		if err != nil {
+			return apierr.BrokerUnavailable(err)
+		}
+		subs = append(subs, sub)
+	}
+	// Once the server has the subscriptions, every later change is an event.
+	fctx, cancel := s.callCtx(ctx)
+	err := s.Broker.NC.FlushWithContext(fctx)
+	cancel()
 	if err != nil {
 		return apierr.BrokerUnavailable(err)
 	}
-	defer func() { _ = w.Stop() }()
-	for {
+	if err := s.fault("watch.subscribed"); err != nil {
+		return err
+	}
+	lastRev := make(map[string]uint64, len(ids))
+	send := func(j *tandemv1.Job, rev uint64, isRecord bool) error {
+		id := j.GetId()
+		if !pending[id] || rev != 0 && rev <= lastRev[id] {
+			return nil // finished already, or older than what was sent
+		}
+		v, vrev, err := s.view(ctx, j, rev, isRecord, req.GetIncludeResult())
+		if err != nil {
+			return err
+		}
+		if vrev != 0 && vrev <= lastRev[id] {
+			return nil
+		}
+		lastRev[id] = max(rev, vrev)
+		if err := stream.Send(&tandemv1.WatchJobsResponse{Job: v}); err != nil {
+			return err
+		}
+		if jobstore.Terminal(v.GetState()) {
+			delete(pending, id)
+		}
+		return nil
+	}
+	resync := func() error {
+		for _, id := range ids {
+			if !pending[id] {
+				continue
+			}
+			gctx, cancel := s.callCtx(ctx)
+			rec, err := s.Store.Get(gctx, id)
+			cancel()
+			if err != nil {
+				return err
+			}
+			if err := send(rec.Job, rec.Rev, true); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := resync(); err != nil {
+		return err
+	}
+	if err := s.fault("watch.synced"); err != nil {
+		return err
+	}
+	dropped := 0
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	lastSync := time.Now()
+	for len(pending) > 0 {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case e, ok := <-w.Updates():
-			if !ok {
-				return apierr.BrokerUnavailable(context.Canceled)
-			}
-			if e == nil || e.Operation() != jetstream.KeyValuePut {
+		case m := <-ch:
+			j := &tandemv1.Job{}
+			if err := proto.Unmarshal(m.Data, j); err != nil {
 				continue
 			}
-			rec, err := jobstore.Decode(e)
-			if err != nil {
+			if err := send(j, jobstore.EventRev(m), false); err != nil {
 				return err
 			}
-			j, err := s.Store.View(ctx, rec.Job, req.GetIncludeResult())
-			if err != nil {
-				return err
+		case <-tick.C:
+			n := 0
+			for _, sub := range subs {
+				if d, err := sub.Dropped(); err == nil {
+					n += d
+				}
 			}
-			if err := stream.Send(&tandemv1.WatchJobsResponse{Job: j}); err != nil {
-				return err
-			}
-			if jobstore.Terminal(j.GetState()) {
-				delete(pending, j.GetId())
-			}
-			if len(pending) == 0 {
-				return nil
+			g := s.Broker.Disconnects()
+			if n != dropped || g != gen || time.Since(lastSync) >= watchResync {
+				if n != dropped || g != gen {
+					s.Log.Debug("watch re-reading records", "dropped_events", n-dropped, "reconnected", g != gen)
+				}
+				dropped, gen, lastSync = n, g, time.Now()
+				if err := resync(); err != nil {
+					return err
+				}
 			}
 		}
 	}
+	return nil
 }
 
 // watchQueue streams every state change of a queue's jobs (from the core
-// NATS events subject) until the client goes away.
+// NATS events subjects) until the client goes away. Events wait in the
+// subscription's buffer while the client is slow; if NATS has to drop any
+// (slow consumer), or the connection to NATS was lost (events published
+// meanwhile are gone), the watch ends with a status saying so, never silently.
 func (s *Service) watchQueue(ctx context.Context, req *tandemv1.WatchJobsRequest, stream tandemv1.JobService_WatchJobsServer) error {
 	q, err := s.queue(req.GetQueue())
 	if err != nil {
 		return err
 	}
-	ch := make(chan *nats.Msg, 1024)
-	sub, err := s.Broker.NC.ChanSubscribe(broker.EventsSubject(q.Name), ch)
+	gen := s.Broker.Disconnects()
+	sub, err := s.Broker.NC.SubscribeSync(broker.QueueEventsFilter(q.Name))
 	if err != nil {
 		return apierr.BrokerUnavailable(err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
+	limit := watchPendingMsgs
+	if s.WatchLimits.PendingMsgs > 0 {
+		limit = s.WatchLimits.PendingMsgs
+	}
+	if err := sub.SetPendingLimits(limit, watchPendingBytes); err != nil {
+		return apierr.BrokerUnavailable(err)
+	}
 	// Once the subscription is registered, send headers: a client that waits
 	// for them knows no later event is missed.
-	if err := s.Broker.NC.FlushWithContext(ctx); err != nil {
+	fctx, cancel := s.callCtx(ctx)
+	err = s.Broker.NC.FlushWithContext(fctx)
+	cancel()
+	if err != nil {
 		return apierr.BrokerUnavailable(err)
 	}
 	if err := stream.SendHeader(metadata.MD{}); err != nil {
 		return err
 	}
 	for {
-		select {
-		case <-ctx.Done():
+		if ctx.Err() != nil {
 			return nil
-		case m := <-ch:
-			j := &tandemv1.Job{}
-			if err := proto.Unmarshal(m.Data, j); err != nil {
-				continue
+		}
+		m, err := sub.NextMsg(time.Second)
+		if g := s.Broker.Disconnects(); g != gen {
+			return apierr.New(codes.Aborted, tandemv1.ErrorReason_BROKER_UNAVAILABLE,
+				fmt.Sprintf("watch of queue %q ended: the connection to NATS was lost, events in between may be missing; re-read the jobs (GetJob) and watch again", q.Name),
+				apierr.KeyQueue, q.Name)
+		}
+		switch {
+		case errors.Is(err, nats.ErrTimeout):
+			continue
+		case errors.Is(err, nats.ErrSlowConsumer):
+			d, _ := sub.Dropped()
+			s.Log.Warn("queue watch too slow: events dropped, watch ended", "queue", q.Name, "dropped", d)
+			e := apierr.New(codes.ResourceExhausted, tandemv1.ErrorReason_OVERLOADED,
+				fmt.Sprintf("watch of queue %q ended: the client fell behind by more than %d events and %d were dropped; re-read the jobs (GetJob) and watch again", q.Name, limit, d),
+				apierr.KeyQueue, q.Name, apierr.KeyLimit, strconv.Itoa(limit), apierr.KeyActual, strconv.Itoa(d), apierr.KeyRetryAfterMs, "1000")
+			e.RetryAfter = time.Second
+			return e
+		case err != nil:
+			if ctx.Err() != nil {
+				return nil
 			}
-			if req.GetIncludeResult() && j.GetState() == tandemv1.JobState_JOB_STATE_SUCCEEDED {
-				if rec, err := s.Store.Get(ctx, j.GetId()); err == nil {
-					if v, err := s.Store.View(ctx, rec.Job, true); err == nil {
-						j = v
-					}
-				}
+			return apierr.BrokerUnavailable(err)
+		}
+		j := &tandemv1.Job{}
+		if err := proto.Unmarshal(m.Data, j); err != nil {
+			continue
+		}
+		v, _, err := s.view(ctx, j, 0, false, req.GetIncludeResult())
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
 			}
-			if err := stream.Send(&tandemv1.WatchJobsResponse{Job: j}); err != nil {
-				return err
-			}
+			v = j // the record may have expired meanwhile: send the event as is
+		}
+		if err := stream.Send(&tandemv1.WatchJobsResponse{Job: v}); err != nil {
+			return err
 		}
 	}
 }
@@ -152,7 +325,7 @@ func (s *Service) cancelJob(ctx context.Context, req *tandemv1.CancelJobRequest)
 		return nil, err
 	}
 	_ = s.Broker.NC.Publish(broker.CancelSubject, []byte(rec.Job.GetId()))
-	s.Store.PublishEvent(rec.Job)
+	s.Store.PublishEvent(rec.Job, rec.Rev)
 	if rec.Job.GetPayloadSize() > uint64(s.Store.InlineLimit) {
 		s.Store.DeletePayload(ctx, jobstore.PayloadObject(rec.Job.GetId()))
 	}

@@ -32,6 +32,8 @@ type Service struct {
 	// Fault, when set, is called at named points of a submit (tests only); a
 	// non-nil error aborts the submit there, as a crash would.
 	Fault func(point string) error
+	// WatchLimits overrides WatchJobs buffers (tests); zero values: defaults.
+	WatchLimits WatchLimits
 
 	draining atomic.Bool
 }

@@ -147,7 +147,7 @@ func (s *Service) prepare(ctx context.Context, req *tandemv1.SubmitJobRequest) *
 			id, p.dedup = prevID, true
 			rec, gerr := s.Store.Get(ctx, id)
 			if gerr == nil {
-				p.done = rec.Job
+				p.done = withoutResult(rec.Job)
 				return p
 			}
 			var ae *apierr.Error
@@ -205,7 +205,18 @@ func (s *Service) record(ctx context.Context, p *prepared) (*tandemv1.SubmitJobR
 		return nil, err
 	}
 	s.Metrics.Submitted.WithLabelValues(p.q.Name).Inc()
-	return &tandemv1.SubmitJobResponse{Job: rec.Job, Deduplicated: p.dedup}, nil
+	return &tandemv1.SubmitJobResponse{Job: withoutResult(rec.Job), Deduplicated: p.dedup}, nil
+}
+
+// withoutResult is a submit's answer: a job record minus its result bytes (a
+// worker may have finished the job already; submits never return results).
+func withoutResult(j *tandemv1.Job) *tandemv1.Job {
+	if len(j.GetResult()) == 0 {
+		return j
+	}
+	out := proto.Clone(j).(*tandemv1.Job)
+	out.Result = nil
+	return out
 }
 
 func (s *Service) submitOne(ctx context.Context, req *tandemv1.SubmitJobRequest) (*tandemv1.SubmitJobResponse, error) {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -28,7 +29,7 @@ const (
 	resultsBase     = "tandem_results_" // object store per queue: large results, expire with its result_ttl
 	DLQStream       = "TANDEM_DLQ"      // dead letters, subject tandem.dlq.<queue>.<job id>
 	ConsumerName    = "workers"         // the durable pull consumer of every queue stream
-	EventsPrefix    = "tandem.events."  // core NATS: tandem.events.<queue>, body = Job (no result)
+	EventsPrefix    = "tandem.events."  // core NATS: tandem.events.<queue>.<job id>, body = Job (no result)
 	CancelSubject   = "tandem.cancel"   // core NATS: body = job id
 	jobsSubjectBase = "tandem.jobs."
 	dlqSubjectBase  = "tandem.dlq."
@@ -58,8 +59,17 @@ func DLQSubject(queue, jobID string) string { return dlqSubjectBase + queue + ".
 // DLQFilter matches every dead letter of a queue.
 func DLQFilter(queue string) string { return dlqSubjectBase + queue + ".*" }
 
-// EventsSubject is where state changes of a queue's jobs are published.
-func EventsSubject(queue string) string { return EventsPrefix + queue }
+// EventsSubject is where the state changes of one job are published.
+func EventsSubject(queue, jobID string) string { return EventsPrefix + queue + "." + jobID }
+
+// QueueEventsFilter matches the events of every job of a queue.
+func QueueEventsFilter(queue string) string { return EventsPrefix + queue + ".*" }
+
+// JobEventsFilter matches the events of one job, whatever its queue.
+func JobEventsFilter(jobID string) string { return EventsPrefix + "*." + jobID }
+
+// HeaderEventRev carries, on an event, the KV revision of the record it announces.
+const HeaderEventRev = "Tandem-Rev"
 
 // Options configure Open.
 type Options struct {
@@ -70,6 +80,8 @@ type Options struct {
 	Queues     []config.Queue
 	Logger     *slog.Logger
 	Name       string // connection name
+	// Replicas of every stream, KV bucket and object store (0 or 1: one copy).
+	Replicas int
 }
 
 // Broker is an open connection with every resource created.
@@ -83,13 +95,20 @@ type Broker struct {
 	DLQ      jetstream.Stream
 	Queues   map[string]jetstream.Stream
 
-	srv *server.Server
-	log *slog.Logger
+	srv      *server.Server
+	log      *slog.Logger
+	replicas int
+	// disconnects counts lost connections: core NATS events published while
+	// disconnected are lost, so a watcher that sees it change must re-sync.
+	disconnects atomic.Uint64
 }
+
+// Disconnects is the number of times the connection was lost so far.
+func (b *Broker) Disconnects() uint64 { return b.disconnects.Load() }
 
 // Open starts the embedded server if needed, connects and sets up JetStream.
 func Open(ctx context.Context, o Options) (*Broker, error) {
-	b := &Broker{log: o.Logger, Queues: map[string]jetstream.Stream{}}
+	b := &Broker{log: o.Logger, Queues: map[string]jetstream.Stream{}, replicas: max(1, o.Replicas)}
 	if b.log == nil {
 		b.log = slog.Default()
 	}
@@ -99,6 +118,7 @@ func Open(ctx context.Context, o Options) (*Broker, error) {
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
+			b.disconnects.Add(1)
 			if !c.IsClosed() {
 				b.log.Warn("nats disconnected", "err", err)
 			}
@@ -199,7 +219,7 @@ func (b *Broker) ensure(ctx context.Context, qs []config.Queue) error {
 	if b.JS == nil || b.Jobs == nil {
 		return nil
 	}
-	shadow := &Broker{JS: b.JS, Queues: map[string]jetstream.Stream{}, log: b.log}
+	shadow := &Broker{JS: b.JS, Queues: map[string]jetstream.Stream{}, log: b.log, replicas: b.replicas}
 	return shadow.setup(ctx, qs)
 }
 
@@ -210,18 +230,18 @@ func (b *Broker) setup(ctx context.Context, qs []config.Queue) error {
 	// record never expires. Expiry leaves a delete marker for watchers.
 	if b.Jobs, err = b.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket: JobsBucket, Description: "Tandem job records", History: 1, Storage: jetstream.FileStorage,
-		LimitMarkerTTL: markerTTL,
+		LimitMarkerTTL: markerTTL, Replicas: b.replicas,
 	}); err != nil {
 		return fmt.Errorf("create KV %s: %w", JobsBucket, err)
 	}
 	if b.Idem, err = b.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket: IdemBucket, Description: "Tandem idempotency keys (per-key TTL = the queue's result_ttl)", History: 1, Storage: jetstream.FileStorage,
-		LimitMarkerTTL: markerTTL,
+		LimitMarkerTTL: markerTTL, Replicas: b.replicas,
 	}); err != nil {
 		return fmt.Errorf("create KV %s: %w", IdemBucket, err)
 	}
 	if b.Payloads, err = b.JS.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
-		Bucket: PayloadsBucket, Description: "Tandem payloads above the inline limit", Storage: jetstream.FileStorage,
+		Bucket: PayloadsBucket, Description: "Tandem payloads above the inline limit", Storage: jetstream.FileStorage, Replicas: b.replicas,
 	}); err != nil {
 		return fmt.Errorf("create object store %s: %w", PayloadsBucket, err)
 	}
@@ -229,14 +249,14 @@ func (b *Broker) setup(ctx context.Context, qs []config.Queue) error {
 	for _, q := range qs {
 		name := ResultsBucket(q.Name)
 		if b.Results[q.Name], err = b.JS.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
-			Bucket: name, Description: "Tandem results above the inline limit, queue " + q.Name, TTL: q.ResultTTL, Storage: jetstream.FileStorage,
+			Bucket: name, Description: "Tandem results above the inline limit, queue " + q.Name, TTL: q.ResultTTL, Storage: jetstream.FileStorage, Replicas: b.replicas,
 		}); err != nil {
 			return fmt.Errorf("create object store %s: %w", name, err)
 		}
 	}
 	if b.DLQ, err = b.JS.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name: DLQStream, Description: "Tandem dead letters", Subjects: []string{dlqSubjectBase + ">"},
-		Retention: jetstream.LimitsPolicy, MaxMsgsPerSubject: 1, Storage: jetstream.FileStorage, Duplicates: DuplicateWindow,
+		Retention: jetstream.LimitsPolicy, MaxMsgsPerSubject: 1, Storage: jetstream.FileStorage, Duplicates: DuplicateWindow, Replicas: b.replicas,
 	}); err != nil {
 		return fmt.Errorf("create stream %s: %w", DLQStream, err)
 	}
@@ -271,6 +291,7 @@ func (b *Broker) setupQueue(ctx context.Context, q config.Queue) error {
 		MaxMsgs:     q.MaxDepth,
 		Discard:     jetstream.DiscardNew,
 		Duplicates:  DuplicateWindow,
+		Replicas:    b.replicas,
 	})
 	if err != nil {
 		return fmt.Errorf("create stream for queue %s: %w", q.Name, err)

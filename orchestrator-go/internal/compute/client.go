@@ -272,3 +272,20 @@ func (c *Client) Close() {
 		_ = ep.conn.Close()
 	}
 }
+
+// Forward calls fn on one endpoint (round robin over the endpoints whose
+// breaker is closed, through that endpoint's breaker) and returns its answer
+// and its error unchanged (same code, message and details). Only when no
+// endpoint could be tried is the error the orchestrator's own
+// UNAVAILABLE / COMPUTE_UNAVAILABLE.
+func (c *Client) Forward(ctx context.Context, fn func(ctx context.Context, cli tandemv1.ComputeServiceClient) (any, error)) (any, error) {
+	ep := c.pick()
+	if ep == nil {
+		return nil, apierr.Status(apierr.ComputeUnavailable("every compute endpoint's circuit breaker is open"))
+	}
+	r, err := ep.cb.Execute(func() (any, error) { return fn(ctx, ep.cli) })
+	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+		return nil, apierr.Status(apierr.ComputeUnavailable("compute %s: circuit breaker open", ep.addr))
+	}
+	return r, err
+}

@@ -145,6 +145,28 @@ func errStatus(code codes.Code, reason tandemv1.ErrorReason, msg string) error {
 	return st.Err()
 }
 
+// TransformBatch implements ComputeService: each item as Transform, errors per item.
+func (s *Server) TransformBatch(ctx context.Context, req *tandemv1.TransformBatchRequest) (*tandemv1.TransformBatchResponse, error) {
+	out := &tandemv1.TransformBatchResponse{}
+	for _, it := range req.GetItems() {
+		r, err := s.Transform(ctx, it)
+		if err != nil {
+			st := status.Convert(err)
+			e := &tandemv1.Error{Code: int32(st.Code()), Message: st.Message()}
+			for _, d := range st.Details() {
+				if ei, ok := d.(*errdetails.ErrorInfo); ok {
+					e.Reason = tandemv1.ErrorReason(tandemv1.ErrorReason_value[ei.GetReason()])
+					e.Metadata = ei.GetMetadata()
+				}
+			}
+			out.Results = append(out.Results, &tandemv1.TransformResult{Outcome: &tandemv1.TransformResult_Error{Error: e}})
+			continue
+		}
+		out.Results = append(out.Results, &tandemv1.TransformResult{Outcome: &tandemv1.TransformResult_Response{Response: r}})
+	}
+	return out, nil
+}
+
 // Transform implements ComputeService (one step pipelines are enough here).
 func (s *Server) Transform(ctx context.Context, req *tandemv1.TransformRequest) (*tandemv1.TransformResponse, error) {
 	s.mu.Lock()

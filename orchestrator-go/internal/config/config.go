@@ -40,6 +40,9 @@ type Config struct {
 	DrainTimeout    time.Duration
 	LogLevel        slog.Level
 	MaxMessageBytes int // gRPC max receive message size
+	// StreamReplicas is the replica count of every stream, KV bucket and
+	// object store the orchestrator creates (1..5; >1 needs a clustered server).
+	StreamReplicas int
 
 	Queues []Queue
 }
@@ -188,6 +191,7 @@ func Parse(args []string, getenv func(string) string, stderr io.Writer) (*Config
 		logLevel     string
 		defs         []flagDef
 		maxMsgBytes  int
+		replicas     int
 		drainTimeout time.Duration
 	)
 	str := func(p *string, name, env, def, usage string) {
@@ -207,6 +211,8 @@ func Parse(args []string, getenv func(string) string, stderr io.Writer) (*Config
 	str(&logLevel, "log-level", "TANDEM_ORCH_LOG_LEVEL", "info", "log level: debug, info, warn, error")
 	fs.IntVar(&maxMsgBytes, "max-message-bytes", 64<<20+1<<20, "largest gRPC request accepted (a 64 MiB payload plus overhead)")
 	defs = append(defs, flagDef{"max-message-bytes", "TANDEM_ORCH_MAX_MESSAGE_BYTES", ""})
+	fs.IntVar(&replicas, "stream-replicas", 1, "replicas of every JetStream stream, KV bucket and object store (1-5; above 1 needs a clustered server via --nats-url)")
+	defs = append(defs, flagDef{"stream-replicas", "TANDEM_ORCH_STREAM_REPLICAS", ""})
 
 	envOf := map[string]string{}
 	for _, d := range defs {
@@ -238,6 +244,13 @@ func Parse(args []string, getenv func(string) string, stderr io.Writer) (*Config
 	}
 	cfg.DrainTimeout = drainTimeout
 	cfg.MaxMessageBytes = maxMsgBytes
+	cfg.StreamReplicas = replicas
+	if replicas < 1 || replicas > 5 {
+		return nil, fmt.Errorf("--stream-replicas: %d is not between 1 and 5", replicas)
+	}
+	if replicas > 1 && cfg.NATSURL == "" {
+		return nil, fmt.Errorf("--stream-replicas %d needs a clustered NATS (--nats-url): the embedded server is a single node", replicas)
+	}
 	for _, c := range strings.Split(compute, ",") {
 		if c = strings.TrimSpace(c); c != "" {
 			cfg.Compute = append(cfg.Compute, c)

@@ -26,6 +26,7 @@ func TestDefaults(t *testing.T) {
 	require.Equal(t, config.DurabilityAlways, c.Durability)
 	require.Equal(t, "127.0.0.1:9101", c.MetricsListen)
 	require.Equal(t, 30*time.Second, c.DrainTimeout)
+	require.Equal(t, 1, c.StreamReplicas)
 	require.Len(t, c.Queues, 1)
 	require.Equal(t, "default", c.Queues[0].Name)
 }
@@ -53,7 +54,7 @@ func TestHelpShowsEveryEnvVar(t *testing.T) {
 	_, err := config.Parse([]string{"--help"}, env(nil), &out)
 	require.Error(t, err)
 	for _, v := range []string{"TANDEM_ORCH_LISTEN", "TANDEM_ORCH_COMPUTE", "TANDEM_ORCH_NATS_URL", "TANDEM_ORCH_NATS_LISTEN", "TANDEM_ORCH_DATA_DIR",
-		"TANDEM_ORCH_CONFIG", "TANDEM_ORCH_DURABILITY", "TANDEM_ORCH_METRICS_LISTEN", "TANDEM_ORCH_DRAIN_TIMEOUT", "TANDEM_ORCH_LOG_LEVEL"} {
+		"TANDEM_ORCH_CONFIG", "TANDEM_ORCH_DURABILITY", "TANDEM_ORCH_METRICS_LISTEN", "TANDEM_ORCH_DRAIN_TIMEOUT", "TANDEM_ORCH_LOG_LEVEL", "TANDEM_ORCH_STREAM_REPLICAS"} {
 		require.Contains(t, out.String(), v)
 	}
 }
@@ -90,4 +91,20 @@ func TestQueueFileErrors(t *testing.T) {
 	qs, err := config.LoadQueues(write("[[queue]]\nname = \"x\"\n"))
 	require.NoError(t, err)
 	require.Equal(t, []string{"default", "x"}, []string{qs[0].Name, qs[1].Name})
+}
+
+func TestStreamReplicas(t *testing.T) {
+	t.Parallel()
+	c, err := config.Parse(nil, env(map[string]string{"TANDEM_ORCH_STREAM_REPLICAS": "3", "TANDEM_ORCH_NATS_URL": "nats://a:4222"}), &bytes.Buffer{})
+	require.NoError(t, err)
+	require.Equal(t, 3, c.StreamReplicas)
+	c, err = config.Parse([]string{"--stream-replicas", "5", "--nats-url", "nats://a:4222"}, env(map[string]string{"TANDEM_ORCH_STREAM_REPLICAS": "3"}), &bytes.Buffer{})
+	require.NoError(t, err)
+	require.Equal(t, 5, c.StreamReplicas, "flag wins over env")
+	for _, bad := range []string{"0", "6", "-1"} {
+		_, err = config.Parse([]string{"--stream-replicas", bad, "--nats-url", "nats://a:4222"}, env(nil), &bytes.Buffer{})
+		require.ErrorContains(t, err, "--stream-replicas")
+	}
+	_, err = config.Parse([]string{"--stream-replicas", "3"}, env(nil), &bytes.Buffer{})
+	require.ErrorContains(t, err, "embedded", "the embedded server is one node")
 }

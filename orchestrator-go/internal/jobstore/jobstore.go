@@ -9,6 +9,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -50,14 +52,21 @@ type Store struct {
 	InlineLimit int
 }
 
-// New returns a Store. The inline limit is 512 KiB, or a quarter of the
-// server's max payload when that is smaller.
+// New returns a Store. The inline limit follows the server's max_payload (read
+// from the connection, so an external server's own setting counts): a quarter
+// of it, leaving room for the record or message around the bytes. 2 MiB on the
+// embedded server (max_payload 8 MiB), 256 KiB on a default nats-server (1 MiB).
 func New(b *broker.Broker) *Store {
-	limit := 512 << 10
-	if mp := int(b.NC.MaxPayload()); mp > 0 && mp/4 < limit {
-		limit = mp / 4
+	return &Store{b: b, InlineLimit: InlineLimit(b.NC.MaxPayload())}
+}
+
+// InlineLimit is the largest payload or result kept inline for a server
+// max_payload: a quarter of it (64 KiB when unknown).
+func InlineLimit(maxPayload int64) int {
+	if maxPayload <= 0 {
+		return 64 << 10
 	}
-	return &Store{b: b, InlineLimit: limit}
+	return int(maxPayload / 4)
 }
 
 // Terminal reports whether a state has no way out but expiry.
@@ -339,14 +348,31 @@ func (s *Store) View(ctx context.Context, j *tandemv1.Job, includeResult bool) (
 // Now is a timestamp for records.
 func Now() *timestamppb.Timestamp { return timestamppb.New(time.Now()) }
 
-// PublishEvent announces a state change on tandem.events.<queue> (core NATS,
-// not persisted: the record in KV is the durable truth, WatchJobs by id reads it).
-func (s *Store) PublishEvent(j *tandemv1.Job) {
-	ev := proto.Clone(j).(*tandemv1.Job)
-	ev.Result = nil
-	data, err := proto.Marshal(ev)
+// PublishEvent announces a state change on tandem.events.<queue>.<job id> (core
+// NATS, not persisted: the record in KV is the durable truth). rev is the KV
+// revision the change was written at (header Tandem-Rev), so a watcher can
+// order events against records it read.
+// j must not be in use by another goroutine (its result is set aside, not
+// copied, while the event is encoded).
+func (s *Store) PublishEvent(j *tandemv1.Job, rev uint64) {
+	result := j.Result
+	j.Result = nil
+	data, err := proto.Marshal(j)
+	j.Result = result
 	if err != nil {
 		return
 	}
-	_ = s.b.NC.Publish(broker.EventsSubject(j.GetQueue()), data)
+	m := nats.NewMsg(broker.EventsSubject(j.GetQueue(), j.GetId()))
+	m.Header.Set(broker.HeaderEventRev, strconv.FormatUint(rev, 10))
+	m.Data = data
+	_ = s.b.NC.PublishMsg(m)
 }
+
+// EventRev is the record revision an event announces (0 if absent).
+func EventRev(m *nats.Msg) uint64 {
+	v, _ := strconv.ParseUint(m.Header.Get(broker.HeaderEventRev), 10, 64)
+	return v
+}
+
+// ValidID reports whether id can be a job id (a KV key that is one subject token).
+func ValidID(id string) bool { return id != "" && validKey(id) && !strings.Contains(id, ".") }

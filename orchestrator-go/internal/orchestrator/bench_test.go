@@ -1,6 +1,7 @@
 package orchestrator_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -37,6 +38,10 @@ func benchOrchestrator(b *testing.B, durability string) (*orchestrator.Orchestra
 	}, Logger: testLogger()})
 	require.NoError(b, err)
 	b.Cleanup(func() { orc.Shutdown(time.Second) })
+	// TANDEM_BENCH_INLINE_LIMIT overrides the inline limit (A/B runs).
+	if v, err := strconv.Atoi(os.Getenv("TANDEM_BENCH_INLINE_LIMIT")); err == nil && v > 0 {
+		orc.Store.InlineLimit = v
+	}
 	conn, err := grpc.NewClient(orc.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(b, err)
 	b.Cleanup(func() { _ = conn.Close() })
@@ -56,7 +61,7 @@ type completions struct {
 
 func watchCompletions(b *testing.B, orc *orchestrator.Orchestrator, want int) *completions {
 	c := &completions{started: map[string]time.Time{}, early: map[string]time.Time{}, all: make(chan struct{}), want: int64(want)}
-	sub, err := orc.Broker.NC.Subscribe(broker.EventsSubject(config.DefaultQueue), func(m *nats.Msg) {
+	sub, err := orc.Broker.NC.Subscribe(broker.QueueEventsFilter(config.DefaultQueue), func(m *nats.Msg) {
 		j := &tandemv1.Job{}
 		if proto.Unmarshal(m.Data, j) != nil || j.GetState() != tandemv1.JobState_JOB_STATE_SUCCEEDED {
 			return
@@ -102,18 +107,32 @@ func (c *completions) report(b *testing.B, n int, elapsed time.Duration) {
 	b.ReportMetric(pct(0.50), "p50-ms")
 	b.ReportMetric(pct(0.99), "p99-ms")
 	b.ReportMetric(0, "ns/op")
+	if len(benchPayload()) > 1 {
+		b.ReportMetric(float64(len(benchPayload())), "payload-B")
+	}
 }
 
 var echo = []*tandemv1.Step{{Op: "test.echo"}}
 
+// benchPayload is the payload of each job: TANDEM_BENCH_PAYLOAD bytes (default 1).
+func benchPayload() []byte {
+	n, err := strconv.Atoi(os.Getenv("TANDEM_BENCH_PAYLOAD"))
+	if err != nil || n < 1 {
+		n = 1
+	}
+	return bytes.Repeat([]byte("x"), n)
+}
+
 // BenchmarkSubmitToComplete measures tiny jobs end to end (submit → SUCCEEDED
 // event) with a stub compute: single submits from 32 concurrent clients, and
-// batch submits of 500. Run with -benchtime=Nx (N jobs).
+// batch submits of 500 (fewer when large: at most 32 MiB per batch). Run with
+// -benchtime=Nx (N jobs); TANDEM_BENCH_PAYLOAD sets the payload size in bytes.
 func BenchmarkSubmitToComplete(b *testing.B) {
 	for _, durability := range []string{config.DurabilityInterval, config.DurabilityAlways} {
 		b.Run("single/"+durability, func(b *testing.B) {
 			orc, client := benchOrchestrator(b, durability)
 			n := b.N
+			payload := benchPayload()
 			c := watchCompletions(b, orc, n)
 			var next atomic.Int64
 			b.ResetTimer()
@@ -125,7 +144,7 @@ func BenchmarkSubmitToComplete(b *testing.B) {
 					defer wg.Done()
 					for next.Add(1) <= int64(n) {
 						t0 := time.Now()
-						r, err := client.SubmitJob(context.Background(), &tandemv1.SubmitJobRequest{Steps: echo, Payload: []byte("x")})
+						r, err := client.SubmitJob(context.Background(), &tandemv1.SubmitJobRequest{Steps: echo, Payload: payload})
 						if err != nil {
 							b.Error(err)
 							return
@@ -142,13 +161,14 @@ func BenchmarkSubmitToComplete(b *testing.B) {
 			orc, client := benchOrchestrator(b, durability)
 			n := b.N
 			c := watchCompletions(b, orc, n)
+			payload := benchPayload()
 			b.ResetTimer()
 			start := time.Now()
 			for sent := 0; sent < n; {
-				k := min(500, n-sent)
+				k := min(500, max(1, (32<<20)/len(payload)), n-sent)
 				reqs := make([]*tandemv1.SubmitJobRequest, k)
 				for i := range reqs {
-					reqs[i] = &tandemv1.SubmitJobRequest{Steps: echo, Payload: []byte("x")}
+					reqs[i] = &tandemv1.SubmitJobRequest{Steps: echo, Payload: payload}
 				}
 				t0 := time.Now()
 				r, err := client.SubmitJobs(context.Background(), &tandemv1.SubmitJobsRequest{Jobs: reqs})
@@ -259,6 +279,9 @@ func BenchmarkSubmitOnly(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "jobs/s")
 	b.ReportMetric(0, "ns/op")
+	if len(benchPayload()) > 1 {
+		b.ReportMetric(float64(len(benchPayload())), "payload-B")
+	}
 }
 
 // BenchmarkWorkBacklog measures the workers alone: N jobs are queued while
@@ -286,4 +309,7 @@ func BenchmarkWorkBacklog(b *testing.B) {
 	<-c.all
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "jobs/s")
 	b.ReportMetric(0, "ns/op")
+	if len(benchPayload()) > 1 {
+		b.ReportMetric(float64(len(benchPayload())), "payload-B")
+	}
 }

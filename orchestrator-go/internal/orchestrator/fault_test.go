@@ -198,7 +198,7 @@ func TestSubmitAtomicity(t *testing.T) {
 			stub := computetest.Start(t)
 			payload := []byte("small")
 			if point == "submit.after_payload" {
-				payload = make([]byte, 1<<20) // above the inline limit: goes to the object store
+				payload = make([]byte, 3<<20) // above the inline limit (2 MiB): goes to the object store
 			}
 			req := &tandemv1.SubmitJobRequest{Steps: []*tandemv1.Step{step("test.echo")}, Payload: payload, IdempotencyKey: "k-" + point}
 			var once sync.Once

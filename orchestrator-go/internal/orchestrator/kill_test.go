@@ -93,7 +93,7 @@ func TestKillAtEveryStep(t *testing.T) {
 			stub := computetest.Start(t)
 			payload := []byte("kill me " + point)
 			if point == "submit.after_payload" {
-				payload = make([]byte, 1<<20)
+				payload = make([]byte, 3<<20) // above the inline limit (2 MiB)
 			}
 			req := &tandemv1.SubmitJobRequest{Steps: []*tandemv1.Step{step("test.echo")}, Payload: payload, IdempotencyKey: "kill-" + point}
 

@@ -36,6 +36,10 @@ import (
 // ServiceName is the health-checked service name.
 const ServiceName = "tandem.v1.JobService"
 
+// ComputeServiceName is the compute service the orchestrator also serves
+// (forwarded to compute), health-checked under its own name.
+const ComputeServiceName = "tandem.v1.ComputeService"
+
 // Options are the orchestrator's configuration plus test hooks.
 type Options struct {
 	Config *config.Config
@@ -47,6 +51,8 @@ type Options struct {
 	BreakerOpenFor time.Duration
 	// WorkerID overrides the id recorded in each attempt.
 	WorkerID string
+	// WatchLimits overrides WatchJobs buffers (tests).
+	WatchLimits api.WatchLimits
 }
 
 // Orchestrator is a running orchestrator.
@@ -91,7 +97,7 @@ func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 	}()
 	orc.Broker, err = broker.Open(ctx, broker.Options{
 		URL: cfg.NATSURL, Listen: cfg.NATSListen, DataDir: cfg.DataDir, Durability: cfg.Durability,
-		Queues: cfg.Queues, Logger: log, Name: "tandem-orchestrator " + workerID,
+		Queues: cfg.Queues, Logger: log, Name: "tandem-orchestrator " + workerID, Replicas: cfg.StreamReplicas,
 	})
 	if err != nil {
 		return nil, err
@@ -123,7 +129,7 @@ func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 	if err != nil {
 		return nil, err
 	}
-	orc.API = &api.Service{Broker: orc.Broker, Store: orc.Store, Compute: orc.Compute, Metrics: m, Pools: orc.Pools, Log: log, Fault: o.Fault}
+	orc.API = &api.Service{Broker: orc.Broker, Store: orc.Store, Compute: orc.Compute, Metrics: m, Pools: orc.Pools, Log: log, Fault: o.Fault, WatchLimits: o.WatchLimits}
 
 	orc.lis, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -131,6 +137,7 @@ func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 	}
 	orc.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(cfg.MaxMessageBytes), grpc.MaxSendMsgSize(cfg.MaxMessageBytes))
 	tandemv1.RegisterJobServiceServer(orc.grpc, orc.API)
+	tandemv1.RegisterComputeServiceServer(orc.grpc, &api.ComputeProxy{Compute: orc.Compute})
 	orc.health = health.NewServer()
 	healthpb.RegisterHealthServer(orc.grpc, orc.health)
 	reflection.Register(orc.grpc)
@@ -169,26 +176,34 @@ func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 // Addr is the gRPC listen address.
 func (o *Orchestrator) Addr() string { return o.lis.Addr().String() }
 
-func (o *Orchestrator) setHealth(serving bool) {
-	st := healthpb.HealthCheckResponse_NOT_SERVING
-	if serving {
-		st = healthpb.HealthCheckResponse_SERVING
+func (o *Orchestrator) setHealth(serving bool) { o.setHealths(serving, serving) }
+
+// setHealths sets the JobService (and overall) status, and the ComputeService
+// status, which needs compute only (it is forwarded, NATS plays no part).
+func (o *Orchestrator) setHealths(jobs, compute bool) {
+	st := func(ok bool) healthpb.HealthCheckResponse_ServingStatus {
+		if ok {
+			return healthpb.HealthCheckResponse_SERVING
+		}
+		return healthpb.HealthCheckResponse_NOT_SERVING
 	}
-	o.health.SetServingStatus("", st)
-	o.health.SetServingStatus(ServiceName, st)
+	o.health.SetServingStatus("", st(jobs))
+	o.health.SetServingStatus(ServiceName, st(jobs))
+	o.health.SetServingStatus(ComputeServiceName, st(compute))
 }
 
-// watchHealth reports NOT_SERVING while NATS is disconnected or every
-// compute breaker is open.
+// watchHealth reports JobService NOT_SERVING while NATS is disconnected or
+// every compute breaker is open, ComputeService while every breaker is open.
 func (o *Orchestrator) watchHealth() {
 	defer o.wg.Done()
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
 	last := -1
 	for {
-		ok := o.Broker.Connected() && o.Compute.Ready()
-		if v := map[bool]int{false: 0, true: 1}[ok]; v != last {
-			o.setHealth(ok)
+		compute := o.Compute.Ready()
+		jobs := compute && o.Broker.Connected()
+		if v := map[bool]int{false: 0, true: 1}[jobs] + 2*map[bool]int{false: 0, true: 1}[compute]; v != last {
+			o.setHealths(jobs, compute)
 			last = v
 		}
 		select {

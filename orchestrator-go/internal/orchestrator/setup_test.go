@@ -17,6 +17,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
+	"github.com/tandem/tandem/orchestrator-go/internal/api"
 	"github.com/tandem/tandem/orchestrator-go/internal/computetest"
 	"github.com/tandem/tandem/orchestrator-go/internal/config"
 	"github.com/tandem/tandem/orchestrator-go/internal/orchestrator"
@@ -39,6 +40,8 @@ type setupOpts struct {
 	worker  string
 	// deadCompute are extra compute endpoints listed before the stub.
 	deadCompute []string
+	watchLimits api.WatchLimits
+	replicas    int
 }
 
 // testQueue is a queue with test-friendly timings.
@@ -92,10 +95,11 @@ func startOrchestrator(t testing.TB, o setupOpts) *testBundle {
 		Durability:      config.DurabilityInterval,
 		DrainTimeout:    5 * time.Second,
 		MaxMessageBytes: 65 << 20,
+		StreamReplicas:  max(1, o.replicas),
 		Queues:          qs,
 	}
 	orc, err := orchestrator.Start(context.Background(), orchestrator.Options{
-		Config: cfg, Logger: testLogger(), Fault: o.fault, BreakerOpenFor: 200 * time.Millisecond, WorkerID: o.worker,
+		Config: cfg, Logger: testLogger(), Fault: o.fault, BreakerOpenFor: 200 * time.Millisecond, WorkerID: o.worker, WatchLimits: o.watchLimits,
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { orc.Shutdown(time.Second) })

@@ -158,7 +158,7 @@ func (p *Pool) handle(msg jetstream.Msg) {
 		return
 	}
 	log = log.With("attempt", attempt)
-	p.Store.PublishEvent(j)
+	p.Store.PublishEvent(j, rec.Rev)
 	if p.fault("worker.after_running") != nil {
 		return // simulated crash: no ack, no nak; AckWait redelivers
 	}
@@ -385,7 +385,7 @@ func (p *Pool) finish(ctx context.Context, msg jetstream.Msg, rec *jobstore.Reco
 			return
 		}
 		*rec = *try
-		p.Store.PublishEvent(next)
+		p.Store.PublishEvent(next, try.Rev)
 		switch oc {
 		case outcomeAck:
 			if p.fault("worker.before_ack") != nil {
@@ -486,7 +486,7 @@ func (p *Pool) deadLetter(ctx context.Context, msg jetstream.Msg, rec *jobstore.
 		_ = msg.NakWithDelay(time.Second)
 		return
 	}
-	p.Store.PublishEvent(dead)
+	p.Store.PublishEvent(dead, try.Rev)
 	_ = msg.Term()
 	p.completions.add()
 	p.Metrics.Completed.WithLabelValues(p.cfg.Name, "dead").Inc()

@@ -1,0 +1,64 @@
+package api
+
+import (
+	"context"
+
+	"google.golang.org/grpc/metadata"
+
+	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
+	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
+	"github.com/tandem/tandem/orchestrator-go/internal/compute"
+	"github.com/tandem/tandem/orchestrator-go/internal/jobstore"
+)
+
+// ComputeProxy serves tandem.v1.ComputeService on the orchestrator's address,
+// so clients need one address: ListOps from the cached compute answer,
+// Transform and TransformBatch forwarded to compute through the per-endpoint
+// breakers and round robin. Compute's errors are passed through unchanged.
+type ComputeProxy struct {
+	tandemv1.UnimplementedComputeServiceServer
+	Compute *compute.Client
+}
+
+// ListOps implements ComputeService from the cached ListOps (refreshed when
+// older than 30 s).
+func (p *ComputeProxy) ListOps(ctx context.Context, _ *tandemv1.ListOpsRequest) (*tandemv1.ListOpsResponse, error) {
+	ops := p.Compute.Ops(ctx)
+	if ops == nil {
+		return nil, apierr.Status(apierr.ComputeUnavailable("no compute endpoint has answered ListOps yet"))
+	}
+	return ops, nil
+}
+
+// forwardCtx carries the caller's deadline (the same context) and its trace
+// context to compute.
+func forwardCtx(ctx context.Context) context.Context {
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if tp := md.Get(jobstore.HeaderTraceparent); len(tp) > 0 {
+			return metadata.AppendToOutgoingContext(ctx, jobstore.HeaderTraceparent, tp[0])
+		}
+	}
+	return ctx
+}
+
+// Transform implements ComputeService by forwarding to compute.
+func (p *ComputeProxy) Transform(ctx context.Context, req *tandemv1.TransformRequest) (*tandemv1.TransformResponse, error) {
+	r, err := p.Compute.Forward(forwardCtx(ctx), func(ctx context.Context, cli tandemv1.ComputeServiceClient) (any, error) {
+		return cli.Transform(ctx, req)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return r.(*tandemv1.TransformResponse), nil
+}
+
+// TransformBatch implements ComputeService by forwarding to compute.
+func (p *ComputeProxy) TransformBatch(ctx context.Context, req *tandemv1.TransformBatchRequest) (*tandemv1.TransformBatchResponse, error) {
+	r, err := p.Compute.Forward(forwardCtx(ctx), func(ctx context.Context, cli tandemv1.ComputeServiceClient) (any, error) {
+		return cli.TransformBatch(ctx, req)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return r.(*tandemv1.TransformBatchResponse), nil
+}
