@@ -172,7 +172,7 @@ bench: build
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 fuzz:
-	cd compute-rs && cargo test --release -p tandem-core --features fuzz-long -- --ignored fuzz
+	cd compute-rs && cargo test --release -p tandem-core --features fuzz-long --test fuzz
 
 .PHONY: clean
 clean:
