@@ -153,7 +153,7 @@ func (s *Service) retryDeadLetters(ctx context.Context, req *tandemv1.RetryDeadL
 	for _, d := range dls {
 		id := d.job.GetId()
 		base := d.job.GetAttempt()
-		_, err := s.Store.Mutate(ctx, id, nil, func(j *tandemv1.Job) (bool, error) {
+		rec, err := s.Store.Mutate(ctx, id, nil, func(j *tandemv1.Job) (bool, error) {
 			base = j.GetAttempt()
 			switch j.GetState() {
 			case tandemv1.JobState_JOB_STATE_QUEUED:
@@ -172,9 +172,9 @@ func (s *Service) retryDeadLetters(ctx context.Context, req *tandemv1.RetryDeadL
 			// The record expired: recreate it from the dead letter.
 			fresh := jobstore.Spec(d.job)
 			fresh.LastError, fresh.Attempts, fresh.Attempt = d.job.GetLastError(), d.job.GetAttempts(), d.job.GetAttempt()
-			_, err = s.Store.Create(ctx, fresh)
+			rec, err = s.Store.Create(ctx, fresh)
 			if errors.Is(err, jobstore.ErrExists) {
-				err = nil
+				rec, err = s.Store.Get(ctx, id) // a concurrent retry recreated it
 			}
 		}
 		if err != nil {
@@ -197,9 +197,7 @@ func (s *Service) retryDeadLetters(ctx context.Context, req *tandemv1.RetryDeadL
 		if err := s.Broker.DLQ.DeleteMsg(ctx, d.seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 			s.Log.Warn("removing retried dead letter failed", "job_id", id, "err", err)
 		}
-		if rec, err := s.Store.Get(ctx, id); err == nil {
-			s.Store.PublishEvent(rec.Job, rec.Rev)
-		}
+		s.Store.PublishEvent(rec.Job, rec.Rev) // the record as written above: no second read
 		out.RetriedJobIds = append(out.RetriedJobIds, id)
 	}
 	return out, nil
