@@ -156,7 +156,7 @@ test-deploy: build
 	$(VENV)/bin/pytest -q deploy/tests
 
 # The benchmark harness's own code (workloads, parsing, report); not the benchmark.
-test-bench: $(STAMP)/venv
+test-bench: $(STAMP)/pyclient
 	$(VENV)/bin/pytest -q bench/tests
 
 # ---------------------------------------------------------------- run

@@ -19,11 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tandem._stack import free_port as free_port  # re-exported for run.py
+from tandem._stack import grpc_ready
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: "Proc | None" = None) -> None:
@@ -53,12 +50,7 @@ def redis_ping(port: int) -> bool:
 
 
 def grpc_healthy(address: str) -> bool:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(address) as ch:
-        resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-        return resp.status == health_pb2.HealthCheckResponse.SERVING
+    return grpc_ready(address)()
 
 
 @dataclass
