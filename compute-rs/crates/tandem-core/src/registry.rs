@@ -48,6 +48,22 @@ pub struct Op {
     pub run: RunFn,
 }
 
+impl Op {
+    /// An op whose output is raw bytes (`application/octet-stream`), served
+    /// without debug ops; structured or debug ops adjust the fields.
+    pub fn bytes(name: &'static str, description: &str, params: Vec<ParamSpec>, run: RunFn) -> Op {
+        Op {
+            name,
+            description: description.to_owned(),
+            params,
+            output_content_type: OCTET_STREAM,
+            output_encoding: "",
+            debug: false,
+            run,
+        }
+    }
+}
+
 /// A pipeline step as requested: op name and raw string params.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StepRequest {

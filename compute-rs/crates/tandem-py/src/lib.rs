@@ -8,7 +8,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 
 use pyo3::create_exception;
@@ -16,7 +15,7 @@ use pyo3::exceptions::{PyException, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString};
-use tandem_core::{Ctx, Error, Limits, Registry, StepRequest};
+use tandem_core::{Ctx, Error, Limits, Registry, StepRequest, catch_panic};
 
 create_exception!(
     tandem._native,
@@ -120,17 +119,9 @@ fn run<'py>(
     let steps = parse_steps(steps)?;
     let reg = registry(debug_ops);
     let result = py.detach(|| {
-        std::panic::catch_unwind(AssertUnwindSafe(|| {
+        catch_panic(|| {
             let ctx = Ctx { attempt, ..Ctx::new(reg.limits()) };
             reg.run(&steps, &data, &ctx)
-        }))
-        .unwrap_or_else(|payload| {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_owned());
-            Err(Error::Internal { detail: format!("op panicked: {msg}") })
         })
     });
     match result {

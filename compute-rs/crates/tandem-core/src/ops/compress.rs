@@ -9,7 +9,7 @@ use crate::cancel::Ctx;
 use crate::error::{Error, Result};
 use crate::limits::{DEFAULT_DECOMPRESS_OUTPUT_BYTES, Limits};
 use crate::params::{ParamSpec, Params};
-use crate::registry::{OCTET_STREAM, Op, Output, RunFn};
+use crate::registry::{Op, Output};
 
 pub(crate) fn ops(limits: &Limits) -> Vec<Op> {
     let cap = i64::try_from(limits.max_output_bytes).unwrap_or(i64::MAX);
@@ -21,55 +21,43 @@ pub(crate) fn ops(limits: &Limits) -> Vec<Op> {
         cap,
     );
     vec![
-        op(
+        Op::bytes(
             "compress.zstd",
             "Zstandard-compresses the input into one frame (with content size).",
             vec![ParamSpec::int("level", "Compression level.", 3, 1, 22)],
             compress_zstd,
         ),
-        op(
+        Op::bytes(
             "decompress.zstd",
             "Decompresses Zstandard frames (concatenated frames allowed), capped at max_output_bytes.",
             vec![max_out.clone()],
             decompress_zstd,
         ),
-        op(
+        Op::bytes(
             "compress.gzip",
             "Gzip-compresses the input (RFC 1952, no file name, mtime 0).",
             vec![ParamSpec::int("level", "Compression level (0 = store).", 6, 0, 9)],
             compress_gzip,
         ),
-        op(
+        Op::bytes(
             "decompress.gzip",
             "Decompresses gzip (multi-member allowed), capped at max_output_bytes.",
             vec![max_out.clone()],
             decompress_gzip,
         ),
-        op(
+        Op::bytes(
             "compress.lz4",
             "LZ4-compresses the input in the LZ4 frame format (what the lz4 command line tool reads), with a content checksum.",
             Vec::new(),
             compress_lz4,
         ),
-        op(
+        Op::bytes(
             "decompress.lz4",
             "Decompresses the LZ4 frame format, capped at max_output_bytes.",
             vec![max_out],
             decompress_lz4,
         ),
     ]
-}
-
-fn op(name: &'static str, description: &str, params: Vec<ParamSpec>, run: RunFn) -> Op {
-    Op {
-        name,
-        description: description.to_owned(),
-        params,
-        output_content_type: OCTET_STREAM,
-        output_encoding: "",
-        debug: false,
-        run,
-    }
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> Error {

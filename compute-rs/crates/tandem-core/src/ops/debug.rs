@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::cancel::Ctx;
 use crate::error::{Code, Error, Result};
 use crate::params::{ParamSpec, Params};
-use crate::registry::{OCTET_STREAM, Op, Output, RunFn};
+use crate::registry::{Op, Output, RunFn};
 
 pub(crate) fn ops() -> Vec<Op> {
     let codes: Vec<&'static str> = Code::ALL.iter().filter(|c| **c != Code::Ok).map(|c| c.as_str()).collect();
@@ -50,15 +50,7 @@ pub(crate) fn ops() -> Vec<Op> {
 }
 
 fn op(name: &'static str, description: &str, params: Vec<ParamSpec>, run: RunFn) -> Op {
-    Op {
-        name,
-        description: description.to_owned(),
-        params,
-        output_content_type: OCTET_STREAM,
-        output_encoding: "",
-        debug: true,
-        run,
-    }
+    Op { debug: true, ..Op::bytes(name, description, params, run) }
 }
 
 fn pass(input: &[u8]) -> Result<Output> {

@@ -8,7 +8,7 @@ use super::CHUNK;
 use crate::cancel::Ctx;
 use crate::error::Result;
 use crate::params::Params;
-use crate::registry::{OCTET_STREAM, Op, Output, RunFn};
+use crate::registry::{Op, Output, RunFn};
 
 pub(crate) fn ops() -> Vec<Op> {
     vec![
@@ -20,15 +20,7 @@ pub(crate) fn ops() -> Vec<Op> {
 }
 
 fn op(name: &'static str, description: &str, run: RunFn) -> Op {
-    Op {
-        name,
-        description: description.to_owned(),
-        params: Vec::new(),
-        output_content_type: OCTET_STREAM,
-        output_encoding: "",
-        debug: false,
-        run,
-    }
+    Op::bytes(name, description, Vec::new(), run)
 }
 
 fn sha256(ctx: &Ctx<'_>, _: &Params, input: &[u8]) -> Result<Output> {
