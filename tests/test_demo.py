@@ -40,6 +40,8 @@ def test_demo_runs_and_cleans_up() -> None:
     assert proc.returncode == 0, out[-6000:]
     assert "summary" in out and "expected error" in out and "broken.png" in out
     assert "demo finished" in out
+    # The README promises every result is checked against tandem._native.
+    assert "native parity" in out and "✓" in out, out[-3000:]
     assert _processes_mentioning("tandem-demo-") == []
 
 
