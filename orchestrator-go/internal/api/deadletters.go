@@ -12,6 +12,7 @@ import (
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
 	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
 	"github.com/tandem/tandem/orchestrator-go/internal/broker"
+	"github.com/tandem/tandem/orchestrator-go/internal/ident"
 	"github.com/tandem/tandem/orchestrator-go/internal/jobstore"
 )
 
@@ -30,7 +31,7 @@ type deadLetter struct {
 }
 
 func (s *Service) dlqCount(ctx context.Context, queue string) (uint64, error) {
-	info, err := s.Broker.DLQ.Info(ctx, jetstream.WithSubjectFilter(broker.DLQFilter(queue)))
+	info, err := s.Broker.DLQ().Info(ctx, jetstream.WithSubjectFilter(broker.DLQFilter(queue)))
 	if err != nil {
 		return 0, apierr.BrokerUnavailable(err)
 	}
@@ -43,7 +44,7 @@ func (s *Service) scanDLQ(ctx context.Context, queue string, fn func(deadLetter)
 	if err != nil || total == 0 {
 		return err
 	}
-	cons, err := s.Broker.DLQ.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{broker.DLQFilter(queue)}})
+	cons, err := s.Broker.DLQ().OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{broker.DLQFilter(queue)}})
 	if err != nil {
 		return apierr.BrokerUnavailable(err)
 	}
@@ -74,7 +75,7 @@ func (s *Service) scanDLQ(ctx context.Context, queue string, fn func(deadLetter)
 }
 
 func (s *Service) getDeadLetter(ctx context.Context, queue, id string) (*deadLetter, error) {
-	m, err := s.Broker.DLQ.GetLastMsgForSubject(ctx, broker.DLQSubject(queue, id))
+	m, err := s.Broker.DLQ().GetLastMsgForSubject(ctx, broker.DLQSubject(queue, id))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, apierr.DeadLetterNotFound(queue, id)
 	}
@@ -116,6 +117,9 @@ func (s *Service) listDeadLetters(ctx context.Context, req *tandemv1.ListDeadLet
 
 // targets resolves the job ids a retry/purge applies to.
 func (s *Service) targets(ctx context.Context, queue string, ids []string, all bool) ([]*deadLetter, error) {
+	if err := ident.JobIDs("job_ids", ids); err != nil {
+		return nil, err
+	}
 	var out []*deadLetter
 	if len(ids) == 0 {
 		if !all {
@@ -188,13 +192,13 @@ func (s *Service) retryDeadLetters(ctx context.Context, req *tandemv1.RetryDeadL
 		if d.trace != "" {
 			msg.Header.Set(jobstore.HeaderTraceparent, d.trace)
 		}
-		if _, err := s.Broker.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(fmt.Sprintf("%s-retry-%d", id, d.seq))); err != nil {
+		if _, err := s.Broker.JS().PublishMsg(ctx, msg, jetstream.WithMsgID(fmt.Sprintf("%s-retry-%d", id, d.seq))); err != nil {
 			if broker.IsMaxMsgs(err) {
 				return nil, apierr.QueueFull(q.Name, uint64(q.MaxDepth), queueFullRetry)
 			}
 			return nil, apierr.BrokerUnavailable(err)
 		}
-		if err := s.Broker.DLQ.DeleteMsg(ctx, d.seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		if err := s.Broker.DLQ().DeleteMsg(ctx, d.seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 			s.Log.Warn("removing retried dead letter failed", "job_id", id, "err", err)
 		}
 		s.Store.PublishEvent(rec.Job, rec.Rev) // the record as written above: no second read
@@ -214,7 +218,7 @@ func (s *Service) purgeDeadLetters(ctx context.Context, req *tandemv1.PurgeDeadL
 	}
 	var n uint64
 	for _, d := range dls {
-		if err := s.Broker.DLQ.DeleteMsg(ctx, d.seq); err != nil {
+		if err := s.Broker.DLQ().DeleteMsg(ctx, d.seq); err != nil {
 			if errors.Is(err, jetstream.ErrMsgNotFound) {
 				continue
 			}

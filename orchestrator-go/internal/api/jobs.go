@@ -8,20 +8,20 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
 	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
 	"github.com/tandem/tandem/orchestrator-go/internal/broker"
+	"github.com/tandem/tandem/orchestrator-go/internal/ident"
 	"github.com/tandem/tandem/orchestrator-go/internal/jobstore"
 )
 
-// maxWatchIDs bounds one WatchJobs call by ids.
-const maxWatchIDs = 1000
-
 func (s *Service) getJob(ctx context.Context, req *tandemv1.GetJobRequest) (*tandemv1.GetJobResponse, error) {
+	if err := ident.JobID("job_id", req.GetJobId()); err != nil {
+		return nil, err
+	}
 	rec, err := s.Store.Get(ctx, req.GetJobId())
 	if err != nil {
 		return nil, err
@@ -95,15 +95,12 @@ func (s *Service) watchJobs(req *tandemv1.WatchJobsRequest, stream tandemv1.JobS
 	if len(req.GetJobIds()) == 0 {
 		return s.watchQueue(ctx, req, stream)
 	}
-	if len(req.GetJobIds()) > maxWatchIDs {
-		return apierr.InvalidRequest("job_ids", "job_ids: %d ids, more than %d", len(req.GetJobIds()), maxWatchIDs)
+	if err := ident.JobIDs("job_ids", req.GetJobIds()); err != nil {
+		return err
 	}
 	var ids []string
 	pending := map[string]bool{}
 	for _, id := range req.GetJobIds() {
-		if !jobstore.ValidID(id) {
-			return apierr.JobNotFound(id)
-		}
 		if !pending[id] {
 			pending[id] = true
 			ids = append(ids, id)
@@ -120,9 +117,9 @@ func (s *Service) watchJobs(req *tandemv1.WatchJobsRequest, stream tandemv1.JobS
 			_ = sub.Unsubscribe()
 		}
 	}()
-	gen := s.Broker.Disconnects()
+	gen, conn := s.Broker.Disconnects(), s.Broker.Gen()
 	for _, id := range ids {
-		sub, err := s.Broker.NC.ChanSubscribe(broker.JobEventsFilter(id), ch)
+		sub, err := s.Broker.NC().ChanSubscribe(broker.JobEventsFilter(id), ch)
 		if err != nil {
 			return apierr.BrokerUnavailable(err)
 		}
@@ -130,7 +127,7 @@ func (s *Service) watchJobs(req *tandemv1.WatchJobsRequest, stream tandemv1.JobS
 	}
 	// Once the server has the subscriptions, every later change is an event.
 	fctx, cancel := s.callCtx(ctx)
-	err := s.Broker.NC.FlushWithContext(fctx)
+	err := s.Broker.NC().FlushWithContext(fctx)
 	cancel()
 	if err != nil {
 		return apierr.BrokerUnavailable(err)
@@ -206,6 +203,11 @@ func (s *Service) watchJobs(req *tandemv1.WatchJobsRequest, stream tandemv1.JobS
 					n += d
 				}
 			}
+			if s.Broker.Gen() != conn {
+				// The subscriptions died with the old connection: the client
+				// watches again (UNAVAILABLE is retryable) from the records.
+				return apierr.BrokerUnavailable(errors.New("the connection to NATS was replaced; watch again"))
+			}
 			g := s.Broker.Disconnects()
 			if n != dropped || g != gen || time.Since(lastSync) >= watchResync {
 				if n != dropped || g != gen {
@@ -231,8 +233,8 @@ func (s *Service) watchQueue(ctx context.Context, req *tandemv1.WatchJobsRequest
 	if err != nil {
 		return err
 	}
-	gen := s.Broker.Disconnects()
-	sub, err := s.Broker.NC.SubscribeSync(broker.QueueEventsFilter(q.Name))
+	gen, conn := s.Broker.Disconnects(), s.Broker.Gen()
+	sub, err := s.Broker.NC().SubscribeSync(broker.QueueEventsFilter(q.Name))
 	if err != nil {
 		return apierr.BrokerUnavailable(err)
 	}
@@ -247,7 +249,7 @@ func (s *Service) watchQueue(ctx context.Context, req *tandemv1.WatchJobsRequest
 	// Once the subscription is registered, send headers: a client that waits
 	// for them knows no later event is missed.
 	fctx, cancel := s.callCtx(ctx)
-	err = s.Broker.NC.FlushWithContext(fctx)
+	err = s.Broker.NC().FlushWithContext(fctx)
 	cancel()
 	if err != nil {
 		return apierr.BrokerUnavailable(err)
@@ -260,8 +262,8 @@ func (s *Service) watchQueue(ctx context.Context, req *tandemv1.WatchJobsRequest
 			return nil
 		}
 		m, err := sub.NextMsg(time.Second)
-		if g := s.Broker.Disconnects(); g != gen {
-			return apierr.New(codes.Aborted, tandemv1.ErrorReason_BROKER_UNAVAILABLE,
+		if g := s.Broker.Disconnects(); g != gen || s.Broker.Gen() != conn {
+			return apierr.New(tandemv1.ErrorReason_BROKER_UNAVAILABLE,
 				fmt.Sprintf("watch of queue %q ended: the connection to NATS was lost, events in between may be missing; re-read the jobs (GetJob) and watch again", q.Name),
 				apierr.KeyQueue, q.Name)
 		}
@@ -271,7 +273,7 @@ func (s *Service) watchQueue(ctx context.Context, req *tandemv1.WatchJobsRequest
 		case errors.Is(err, nats.ErrSlowConsumer):
 			d, _ := sub.Dropped()
 			s.Log.Warn("queue watch too slow: events dropped, watch ended", "queue", q.Name, "dropped", d)
-			e := apierr.New(codes.ResourceExhausted, tandemv1.ErrorReason_OVERLOADED,
+			e := apierr.New(tandemv1.ErrorReason_OVERLOADED,
 				fmt.Sprintf("watch of queue %q ended: the client fell behind by more than %d events and %d were dropped; re-read the jobs (GetJob) and watch again", q.Name, limit, d),
 				apierr.KeyQueue, q.Name, apierr.KeyLimit, strconv.Itoa(limit), apierr.KeyActual, strconv.Itoa(d), apierr.KeyRetryAfterMs, "1000")
 			e.RetryAfter = time.Second
@@ -303,6 +305,9 @@ func (s *Service) watchQueue(ctx context.Context, req *tandemv1.WatchJobsRequest
 // tells every orchestrator (core NATS) so the one running it cancels its
 // compute call. A queued job's message is acked without running when pulled.
 func (s *Service) cancelJob(ctx context.Context, req *tandemv1.CancelJobRequest) (*tandemv1.CancelJobResponse, error) {
+	if err := ident.JobID("job_id", req.GetJobId()); err != nil {
+		return nil, err
+	}
 	rec, err := s.Store.Mutate(ctx, req.GetJobId(), s.resultTTL, func(j *tandemv1.Job) (bool, error) {
 		if jobstore.Terminal(j.GetState()) {
 			return false, apierr.JobStateConflict(j.GetId(), j.GetState(), "cancel")
@@ -324,7 +329,7 @@ func (s *Service) cancelJob(ctx context.Context, req *tandemv1.CancelJobRequest)
 	if err != nil {
 		return nil, err
 	}
-	_ = s.Broker.NC.Publish(broker.CancelSubject, []byte(rec.Job.GetId()))
+	_ = s.Broker.NC().Publish(broker.CancelSubject, []byte(rec.Job.GetId()))
 	s.Store.PublishEvent(rec.Job, rec.Rev)
 	if rec.Job.GetPayloadSize() > uint64(s.Store.InlineLimit) {
 		s.Store.DeletePayload(ctx, jobstore.PayloadObject(rec.Job.GetId()))

@@ -11,7 +11,6 @@ import (
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
 	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
 	"github.com/tandem/tandem/orchestrator-go/internal/broker"
-	"github.com/tandem/tandem/orchestrator-go/internal/config"
 )
 
 func (s *Service) queueInfo(ctx context.Context, name string) (*tandemv1.QueueInfo, error) {
@@ -32,7 +31,7 @@ func (s *Service) queueInfo(ctx context.Context, name string) (*tandemv1.QueueIn
 		RateLimit:          cfg.RateLimit,
 		CompletedPerSecond: st.CompletedPerSec,
 	}
-	ci, err := s.Broker.Queues[name].Consumer(ctx, broker.ConsumerName)
+	ci, err := s.Broker.Queues()[name].Consumer(ctx, broker.ConsumerName)
 	if err != nil {
 		return nil, apierr.BrokerUnavailable(err)
 	}
@@ -74,19 +73,17 @@ const pauseFor = 100 * 365 * 24 * time.Hour
 // setPaused pauses or resumes the queue's durable consumer on the server, so
 // every orchestrator sharing it stops (or resumes) pulling; submits still queue.
 func (s *Service) setPaused(ctx context.Context, queue string, paused bool) (*tandemv1.QueueInfo, error) {
-	if queue == "" {
-		queue = config.DefaultQueue
+	q, err := s.queue(queue)
+	if err != nil {
+		return nil, err
 	}
-	p, ok := s.Pools[queue]
-	if !ok {
-		return nil, apierr.QueueNotFound(queue)
-	}
+	queue = q.Name
+	p := s.Pools[queue]
 	stream := broker.QueueStream(queue)
-	var err error
 	if paused {
-		_, err = s.Broker.JS.PauseConsumer(ctx, stream, broker.ConsumerName, time.Now().Add(pauseFor))
+		_, err = s.Broker.JS().PauseConsumer(ctx, stream, broker.ConsumerName, time.Now().Add(pauseFor))
 	} else {
-		_, err = s.Broker.JS.ResumeConsumer(ctx, stream, broker.ConsumerName)
+		_, err = s.Broker.JS().ResumeConsumer(ctx, stream, broker.ConsumerName)
 	}
 	if err != nil {
 		return nil, apierr.BrokerUnavailable(err)

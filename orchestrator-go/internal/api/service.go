@@ -14,6 +14,7 @@ import (
 	"github.com/tandem/tandem/orchestrator-go/internal/compute"
 	"github.com/tandem/tandem/orchestrator-go/internal/config"
 	"github.com/tandem/tandem/orchestrator-go/internal/fault"
+	"github.com/tandem/tandem/orchestrator-go/internal/ident"
 	"github.com/tandem/tandem/orchestrator-go/internal/jobstore"
 	"github.com/tandem/tandem/orchestrator-go/internal/metrics"
 	"github.com/tandem/tandem/orchestrator-go/internal/queue"
@@ -52,6 +53,8 @@ func (s *Service) fault(point string) error {
 func (s *Service) queue(name string) (config.Queue, error) {
 	if name == "" {
 		name = config.DefaultQueue
+	} else if err := ident.Queue("queue", name); err != nil {
+		return config.Queue{}, err
 	}
 	p, ok := s.Pools[name]
 	if !ok {

@@ -19,17 +19,15 @@ import (
 	"github.com/tandem/tandem/orchestrator-go/internal/broker"
 	"github.com/tandem/tandem/orchestrator-go/internal/compute"
 	"github.com/tandem/tandem/orchestrator-go/internal/config"
+	"github.com/tandem/tandem/orchestrator-go/internal/ident"
 	"github.com/tandem/tandem/orchestrator-go/internal/jobstore"
 )
 
 // Request limits (the payload limit comes from compute's ListOps).
 const (
-	maxIdempotencyKey = 256
-	maxLabels         = 64
-	maxLabelBytes     = 1024
-	maxAttemptsLimit  = 100
-	maxJobTimeout     = 24 * time.Hour
-	maxBatchJobs      = 10_000
+	maxAttemptsLimit = 100
+	maxJobTimeout    = 24 * time.Hour
+	maxBatchJobs     = 10_000
 	// brokerTimeout bounds the JetStream calls of one submit.
 	brokerTimeout = 10 * time.Second
 	// queueFullRetry is the retry hint sent with QUEUE_FULL.
@@ -66,16 +64,14 @@ func (s *Service) validate(ctx context.Context, req *tandemv1.SubmitJobRequest) 
 	if err != nil {
 		return q, nil, err
 	}
-	if len(req.GetIdempotencyKey()) > maxIdempotencyKey {
-		return q, nil, apierr.InvalidRequest("idempotency_key", "idempotency_key: %d bytes, longer than %d", len(req.GetIdempotencyKey()), maxIdempotencyKey)
+	if err := ident.Text("idempotency_key", req.GetIdempotencyKey(), ident.MaxIdempotencyKey); err != nil {
+		return q, nil, err
 	}
-	if len(req.GetLabels()) > maxLabels {
-		return q, nil, apierr.InvalidRequest("labels", "labels: %d labels, more than %d", len(req.GetLabels()), maxLabels)
+	if err := ident.Labels(req.GetLabels()); err != nil {
+		return q, nil, err
 	}
-	for k, v := range req.GetLabels() {
-		if len(k)+len(v) > maxLabelBytes {
-			return q, nil, apierr.InvalidRequest("labels", "labels: label %q is longer than %d bytes", k, maxLabelBytes)
-		}
+	if err := ident.Steps(req.GetSteps()); err != nil {
+		return q, nil, err
 	}
 	if req.GetMaxAttempts() > maxAttemptsLimit {
 		return q, nil, apierr.InvalidRequest("max_attempts", "max_attempts: %d is above the limit of %d", req.GetMaxAttempts(), maxAttemptsLimit)
@@ -133,10 +129,10 @@ func (s *Service) prepare(ctx context.Context, req *tandemv1.SubmitJobRequest) *
 	if key := req.GetIdempotencyKey(); key != "" {
 		kvKey := idemKVKey(q.Name, key)
 		hash := requestHash(q.Name, req)
-		_, err := s.Broker.Idem.Create(ctx, kvKey, []byte(id+":"+hash), jetstream.KeyTTL(max(q.ResultTTL, time.Second)))
+		_, err := s.Broker.Idem().Create(ctx, kvKey, []byte(id+":"+hash), jetstream.KeyTTL(max(q.ResultTTL, time.Second)))
 		switch {
 		case errors.Is(err, jetstream.ErrKeyExists):
-			e, gerr := s.Broker.Idem.Get(ctx, kvKey)
+			e, gerr := s.Broker.Idem().Get(ctx, kvKey)
 			if gerr != nil {
 				return &prepared{err: apierr.BrokerUnavailable(gerr)}
 			}
@@ -229,7 +225,7 @@ func (s *Service) submitOne(ctx context.Context, req *tandemv1.SubmitJobRequest)
 	if p.done != nil {
 		return &tandemv1.SubmitJobResponse{Job: p.done, Deduplicated: true}, nil
 	}
-	if _, err := s.Broker.JS.PublishMsg(ctx, p.msg, jetstream.WithMsgID(p.job.GetId())); err != nil {
+	if _, err := s.Broker.JS().PublishMsg(ctx, p.msg, jetstream.WithMsgID(p.job.GetId())); err != nil {
 		return nil, s.publishErr(ctx, p, err)
 	}
 	if err := s.fault("submit.after_publish"); err != nil {
@@ -257,7 +253,7 @@ func (s *Service) submitBatch(ctx context.Context, req *tandemv1.SubmitJobsReque
 		if p.err != nil || p.done != nil {
 			continue
 		}
-		f, err := s.Broker.JS.PublishMsgAsync(p.msg, jetstream.WithMsgID(p.job.GetId()))
+		f, err := s.Broker.JS().PublishMsgAsync(p.msg, jetstream.WithMsgID(p.job.GetId()))
 		if err != nil {
 			p.err = s.publishErr(ctx, p, err)
 			continue
@@ -265,7 +261,7 @@ func (s *Service) submitBatch(ctx context.Context, req *tandemv1.SubmitJobsReque
 		futs[i] = f
 	}
 	s.awaitAll(ctx, ps, futs, func(p *prepared) (*jetstream.PubAck, error) {
-		return s.Broker.JS.PublishMsg(ctx, p.msg, jetstream.WithMsgID(p.job.GetId()))
+		return s.Broker.JS().PublishMsg(ctx, p.msg, jetstream.WithMsgID(p.job.GetId()))
 	}, s.publishErr)
 	if err := s.fault("submit.after_publish"); err != nil {
 		return nil, err
@@ -283,7 +279,7 @@ func (s *Service) submitBatch(ctx context.Context, req *tandemv1.SubmitJobsReque
 			continue
 		}
 		recData[i] = data
-		f, err := s.Broker.JS.PublishAsync(broker.JobKVSubject(p.job.GetId()), data, jetstream.WithExpectLastSequencePerSubject(0))
+		f, err := s.Broker.JS().PublishAsync(broker.JobKVSubject(p.job.GetId()), data, jetstream.WithExpectLastSequencePerSubject(0))
 		if err != nil {
 			recFuts[i] = nil
 			continue // the sync fallback below writes it

@@ -60,9 +60,11 @@ func (e *Error) Is(target error) bool {
 	return t.Reason == e.Reason
 }
 
-// New builds an error; kv are metadata key/value pairs.
-func New(code codes.Code, reason tandemv1.ErrorReason, msg string, kv ...string) *Error {
-	e := &Error{Code: code, Reason: reason, Message: msg}
+// New builds an error with the gRPC code the catalogue gives reason (see
+// catalogue.go); kv are metadata key/value pairs. The code is never chosen by
+// the caller, so a reason cannot travel with two codes.
+func New(reason tandemv1.ErrorReason, msg string, kv ...string) *Error {
+	e := &Error{Code: CodeOf(reason), Reason: reason, Message: msg}
 	if len(kv) > 0 {
 		e.Metadata = make(map[string]string, len(kv)/2)
 		for i := 0; i+1 < len(kv); i += 2 {
@@ -75,63 +77,63 @@ func New(code codes.Code, reason tandemv1.ErrorReason, msg string, kv ...string)
 // Constructors for the reasons the orchestrator raises itself.
 
 func InvalidRequest(field, format string, a ...any) *Error {
-	return New(codes.InvalidArgument, tandemv1.ErrorReason_REQUEST_INVALID, fmt.Sprintf(format, a...), KeyField, field)
+	return New(tandemv1.ErrorReason_REQUEST_INVALID, fmt.Sprintf(format, a...), KeyField, field)
 }
 
 func QueueNotFound(queue string) *Error {
-	return New(codes.NotFound, tandemv1.ErrorReason_QUEUE_NOT_FOUND, fmt.Sprintf("queue %q is not configured", queue), KeyQueue, queue)
+	return New(tandemv1.ErrorReason_QUEUE_NOT_FOUND, fmt.Sprintf("queue %s is not configured", Quote(queue)), KeyQueue, queue)
 }
 
 func QueueFull(queue string, limit uint64, retryAfter time.Duration) *Error {
-	e := New(codes.ResourceExhausted, tandemv1.ErrorReason_QUEUE_FULL,
-		fmt.Sprintf("queue %q holds its max_depth of %d jobs; retry after %s", queue, limit, retryAfter),
+	e := New(tandemv1.ErrorReason_QUEUE_FULL,
+		fmt.Sprintf("queue %s holds its max_depth of %d jobs; retry after %s", Quote(queue), limit, retryAfter),
 		KeyQueue, queue, KeyLimit, strconv.FormatUint(limit, 10), KeyRetryAfterMs, strconv.FormatInt(retryAfter.Milliseconds(), 10))
 	e.RetryAfter = retryAfter
 	return e
 }
 
 func JobNotFound(id string) *Error {
-	return New(codes.NotFound, tandemv1.ErrorReason_JOB_NOT_FOUND, fmt.Sprintf("job %q not found", id), KeyJobID, id)
+	return New(tandemv1.ErrorReason_JOB_NOT_FOUND, fmt.Sprintf("job %s not found", Quote(id)), KeyJobID, id)
 }
 
 func JobStateConflict(id string, state tandemv1.JobState, what string) *Error {
-	return New(codes.FailedPrecondition, tandemv1.ErrorReason_JOB_STATE_CONFLICT,
-		fmt.Sprintf("job %q is %s: cannot %s", id, state, what), KeyJobID, id)
+	return New(tandemv1.ErrorReason_JOB_STATE_CONFLICT,
+		fmt.Sprintf("job %s is %s: cannot %s", Quote(id), state, what), KeyJobID, id)
 }
 
 func IdempotencyConflict(queue, key, jobID string) *Error {
-	return New(codes.FailedPrecondition, tandemv1.ErrorReason_IDEMPOTENCY_CONFLICT,
-		fmt.Sprintf("idempotency_key %q on queue %q was used by job %q with a different request", key, queue, jobID),
+	return New(tandemv1.ErrorReason_IDEMPOTENCY_CONFLICT,
+		fmt.Sprintf("idempotency_key %s on queue %s was used by job %s with a different request", Quote(key), Quote(queue), Quote(jobID)),
 		KeyField, "idempotency_key", KeyQueue, queue, KeyJobID, jobID)
 }
 
 func DeadLetterNotFound(queue, id string) *Error {
-	return New(codes.NotFound, tandemv1.ErrorReason_DEAD_LETTER_NOT_FOUND,
-		fmt.Sprintf("no dead letter for job %q in queue %q", id, queue), KeyQueue, queue, KeyJobID, id)
+	return New(tandemv1.ErrorReason_DEAD_LETTER_NOT_FOUND,
+		fmt.Sprintf("no dead letter for job %s in queue %s", Quote(id), Quote(queue)), KeyQueue, queue, KeyJobID, id)
 }
 
 func ComputeUnavailable(format string, a ...any) *Error {
-	return New(codes.Unavailable, tandemv1.ErrorReason_COMPUTE_UNAVAILABLE, fmt.Sprintf(format, a...))
+	return New(tandemv1.ErrorReason_COMPUTE_UNAVAILABLE, fmt.Sprintf(format, a...))
 }
 
 func BrokerUnavailable(err error) *Error {
-	return New(codes.Unavailable, tandemv1.ErrorReason_BROKER_UNAVAILABLE, "NATS JetStream unavailable: "+err.Error())
+	return New(tandemv1.ErrorReason_BROKER_UNAVAILABLE, "NATS JetStream unavailable: "+err.Error())
 }
 
 func ShuttingDown() *Error {
-	return New(codes.Unavailable, tandemv1.ErrorReason_SHUTTING_DOWN, "the orchestrator is draining for shutdown")
+	return New(tandemv1.ErrorReason_SHUTTING_DOWN, "the orchestrator is draining for shutdown")
 }
 
 func Timeout(format string, a ...any) *Error {
-	return New(codes.DeadlineExceeded, tandemv1.ErrorReason_TIMEOUT, fmt.Sprintf(format, a...))
+	return New(tandemv1.ErrorReason_TIMEOUT, fmt.Sprintf(format, a...))
 }
 
 func Cancelled(format string, a ...any) *Error {
-	return New(codes.Canceled, tandemv1.ErrorReason_CANCELLED, fmt.Sprintf(format, a...))
+	return New(tandemv1.ErrorReason_CANCELLED, fmt.Sprintf(format, a...))
 }
 
 func Internal(format string, a ...any) *Error {
-	return New(codes.Internal, tandemv1.ErrorReason_INTERNAL_ERROR, fmt.Sprintf(format, a...))
+	return New(tandemv1.ErrorReason_INTERNAL_ERROR, fmt.Sprintf(format, a...))
 }
 
 // From turns any error into an *Error. Typed errors pass through; gRPC statuses
@@ -214,8 +216,8 @@ func Status(err error) error {
 		return nil
 	}
 	e := From(err)
-	st := status.New(e.Code, e.Message)
-	details := []protoadapt.MessageV1{&errdetails.ErrorInfo{Reason: e.Reason.String(), Domain: Domain, Metadata: e.Metadata}}
+	st := status.New(e.Code, boundMessage(e.Message))
+	details := []protoadapt.MessageV1{&errdetails.ErrorInfo{Reason: e.Reason.String(), Domain: Domain, Metadata: boundMetadata(e.Metadata)}}
 	if e.RetryAfter > 0 {
 		details = append(details, &errdetails.RetryInfo{RetryDelay: durationpb.New(e.RetryAfter)})
 	}
@@ -232,7 +234,7 @@ func Proto(err error) *tandemv1.Error {
 		return nil
 	}
 	e := From(err)
-	return &tandemv1.Error{Code: int32(e.Code), Reason: e.Reason, Message: e.Message, Metadata: e.Metadata}
+	return &tandemv1.Error{Code: int32(e.Code), Reason: e.Reason, Message: boundMessage(e.Message), Metadata: boundMetadata(e.Metadata)}
 }
 
 // FromProto is the inverse of Proto.
@@ -243,10 +245,17 @@ func FromProto(p *tandemv1.Error) *Error {
 	return &Error{Code: codes.Code(p.GetCode()), Reason: p.GetReason(), Message: p.GetMessage(), Metadata: p.GetMetadata()}
 }
 
-// Retryable reports whether the orchestrator retries a job that failed with e:
-// UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL (and unknown/aborted)
-// are transient; everything else (INVALID_ARGUMENT, FAILED_PRECONDITION, ...) is permanent.
+// Retryable reports whether the orchestrator retries a job that failed with
+// e, and a client a call: the catalogue's retryable flag for e's reason when
+// e travels with the reason's own code. Otherwise (a reason with no fixed
+// code such as INJECTED_FAULT, or a remote status without ErrorInfo whose
+// reason was guessed from the code) the code decides: UNAVAILABLE,
+// DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN and ABORTED are
+// transient.
 func Retryable(e *Error) bool {
+	if spec, ok := Spec(e.Reason); ok && spec.GetCode() != "" && CodeOf(e.Reason) == e.Code {
+		return spec.GetRetryable()
+	}
 	switch e.Code {
 	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Internal, codes.Unknown, codes.Aborted:
 		return true

@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -84,36 +86,120 @@ type Options struct {
 	Replicas int
 }
 
-// Broker is an open connection with every resource created.
+// Broker is the orchestrator's connection to NATS with every resource
+// created. The connection can be replaced: nats.go reconnects by itself after
+// a disconnect, but some server errors (a protocol line over
+// max_control_line, for one) close the connection for good; the broker then
+// opens a new one with backoff, and every accessor below answers from the
+// current connection. Callers must not keep the handles across calls.
 type Broker struct {
-	NC       *nats.Conn
-	JS       jetstream.JetStream
-	Jobs     jetstream.KeyValue
-	Idem     jetstream.KeyValue
-	Payloads jetstream.ObjectStore
-	Results  map[string]jetstream.ObjectStore // by queue
-	DLQ      jetstream.Stream
-	Queues   map[string]jetstream.Stream
-
+	opts     Options
 	srv      *server.Server
 	log      *slog.Logger
 	replicas int
+	url      string
+	copts    []nats.Option
+
+	cur atomic.Pointer[handles]
+	// gen counts connections opened so far: a watcher that sees it change
+	// knows its subscriptions died with the old connection.
+	gen atomic.Uint64
 	// disconnects counts lost connections: core NATS events published while
 	// disconnected are lost, so a watcher that sees it change must re-sync.
 	disconnects atomic.Uint64
+
+	mu      sync.Mutex
+	hooks   []func(*nats.Conn)
+	closing bool
+	loop    bool // a connect loop is running
+	stop    chan struct{}
 }
+
+// handles are one connection and the resources looked up on it.
+type handles struct {
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	jobs     jetstream.KeyValue
+	idem     jetstream.KeyValue
+	payloads jetstream.ObjectStore
+	results  map[string]jetstream.ObjectStore // by queue
+	dlq      jetstream.Stream
+	queues   map[string]jetstream.Stream
+}
+
+func (b *Broker) h() *handles {
+	h := b.cur.Load()
+	if h == nil {
+		panic("broker: used before its first connection")
+	}
+	return h
+}
+
+// NC is the current connection.
+func (b *Broker) NC() *nats.Conn { return b.h().nc }
+
+// JS is JetStream on the current connection.
+func (b *Broker) JS() jetstream.JetStream { return b.h().js }
+
+// Jobs is the job records bucket.
+func (b *Broker) Jobs() jetstream.KeyValue { return b.h().jobs }
+
+// Idem is the idempotency keys bucket.
+func (b *Broker) Idem() jetstream.KeyValue { return b.h().idem }
+
+// Payloads is the large payloads object store.
+func (b *Broker) Payloads() jetstream.ObjectStore { return b.h().payloads }
+
+// Results are the results object stores of the configured queues.
+func (b *Broker) Results() map[string]jetstream.ObjectStore { return b.h().results }
+
+// DLQ is the dead-letter stream.
+func (b *Broker) DLQ() jetstream.Stream { return b.h().dlq }
+
+// Queues are the streams of the configured queues.
+func (b *Broker) Queues() map[string]jetstream.Stream { return b.h().queues }
+
+// Gen is the number of connections opened so far (0: never connected).
+func (b *Broker) Gen() uint64 { return b.gen.Load() }
 
 // Disconnects is the number of times the connection was lost so far.
 func (b *Broker) Disconnects() uint64 { return b.disconnects.Load() }
 
-// Open starts the embedded server if needed, connects and sets up JetStream.
+// OnConnect registers fn to run on every new connection (and on the current
+// one, if any): subscriptions made there are re-made when the connection is
+// replaced.
+func (b *Broker) OnConnect(fn func(*nats.Conn)) {
+	b.mu.Lock()
+	b.hooks = append(b.hooks, fn)
+	b.mu.Unlock()
+	if h := b.cur.Load(); h != nil {
+		fn(h.nc)
+	}
+}
+
+// Open starts the embedded server if needed, connects and sets up JetStream:
+// New then Connect.
 func Open(ctx context.Context, o Options) (*Broker, error) {
-	b := &Broker{log: o.Logger, Queues: map[string]jetstream.Stream{}, replicas: max(1, o.Replicas)}
+	b, err := New(o)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.Connect(ctx); err != nil {
+		b.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+// New prepares a broker (and starts the embedded server when no URL is
+// given) without connecting.
+func New(o Options) (*Broker, error) {
+	b := &Broker{opts: o, log: o.Logger, replicas: max(1, o.Replicas), stop: make(chan struct{})}
 	if b.log == nil {
 		b.log = slog.Default()
 	}
-	url := o.URL
-	copts := []nats.Option{
+	b.url = o.URL
+	b.copts = []nats.Option{
 		nats.Name(o.Name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
@@ -129,44 +215,114 @@ func Open(ctx context.Context, o Options) (*Broker, error) {
 			go func() {
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
-				if err := b.ensure(ctx, o.Queues); err != nil {
+				if err := b.ensure(ctx); err != nil {
 					b.log.Warn("re-creating JetStream resources after reconnect failed", "err", err)
 				}
 			}()
 		}),
+		nats.ClosedHandler(func(c *nats.Conn) {
+			b.mu.Lock()
+			closing := b.closing
+			b.mu.Unlock()
+			// Only the loss of the current connection matters (not one that
+			// failed its set-up, or one already replaced).
+			if h := b.cur.Load(); closing || h == nil || h.nc != c {
+				return
+			}
+			b.disconnects.Add(1)
+			b.log.Error("nats connection closed; opening a new one", "err", c.LastError())
+			go b.ConnectLoop(context.Background())
+		}),
 	}
-	if url == "" {
+	if b.url == "" {
 		srv, err := startEmbedded(o)
 		if err != nil {
 			return nil, err
 		}
 		b.srv = srv
-		url = srv.ClientURL()
+		b.url = srv.ClientURL()
 		if o.Listen == "" {
 			// No TCP listener: connect in-process.
-			copts = append(copts, nats.InProcessServer(srv))
-			url = nats.DefaultURL
+			b.copts = append(b.copts, nats.InProcessServer(srv))
+			b.url = nats.DefaultURL
 		}
 		b.log.Info("embedded nats-server started", "client_url", srv.ClientURL(), "store_dir", srv.StoreDir(), "durability", o.Durability)
 	}
-	nc, err := nats.Connect(url, copts...)
-	if err != nil {
-		b.Close()
-		return nil, fmt.Errorf("connect to NATS %s: %w", url, err)
-	}
-	b.NC = nc
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
-	if err != nil {
-		b.Close()
-		return nil, err
-	}
-	b.JS = js
-	if err := b.setup(ctx, o.Queues); err != nil {
-		b.Close()
-		return nil, err
-	}
 	return b, nil
 }
+
+// Connect makes one attempt to open a connection and set up every resource
+// on it; on success it becomes the current connection.
+func (b *Broker) Connect(ctx context.Context) error {
+	nc, err := nats.Connect(b.url, b.copts...)
+	if err != nil {
+		return fmt.Errorf("connect to NATS %s: %w", b.url, err)
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+	if err != nil {
+		nc.Close()
+		return err
+	}
+	h := &handles{nc: nc, js: js}
+	if err := b.setup(ctx, h); err != nil {
+		nc.Close() // never current: its ClosedHandler does nothing
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closing {
+		nc.Close()
+		return errors.New("broker closed")
+	}
+	b.cur.Store(h)
+	b.gen.Add(1)
+	for _, fn := range b.hooks {
+		fn(nc)
+	}
+	if nc.IsClosed() {
+		// Closed between set-up and now: its handler may have seen it as not
+		// current yet.
+		go b.ConnectLoop(context.Background())
+	}
+	return nil
+}
+
+// ConnectLoop calls Connect until it succeeds, the broker is closed or ctx
+// ends, waiting between tries with capped exponential backoff and jitter.
+// Only one loop runs at a time.
+func (b *Broker) ConnectLoop(ctx context.Context) error {
+	b.mu.Lock()
+	if b.loop || b.closing {
+		b.mu.Unlock()
+		return nil
+	}
+	b.loop = true
+	b.mu.Unlock()
+	defer func() { b.mu.Lock(); b.loop = false; b.mu.Unlock() }()
+	delay := 250 * time.Millisecond
+	for try := 1; ; try++ {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := b.Connect(cctx)
+		cancel()
+		if err == nil {
+			b.log.Info("nats connected", "url", b.url, "tries", try)
+			return nil
+		}
+		wait := delay/2 + time.Duration(rand.Int64N(int64(delay/2)+1))
+		b.log.Warn("nats not reachable; trying again", "url", b.url, "try", try, "retry_in", wait.String(), "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-b.stop:
+			return errors.New("broker closed")
+		case <-time.After(wait):
+		}
+		delay = min(5*time.Second, delay*2)
+	}
+}
+
+// URL is the NATS URL the broker connects to.
+func (b *Broker) URL() string { return b.url }
 
 // ClientURL is the embedded server's client URL ("" when external or not listening).
 func (b *Broker) ClientURL() string {
@@ -215,53 +371,56 @@ func startEmbedded(o Options) (*server.Server, error) {
 }
 
 // ensure re-creates (idempotently) every resource without touching the handles.
-func (b *Broker) ensure(ctx context.Context, qs []config.Queue) error {
-	if b.JS == nil || b.Jobs == nil {
+func (b *Broker) ensure(ctx context.Context) error {
+	h := b.cur.Load()
+	if h == nil {
 		return nil
 	}
-	shadow := &Broker{JS: b.JS, Queues: map[string]jetstream.Stream{}, log: b.log, replicas: b.replicas}
-	return shadow.setup(ctx, qs)
+	return b.setup(ctx, &handles{nc: h.nc, js: h.js})
 }
 
-func (b *Broker) setup(ctx context.Context, qs []config.Queue) error {
+// setup creates (or updates) every resource on h's connection and fills h.
+func (b *Broker) setup(ctx context.Context, h *handles) error {
+	qs := b.opts.Queues
+	h.queues = map[string]jetstream.Stream{}
 	var err error
 	// Records have no bucket-wide expiry: the write that makes a job terminal
 	// carries a per-message TTL (its queue's result_ttl), so a queued job's
 	// record never expires. Expiry leaves a delete marker for watchers.
-	if b.Jobs, err = b.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	if h.jobs, err = h.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket: JobsBucket, Description: "Tandem job records", History: 1, Storage: jetstream.FileStorage,
 		LimitMarkerTTL: markerTTL, Replicas: b.replicas,
 	}); err != nil {
 		return fmt.Errorf("create KV %s: %w", JobsBucket, err)
 	}
-	if b.Idem, err = b.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	if h.idem, err = h.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket: IdemBucket, Description: "Tandem idempotency keys (per-key TTL = the queue's result_ttl)", History: 1, Storage: jetstream.FileStorage,
 		LimitMarkerTTL: markerTTL, Replicas: b.replicas,
 	}); err != nil {
 		return fmt.Errorf("create KV %s: %w", IdemBucket, err)
 	}
-	if b.Payloads, err = b.JS.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+	if h.payloads, err = h.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket: PayloadsBucket, Description: "Tandem payloads above the inline limit", Storage: jetstream.FileStorage, Replicas: b.replicas,
 	}); err != nil {
 		return fmt.Errorf("create object store %s: %w", PayloadsBucket, err)
 	}
-	b.Results = map[string]jetstream.ObjectStore{}
+	h.results = map[string]jetstream.ObjectStore{}
 	for _, q := range qs {
 		name := ResultsBucket(q.Name)
-		if b.Results[q.Name], err = b.JS.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		if h.results[q.Name], err = h.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 			Bucket: name, Description: "Tandem results above the inline limit, queue " + q.Name, TTL: q.ResultTTL, Storage: jetstream.FileStorage, Replicas: b.replicas,
 		}); err != nil {
 			return fmt.Errorf("create object store %s: %w", name, err)
 		}
 	}
-	if b.DLQ, err = b.JS.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	if h.dlq, err = h.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name: DLQStream, Description: "Tandem dead letters", Subjects: []string{dlqSubjectBase + ">"},
 		Retention: jetstream.LimitsPolicy, MaxMsgsPerSubject: 1, Storage: jetstream.FileStorage, Duplicates: DuplicateWindow, Replicas: b.replicas,
 	}); err != nil {
 		return fmt.Errorf("create stream %s: %w", DLQStream, err)
 	}
 	for _, q := range qs {
-		if err := b.setupQueue(ctx, q); err != nil {
+		if err := b.setupQueue(ctx, h, q); err != nil {
 			return err
 		}
 	}
@@ -281,8 +440,8 @@ func AckWait(jobTimeout time.Duration) time.Duration {
 // so it is well above the worker count.
 func MaxAckPending(q config.Queue) int { return max(1000, 4*q.MaxWorkers) }
 
-func (b *Broker) setupQueue(ctx context.Context, q config.Queue) error {
-	s, err := b.JS.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+func (b *Broker) setupQueue(ctx context.Context, h *handles, q config.Queue) error {
+	s, err := h.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        QueueStream(q.Name),
 		Description: "Tandem queue " + q.Name,
 		Subjects:    []string{QueueSubject(q.Name)},
@@ -314,18 +473,29 @@ func (b *Broker) setupQueue(ctx context.Context, q config.Queue) error {
 	}); err != nil {
 		return fmt.Errorf("create consumer for queue %s: %w", q.Name, err)
 	}
-	b.Queues[q.Name] = s
+	h.queues[q.Name] = s
 	return nil
 }
 
-// Connected reports whether the NATS connection is up.
-func (b *Broker) Connected() bool { return b.NC != nil && b.NC.IsConnected() }
+// Connected reports whether the current NATS connection is up.
+func (b *Broker) Connected() bool {
+	h := b.cur.Load()
+	return h != nil && h.nc.IsConnected()
+}
 
-// Close drains the connection and shuts the embedded server down.
+// Close flushes and closes the connection (ending a connect loop) and shuts
+// the embedded server down.
 func (b *Broker) Close() {
-	if b.NC != nil {
-		_ = b.NC.FlushTimeout(2 * time.Second)
-		b.NC.Close()
+	b.mu.Lock()
+	already := b.closing
+	b.closing = true
+	b.mu.Unlock()
+	if !already {
+		close(b.stop)
+	}
+	if h := b.cur.Load(); h != nil {
+		_ = h.nc.FlushTimeout(2 * time.Second)
+		h.nc.Close()
 	}
 	if b.srv != nil {
 		b.srv.Shutdown()

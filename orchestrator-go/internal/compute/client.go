@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
@@ -44,11 +45,22 @@ type Options struct {
 }
 
 type endpoint struct {
-	addr string
-	conn *grpc.ClientConn
-	cli  tandemv1.ComputeServiceClient
-	cb   *gobreaker.CircuitBreaker[any]
+	addr   string
+	conn   *grpc.ClientConn
+	cli    tandemv1.ComputeServiceClient
+	health healthpb.HealthClient
+	cb     *gobreaker.CircuitBreaker[any]
 }
+
+// errHung marks a compute that accepts connections but answers nothing in
+// time (a frozen process, a wedged runtime): an outage like a refused
+// connection, counted by the breaker.
+var errHung = errors.New("compute did not answer in time")
+
+// probeTimeout bounds one liveness probe (ListOps or a health check). Both
+// are answered by compute's async runtime, never queued behind CPU work, so
+// a live compute answers them in milliseconds even when its pool is full.
+const probeTimeout = 2 * time.Second
 
 // Client calls the compute service.
 type Client struct {
@@ -90,7 +102,7 @@ func New(o Options) (*Client, error) {
 			c.Close()
 			return nil, fmt.Errorf("compute endpoint %q: %w", addr, err)
 		}
-		ep := &endpoint{addr: addr, conn: conn, cli: tandemv1.NewComputeServiceClient(conn)}
+		ep := &endpoint{addr: addr, conn: conn, cli: tandemv1.NewComputeServiceClient(conn), health: healthpb.NewHealthClient(conn)}
 		failures := o.BreakerFailures
 		ep.cb = gobreaker.NewCircuitBreaker[any](gobreaker.Settings{
 			Name:        addr,
@@ -100,6 +112,16 @@ func New(o Options) (*Client, error) {
 			// Only transport failures count: an error the server answered with
 			// (ErrorInfo attached) means compute is up.
 			IsSuccessful: func(err error) bool { return err == nil || !transportFailure(err) },
+			// A call that ran out of its caller's deadline (or was cancelled)
+			// says nothing about compute by itself: Transform asks compute
+			// with a health check and records the answer (checkAlive).
+			IsExcluded: func(err error) bool {
+				if errors.Is(err, errHung) || apierr.HasErrorInfo(err) {
+					return false
+				}
+				code := status.Code(err)
+				return code == codes.DeadlineExceeded || code == codes.Canceled
+			},
 			OnStateChange: func(name string, from, to gobreaker.State) {
 				c.log.Warn("compute circuit breaker", "endpoint", name, "from", from.String(), "to", to.String())
 				if o.OnBreakerChange != nil {
@@ -114,9 +136,10 @@ func New(o Options) (*Client, error) {
 	return c, nil
 }
 
-// transportFailure reports whether err means the server was not reached.
+// transportFailure reports whether err means the server was not reached
+// (or did not answer a probe at all).
 func transportFailure(err error) bool {
-	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) || errors.Is(err, errHung) {
 		return true
 	}
 	st, ok := status.FromError(err)
@@ -152,11 +175,16 @@ func (c *Client) probe() {
 				continue
 			}
 			_, _ = ep.cb.Execute(func() (any, error) {
-				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
 				defer cancel()
 				r, err := ep.cli.ListOps(ctx, &tandemv1.ListOpsRequest{})
 				if err == nil {
 					c.storeOps(r)
+					return r, nil
+				}
+				if code := status.Code(err); code == codes.DeadlineExceeded || code == codes.Canceled {
+					// ListOps is trivial: no answer in probeTimeout is a hung compute.
+					return nil, fmt.Errorf("%w: ListOps probe: %v", errHung, err)
 				}
 				return r, err
 			})
@@ -211,6 +239,12 @@ func (c *Client) Transform(ctx context.Context, req *tandemv1.TransformRequest) 
 			dl, hasDL := ctx.Deadline()
 			if code == codes.DeadlineExceeded || errors.Is(ctx.Err(), context.DeadlineExceeded) ||
 				(ctx.Err() == nil && hasDL && time.Until(dl) < 250*time.Millisecond) {
+				// A slow job, or a hung compute? Ask it: a live compute answers
+				// a health check at once, however busy its CPU pool is.
+				if perr := c.checkAlive(ep); perr != nil {
+					return nil, fmt.Errorf("%w: %w", ErrUnreachable, apierr.ComputeUnavailable(
+						"compute %s did not answer within the job's deadline, nor a health check within %s: an outage, the attempt does not count", ep.addr, probeTimeout))
+				}
 				return nil, apierr.Timeout("compute call to %s ran past its deadline", ep.addr)
 			}
 			if ctx.Err() != nil {
@@ -223,6 +257,25 @@ func (c *Client) Transform(ctx context.Context, req *tandemv1.TransformRequest) 
 		return nil, apierr.From(err)
 	}
 	return r.(*tandemv1.TransformResponse), nil
+}
+
+// checkAlive sends ep a health check; a failure to answer is recorded as a
+// breaker failure (several open the breaker: the pools stop pulling and the
+// orchestrator reports NOT_SERVING) and returned.
+func (c *Client) checkAlive(ep *endpoint) error {
+	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+	defer cancel()
+	_, err := ep.health.Check(ctx, &healthpb.HealthCheckRequest{})
+	if err == nil {
+		return nil
+	}
+	if st := status.Code(err); st == codes.Unimplemented || st == codes.NotFound {
+		return nil // answered: alive, just without a health service
+	}
+	err = fmt.Errorf("%w: health check: %v", errHung, err)
+	c.log.Warn("compute did not answer a health check after a call ran past its deadline", "endpoint", ep.addr, "err", err)
+	_, _ = ep.cb.Execute(func() (any, error) { return nil, err })
+	return err
 }
 
 func (c *Client) storeOps(r *tandemv1.ListOpsResponse) {

@@ -6,7 +6,6 @@ import (
 	"slices"
 	"strconv"
 
-	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
@@ -31,7 +30,7 @@ func Validate(steps []*tandemv1.Step, payloadLen int, ops *tandemv1.ListOpsRespo
 	}
 	lim := ops.GetLimits()
 	if ms := lim.GetMaxSteps(); ms > 0 && len(steps) > int(ms) {
-		return apierr.New(codes.InvalidArgument, tandemv1.ErrorReason_REQUEST_INVALID,
+		return apierr.New(tandemv1.ErrorReason_REQUEST_INVALID,
 			fmt.Sprintf("steps: %d steps exceed the limit of %d", len(steps), ms),
 			apierr.KeyField, "steps", apierr.KeyLimit, strconv.Itoa(int(ms)), apierr.KeyActual, strconv.Itoa(len(steps)))
 	}
@@ -39,7 +38,7 @@ func Validate(steps []*tandemv1.Step, payloadLen int, ops *tandemv1.ListOpsRespo
 	// the TransformRequest, or it would be admitted and then fail on it.
 	if mr := lim.GetMaxRequestBytes(); mr > 0 && uint64(payloadLen+requestOverhead(steps, payloadLen)) > mr {
 		limit := mr - min(mr, uint64(requestOverhead(steps, payloadLen)))
-		return apierr.New(codes.InvalidArgument, tandemv1.ErrorReason_PAYLOAD_TOO_LARGE,
+		return apierr.New(tandemv1.ErrorReason_PAYLOAD_TOO_LARGE,
 			fmt.Sprintf("payload: %d bytes exceed the limit of %d bytes for this pipeline (compute max_request_bytes %d)", payloadLen, limit, mr),
 			apierr.KeyField, "payload", apierr.KeyLimit, strconv.FormatUint(limit, 10), apierr.KeyActual, strconv.Itoa(payloadLen))
 	}
@@ -51,8 +50,8 @@ func Validate(steps []*tandemv1.Step, payloadLen int, ops *tandemv1.ListOpsRespo
 		si := strconv.Itoa(i)
 		spec, ok := byName[s.GetOp()]
 		if !ok {
-			return apierr.New(codes.InvalidArgument, tandemv1.ErrorReason_UNKNOWN_OP,
-				fmt.Sprintf("step %d: unknown op %q", i, s.GetOp()), apierr.KeyStep, si, apierr.KeyOp, s.GetOp(), apierr.KeyField, "steps")
+			return apierr.New(tandemv1.ErrorReason_UNKNOWN_OP,
+				fmt.Sprintf("step %d: unknown op %s", i, apierr.Quote(s.GetOp())), apierr.KeyStep, si, apierr.KeyOp, s.GetOp(), apierr.KeyField, "steps")
 		}
 		if err := validateParams(i, spec, s.GetParams()); err != nil {
 			return err
@@ -72,7 +71,7 @@ func validateParams(i int, spec *tandemv1.OpSpec, params map[string]string) erro
 	si, op := strconv.Itoa(i), spec.GetName()
 	bad := func(reason tandemv1.ErrorReason, param, msg string, kv ...string) error {
 		kv = append([]string{apierr.KeyStep, si, apierr.KeyOp, op, apierr.KeyParam, param}, kv...)
-		return apierr.New(codes.InvalidArgument, reason, fmt.Sprintf("step %d (%s): %s", i, op, msg), kv...)
+		return apierr.New(reason, fmt.Sprintf("step %d (%s): %s", i, op, msg), kv...)
 	}
 	known := make(map[string]*tandemv1.ParamSpec, len(spec.GetParams()))
 	for _, p := range spec.GetParams() {
@@ -85,7 +84,7 @@ func validateParams(i int, spec *tandemv1.OpSpec, params map[string]string) erro
 	slices.Sort(names)
 	for _, n := range names {
 		if _, ok := known[n]; !ok {
-			return bad(tandemv1.ErrorReason_PARAM_INVALID, n, fmt.Sprintf("unknown param %q", n))
+			return bad(tandemv1.ErrorReason_PARAM_INVALID, n, fmt.Sprintf("unknown param %s", apierr.Quote(n)))
 		}
 	}
 	for _, p := range spec.GetParams() {
@@ -100,7 +99,7 @@ func validateParams(i int, spec *tandemv1.OpSpec, params map[string]string) erro
 		case tandemv1.ParamType_PARAM_TYPE_INT:
 			n, err := strconv.ParseInt(v, 10, 64)
 			if err != nil {
-				return bad(tandemv1.ErrorReason_PARAM_INVALID, p.GetName(), fmt.Sprintf("param %q = %q is not an integer", p.GetName(), v))
+				return bad(tandemv1.ErrorReason_PARAM_INVALID, p.GetName(), fmt.Sprintf("param %q = %s is not an integer", p.GetName(), apierr.Quote(v)))
 			}
 			if n < p.GetMin() || n > p.GetMax() {
 				return bad(tandemv1.ErrorReason_PARAM_OUT_OF_RANGE, p.GetName(),
@@ -110,11 +109,11 @@ func validateParams(i int, spec *tandemv1.OpSpec, params map[string]string) erro
 		case tandemv1.ParamType_PARAM_TYPE_ENUM:
 			if !slices.Contains(p.GetChoices(), v) {
 				return bad(tandemv1.ErrorReason_PARAM_INVALID, p.GetName(),
-					fmt.Sprintf("param %q = %q is not one of %v", p.GetName(), v, p.GetChoices()), apierr.KeyActual, v)
+					fmt.Sprintf("param %q = %s is not one of %v", p.GetName(), apierr.Quote(v), p.GetChoices()), apierr.KeyActual, v)
 			}
 		case tandemv1.ParamType_PARAM_TYPE_BOOL:
 			if v != "true" && v != "false" {
-				return bad(tandemv1.ErrorReason_PARAM_INVALID, p.GetName(), fmt.Sprintf("param %q = %q is not true or false", p.GetName(), v))
+				return bad(tandemv1.ErrorReason_PARAM_INVALID, p.GetName(), fmt.Sprintf("param %q = %s is not true or false", p.GetName(), apierr.Quote(v)))
 			}
 		case tandemv1.ParamType_PARAM_TYPE_STRING:
 			if p.GetMax() > 0 && int64(len(v)) > p.GetMax() {

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -57,7 +56,7 @@ type Store struct {
 // of it, leaving room for the record or message around the bytes. 2 MiB on the
 // embedded server (max_payload 8 MiB), 256 KiB on a default nats-server (1 MiB).
 func New(b *broker.Broker) *Store {
-	return &Store{b: b, InlineLimit: InlineLimit(b.NC.MaxPayload())}
+	return &Store{b: b, InlineLimit: InlineLimit(b.NC().MaxPayload())}
 }
 
 // InlineLimit is the largest payload or result kept inline for a server
@@ -87,9 +86,17 @@ func brokerErr(err error) error {
 	if errors.As(err, &ae) {
 		return err
 	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, jetstream.ErrInvalidKey) {
+		// Identifiers are checked at the API edge (internal/ident); an
+		// invalid key here is bad input that slipped past, never an outage.
+		return apierr.InvalidRequest("job_id", "not a valid key: %v", err)
+	}
+	if errors.Is(err, context.Canceled) {
 		return err
 	}
+	// A NATS call that ran out of its own time (the caller's deadline is
+	// enforced by gRPC before this matters) means NATS did not answer:
+	// BROKER_UNAVAILABLE, retryable, not the caller's TIMEOUT.
 	return apierr.BrokerUnavailable(err)
 }
 
@@ -99,7 +106,7 @@ func (s *Store) Create(ctx context.Context, j *tandemv1.Job) (*Record, error) {
 	if err != nil {
 		return nil, err
 	}
-	rev, err := s.b.Jobs.Create(ctx, j.GetId(), data)
+	rev, err := s.b.Jobs().Create(ctx, j.GetId(), data)
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		return nil, ErrExists
 	}
@@ -114,7 +121,7 @@ func (s *Store) Get(ctx context.Context, id string) (*Record, error) {
 	if id == "" || !validKey(id) {
 		return nil, apierr.JobNotFound(id)
 	}
-	e, err := s.b.Jobs.Get(ctx, id)
+	e, err := s.b.Jobs().Get(ctx, id)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 		return nil, apierr.JobNotFound(id)
 	}
@@ -146,12 +153,12 @@ func (s *Store) UpdateTTL(ctx context.Context, rec *Record, ttl time.Duration) e
 	}
 	var rev uint64
 	if ttl <= 0 {
-		rev, err = s.b.Jobs.Update(ctx, rec.Job.GetId(), data, rec.Rev)
+		rev, err = s.b.Jobs().Update(ctx, rec.Job.GetId(), data, rec.Rev)
 	} else {
 		// A KV update is a publish expecting the key's last sequence; done by
 		// hand here because kv.Update takes no TTL.
 		var ack *jetstream.PubAck
-		ack, err = s.b.JS.Publish(ctx, broker.JobKVSubject(rec.Job.GetId()), data,
+		ack, err = s.b.JS().Publish(ctx, broker.JobKVSubject(rec.Job.GetId()), data,
 			jetstream.WithExpectLastSequencePerSubject(rec.Rev), jetstream.WithMsgTTL(max(ttl, time.Second)))
 		if err == nil {
 			rev = ack.Sequence
@@ -265,7 +272,7 @@ func ResultObject(jobID string) string { return "result/" + jobID }
 // PutPayload stores a large payload.
 func (s *Store) PutPayload(ctx context.Context, jobID string, payload []byte) (string, error) {
 	name := PayloadObject(jobID)
-	if _, err := s.b.Payloads.PutBytes(ctx, name, payload); err != nil {
+	if _, err := s.b.Payloads().PutBytes(ctx, name, payload); err != nil {
 		return "", brokerErr(err)
 	}
 	return name, nil
@@ -276,7 +283,7 @@ func (s *Store) LoadPayload(ctx context.Context, inline []byte, object string) (
 	if object == "" {
 		return inline, nil
 	}
-	data, err := s.b.Payloads.GetBytes(ctx, object)
+	data, err := s.b.Payloads().GetBytes(ctx, object)
 	if err != nil {
 		return nil, brokerErr(fmt.Errorf("payload %s: %w", object, err))
 	}
@@ -286,7 +293,7 @@ func (s *Store) LoadPayload(ctx context.Context, inline []byte, object string) (
 // DeletePayload removes a payload object (best effort).
 func (s *Store) DeletePayload(ctx context.Context, object string) {
 	if object != "" {
-		_ = s.b.Payloads.Delete(ctx, object)
+		_ = s.b.Payloads().Delete(ctx, object)
 	}
 }
 
@@ -313,10 +320,10 @@ func (s *Store) AttachResult(ctx context.Context, j *tandemv1.Job, result []byte
 // results is the results object store of a queue (one configured in another
 // orchestrator sharing the NATS server is looked up by name).
 func (s *Store) results(ctx context.Context, queue string) (jetstream.ObjectStore, error) {
-	if store, ok := s.b.Results[queue]; ok {
+	if store, ok := s.b.Results()[queue]; ok {
 		return store, nil
 	}
-	store, err := s.b.JS.ObjectStore(ctx, broker.ResultsBucket(queue))
+	store, err := s.b.JS().ObjectStore(ctx, broker.ResultsBucket(queue))
 	if err != nil {
 		return nil, brokerErr(fmt.Errorf("results of queue %s: %w", queue, err))
 	}
@@ -365,7 +372,7 @@ func (s *Store) PublishEvent(j *tandemv1.Job, rev uint64) {
 	m := nats.NewMsg(broker.EventsSubject(j.GetQueue(), j.GetId()))
 	m.Header.Set(broker.HeaderEventRev, strconv.FormatUint(rev, 10))
 	m.Data = data
-	_ = s.b.NC.PublishMsg(m)
+	_ = s.b.NC().PublishMsg(m)
 }
 
 // EventRev is the record revision an event announces (0 if absent).
@@ -373,6 +380,3 @@ func EventRev(m *nats.Msg) uint64 {
 	v, _ := strconv.ParseUint(m.Header.Get(broker.HeaderEventRev), 10, 64)
 	return v
 }
-
-// ValidID reports whether id can be a job id (a KV key that is one subject token).
-func ValidID(id string) bool { return id != "" && validKey(id) && !strings.Contains(id, ".") }

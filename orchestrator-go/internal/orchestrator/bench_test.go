@@ -61,7 +61,7 @@ type completions struct {
 
 func watchCompletions(b *testing.B, orc *orchestrator.Orchestrator, want int) *completions {
 	c := &completions{started: map[string]time.Time{}, early: map[string]time.Time{}, all: make(chan struct{}), want: int64(want)}
-	sub, err := orc.Broker.NC.Subscribe(broker.QueueEventsFilter(config.DefaultQueue), func(m *nats.Msg) {
+	sub, err := orc.Broker.NC().Subscribe(broker.QueueEventsFilter(config.DefaultQueue), func(m *nats.Msg) {
 		j := &tandemv1.Job{}
 		if proto.Unmarshal(m.Data, j) != nil || j.GetState() != tandemv1.JobState_JOB_STATE_SUCCEEDED {
 			return
@@ -232,20 +232,20 @@ func BenchmarkRawJetStreamPublish(b *testing.B) {
 			br, err := broker.Open(context.Background(), broker.Options{DataDir: b.TempDir(), Durability: durability, Queues: []config.Queue{config.DefaultQueueSettings("raw")}, Logger: testLogger()})
 			require.NoError(b, err)
 			defer br.Close()
-			s, err := br.JS.CreateStream(context.Background(), jetstream.StreamConfig{Name: "RAW", Subjects: []string{"raw"}, Storage: jetstream.FileStorage})
+			s, err := br.JS().CreateStream(context.Background(), jetstream.StreamConfig{Name: "RAW", Subjects: []string{"raw"}, Storage: jetstream.FileStorage})
 			require.NoError(b, err)
 			_ = s
 			b.ResetTimer()
 			start := time.Now()
 			for i := 0; i < b.N; i++ {
-				if _, err := br.JS.PublishAsync("raw", []byte(fmt.Sprint(i))); err != nil {
+				if _, err := br.JS().PublishAsync("raw", []byte(fmt.Sprint(i))); err != nil {
 					b.Fatal(err)
 				}
 				if i%1000 == 999 { // stay under the async publish window
-					<-br.JS.PublishAsyncComplete()
+					<-br.JS().PublishAsyncComplete()
 				}
 			}
-			<-br.JS.PublishAsyncComplete()
+			<-br.JS().PublishAsyncComplete()
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
 			b.ReportMetric(0, "ns/op")
 		})

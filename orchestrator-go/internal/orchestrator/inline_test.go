@@ -27,12 +27,12 @@ func TestInlineLimitFollowsMaxPayload(t *testing.T) {
 	require.Equal(t, tandemv1.JobState_JOB_STATE_SUCCEEDED, final.GetState())
 	require.Equal(t, payload, final.GetResult())
 	ctx := ctxT(t)
-	e, err := b.orc.Broker.Jobs.Get(ctx, job.GetId())
+	e, err := b.orc.Broker.Jobs().Get(ctx, job.GetId())
 	require.NoError(t, err)
 	rec := &tandemv1.Job{}
 	require.NoError(t, proto.Unmarshal(e.Value(), rec))
 	require.Equal(t, payload, rec.GetResult(), "result inline in the record")
-	_, err = b.orc.Broker.Payloads.GetInfo(ctx, jobstore.PayloadObject(job.GetId()))
+	_, err = b.orc.Broker.Payloads().GetInfo(ctx, jobstore.PayloadObject(job.GetId()))
 	require.Error(t, err, "no payload object")
 
 	// An external server with the default max_payload (1 MiB): 256 KiB.

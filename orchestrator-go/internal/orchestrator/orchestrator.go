@@ -12,7 +12,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -25,6 +27,7 @@ import (
 
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
 	"github.com/tandem/tandem/orchestrator-go/internal/api"
+	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
 	"github.com/tandem/tandem/orchestrator-go/internal/broker"
 	"github.com/tandem/tandem/orchestrator-go/internal/compute"
 	"github.com/tandem/tandem/orchestrator-go/internal/config"
@@ -70,13 +73,30 @@ type Orchestrator struct {
 	health     *health.Server
 	lis        net.Listener
 	metricsSrv *http.Server
-	cancelSub  *nats.Subscription
 	stopHealth chan struct{}
 	wg         sync.WaitGroup
 	once       sync.Once
+
+	fault         func(string) error
+	workerID      string
+	running       *queue.Running
+	ready         atomic.Bool
+	startMu       sync.Mutex
+	stopping      bool
+	healthMu      sync.Mutex
+	healthLast    int
+	healthStopped bool
+	bgOnce        sync.Once
+	bg            context.Context
+	bgCancel      context.CancelFunc
 }
 
-// Start opens everything and starts serving.
+// Start opens everything and starts serving. The gRPC server (health
+// NOT_SERVING) listens before NATS is connected: when the first connection
+// attempt fails, Start returns and keeps connecting in the background with
+// backoff, and JobService calls answer UNAVAILABLE / BROKER_UNAVAILABLE until
+// it is up (in a compose or Kubernetes start order the broker may well come
+// up after the orchestrator).
 func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 	cfg := o.Config
 	log := o.Logger
@@ -89,20 +109,20 @@ func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 		workerID = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), ulid.Make().String()[20:])
 	}
 	m := metrics.New()
-	orc := &Orchestrator{cfg: cfg, log: log, Metrics: m, Pools: map[string]*queue.Pool{}, stopHealth: make(chan struct{})}
+	orc := &Orchestrator{cfg: cfg, log: log, Metrics: m, Pools: map[string]*queue.Pool{}, stopHealth: make(chan struct{}), healthLast: -1,
+		fault: o.Fault, workerID: workerID, running: queue.NewRunning()}
 	defer func() {
 		if err != nil {
 			orc.closeAll()
 		}
 	}()
-	orc.Broker, err = broker.Open(ctx, broker.Options{
+	orc.Broker, err = broker.New(broker.Options{
 		URL: cfg.NATSURL, Listen: cfg.NATSListen, DataDir: cfg.DataDir, Durability: cfg.Durability,
 		Queues: cfg.Queues, Logger: log, Name: "tandem-orchestrator " + workerID, Replicas: cfg.StreamReplicas,
 	})
 	if err != nil {
 		return nil, err
 	}
-	orc.Store = jobstore.New(orc.Broker)
 	orc.Compute, err = compute.New(compute.Options{
 		Endpoints: cfg.Compute, MaxMessageBytes: cfg.MaxMessageBytes, BreakerOpenFor: o.BreakerOpenFor, Logger: log,
 		OnBreakerChange: func(ep string, st gobreaker.State) {
@@ -112,40 +132,20 @@ func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 	if err != nil {
 		return nil, err
 	}
-	running := queue.NewRunning()
-	deps := queue.Deps{Broker: orc.Broker, Store: orc.Store, Compute: orc.Compute, Metrics: m, Log: log, WorkerID: workerID, Running: running, Fault: o.Fault}
-	for _, q := range cfg.Queues {
-		p, err := queue.NewPool(ctx, deps, q)
-		if err != nil {
-			return nil, err
-		}
-		orc.Pools[q.Name] = p
-	}
-	orc.cancelSub, err = orc.Broker.NC.Subscribe(broker.CancelSubject, func(msg *nats.Msg) {
-		if running.Cancel(string(msg.Data)) {
-			log.Info("cancelling running job", "job_id", string(msg.Data))
-		}
-	})
-	if err != nil {
-		return nil, err
-	}
-	orc.API = &api.Service{Broker: orc.Broker, Store: orc.Store, Compute: orc.Compute, Metrics: m, Pools: orc.Pools, Log: log, Fault: o.Fault, WatchLimits: o.WatchLimits}
+	orc.API = &api.Service{Broker: orc.Broker, Compute: orc.Compute, Metrics: m, Log: log, Fault: o.Fault, WatchLimits: o.WatchLimits}
 
 	orc.lis, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("--listen %s: %w", cfg.Listen, err)
 	}
-	orc.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(cfg.MaxMessageBytes), grpc.MaxSendMsgSize(cfg.MaxMessageBytes))
+	orc.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(cfg.MaxMessageBytes), grpc.MaxSendMsgSize(cfg.MaxMessageBytes),
+		grpc.ChainUnaryInterceptor(orc.gateUnary), grpc.ChainStreamInterceptor(orc.gateStream))
 	tandemv1.RegisterJobServiceServer(orc.grpc, orc.API)
 	tandemv1.RegisterComputeServiceServer(orc.grpc, &api.ComputeProxy{Compute: orc.Compute})
 	orc.health = health.NewServer()
 	healthpb.RegisterHealthServer(orc.grpc, orc.health)
 	reflection.Register(orc.grpc)
 	orc.setHealth(false)
-
-	for _, p := range orc.Pools {
-		p.Start()
-	}
 	orc.wg.Add(1)
 	go func() {
 		defer orc.wg.Done()
@@ -169,8 +169,98 @@ func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 	}
 	orc.wg.Add(1)
 	go orc.watchHealth()
-	log.Info("orchestrator started", "listen", orc.lis.Addr().String(), "nats", orc.Broker.ClientURL(), "compute", cfg.Compute, "queues", len(cfg.Queues), "worker", workerID)
+
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	cerr := orc.Broker.Connect(cctx)
+	cancel()
+	if cerr == nil {
+		if err := orc.finishStart(ctx); err != nil {
+			return nil, err
+		}
+	} else {
+		log.Warn("nats not reachable at start; serving NOT_SERVING and connecting in the background", "url", orc.Broker.URL(), "err", cerr)
+		orc.wg.Add(1)
+		go func() {
+			defer orc.wg.Done()
+			if orc.Broker.ConnectLoop(orc.bgCtx()) != nil {
+				return // shut down before NATS came up
+			}
+			if err := orc.finishStart(orc.bgCtx()); err != nil {
+				log.Error("start after connecting to NATS failed", "err", err)
+			}
+		}()
+	}
+	log.Info("orchestrator started", "listen", orc.lis.Addr().String(), "nats", orc.Broker.URL(), "compute", cfg.Compute, "queues", len(cfg.Queues), "worker", workerID)
 	return orc, nil
+}
+
+// bgCtx is cancelled when the orchestrator shuts down.
+func (o *Orchestrator) bgCtx() context.Context {
+	o.bgOnce.Do(func() { o.bg, o.bgCancel = context.WithCancel(context.Background()) })
+	return o.bg
+}
+
+// finishStart runs once NATS is connected: the job store, one pool per
+// queue, the cancel subscription; then JobService calls are let through.
+func (o *Orchestrator) finishStart(ctx context.Context) error {
+	o.startMu.Lock()
+	defer o.startMu.Unlock()
+	if o.stopping {
+		return errors.New("shutting down")
+	}
+	o.Store = jobstore.New(o.Broker)
+	deps := queue.Deps{Broker: o.Broker, Store: o.Store, Compute: o.Compute, Metrics: o.Metrics, Log: o.log, WorkerID: o.workerID, Running: o.running, Fault: o.fault}
+	pools := map[string]*queue.Pool{}
+	for _, q := range o.cfg.Queues {
+		p, err := queue.NewPool(ctx, deps, q)
+		if err != nil {
+			return err
+		}
+		pools[q.Name] = p
+	}
+	running, log := o.running, o.log
+	o.Broker.OnConnect(func(nc *nats.Conn) {
+		if _, err := nc.Subscribe(broker.CancelSubject, func(msg *nats.Msg) {
+			if running.Cancel(string(msg.Data)) {
+				log.Info("cancelling running job", "job_id", string(msg.Data))
+			}
+		}); err != nil {
+			log.Error("subscribing to cancel notices failed", "err", err)
+		}
+	})
+	o.Pools = pools
+	o.API.Store, o.API.Pools = o.Store, pools
+	for _, p := range pools {
+		p.Start()
+	}
+	o.ready.Store(true)
+	o.evalHealth()
+	return nil
+}
+
+// Ready reports whether the orchestrator has connected to NATS once and
+// serves JobService.
+func (o *Orchestrator) Ready() bool { return o.ready.Load() }
+
+func (o *Orchestrator) gateErr(method string) error {
+	if o.ready.Load() || !strings.HasPrefix(method, "/"+ServiceName+"/") {
+		return nil
+	}
+	return apierr.Status(apierr.BrokerUnavailable(fmt.Errorf("the orchestrator is still connecting to NATS at %s", o.Broker.URL())))
+}
+
+func (o *Orchestrator) gateUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if err := o.gateErr(info.FullMethod); err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+func (o *Orchestrator) gateStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if err := o.gateErr(info.FullMethod); err != nil {
+		return err
+	}
+	return handler(srv, ss)
 }
 
 // Addr is the gRPC listen address.
@@ -192,20 +282,29 @@ func (o *Orchestrator) setHealths(jobs, compute bool) {
 	o.health.SetServingStatus(ComputeServiceName, st(compute))
 }
 
+// evalHealth sets both health statuses from the current state.
+func (o *Orchestrator) evalHealth() {
+	o.healthMu.Lock()
+	defer o.healthMu.Unlock()
+	if o.healthStopped {
+		return
+	}
+	compute := o.Compute.Ready()
+	jobs := compute && o.ready.Load() && o.Broker.Connected()
+	if v := map[bool]int{false: 0, true: 1}[jobs] + 2*map[bool]int{false: 0, true: 1}[compute]; v != o.healthLast {
+		o.setHealths(jobs, compute)
+		o.healthLast = v
+	}
+}
+
 // watchHealth reports JobService NOT_SERVING while NATS is disconnected or
 // every compute breaker is open, ComputeService while every breaker is open.
 func (o *Orchestrator) watchHealth() {
 	defer o.wg.Done()
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
-	last := -1
 	for {
-		compute := o.Compute.Ready()
-		jobs := compute && o.Broker.Connected()
-		if v := map[bool]int{false: 0, true: 1}[jobs] + 2*map[bool]int{false: 0, true: 1}[compute]; v != last {
-			o.setHealths(jobs, compute)
-			last = v
-		}
+		o.evalHealth()
 		select {
 		case <-o.stopHealth:
 			return
@@ -220,8 +319,16 @@ func (o *Orchestrator) watchHealth() {
 func (o *Orchestrator) Shutdown(drainTimeout time.Duration) {
 	o.once.Do(func() {
 		o.log.Info("draining", "timeout", drainTimeout.String())
+		o.startMu.Lock()
+		o.stopping = true
+		o.startMu.Unlock()
+		o.bgCtx()
+		o.bgCancel() // ends a connect loop still waiting for NATS
 		close(o.stopHealth)
+		o.healthMu.Lock()
+		o.healthStopped = true
 		o.setHealth(false)
+		o.healthMu.Unlock()
 		o.API.SetDraining()
 		var wg sync.WaitGroup
 		for _, p := range o.Pools {
@@ -248,9 +355,6 @@ func (o *Orchestrator) Shutdown(drainTimeout time.Duration) {
 }
 
 func (o *Orchestrator) closeAll() {
-	if o.cancelSub != nil {
-		_ = o.cancelSub.Unsubscribe()
-	}
 	if o.grpc != nil {
 		o.grpc.Stop()
 	} else if o.lis != nil {

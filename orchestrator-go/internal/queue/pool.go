@@ -43,8 +43,11 @@ var errDrain = errors.New("orchestrator draining")
 type Pool struct {
 	Deps
 	cfg     config.Queue
-	cons    jetstream.Consumer
 	limiter *rate.Limiter
+
+	consMu  sync.Mutex
+	cons    jetstream.Consumer
+	consGen uint64 // the broker connection cons was looked up on
 
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -67,21 +70,37 @@ type Pool struct {
 
 // NewPool prepares the pool of queue q; Start runs it.
 func NewPool(ctx context.Context, d Deps, q config.Queue) (*Pool, error) {
-	s, ok := d.Broker.Queues[q.Name]
-	if !ok {
-		return nil, errors.New("queue stream missing: " + q.Name)
-	}
-	cons, err := s.Consumer(ctx, broker.ConsumerName)
-	if err != nil {
+	p := &Pool{Deps: d, cfg: q, limit: q.MinWorkers, completions: newRateWindow(time.Minute)}
+	if _, err := p.consumer(ctx); err != nil {
 		return nil, err
 	}
-	p := &Pool{Deps: d, cfg: q, cons: cons, limit: q.MinWorkers, completions: newRateWindow(time.Minute)}
 	p.cond = sync.NewCond(&p.mu)
 	if q.RateLimit > 0 {
 		p.limiter = rate.NewLimiter(rate.Limit(q.RateLimit), q.RateBurst)
 	}
 	p.Log = d.Log.With("queue", q.Name)
 	return p, nil
+}
+
+// consumer is the queue's durable consumer on the broker's current
+// connection, looked up again after the connection was replaced.
+func (p *Pool) consumer(ctx context.Context) (jetstream.Consumer, error) {
+	p.consMu.Lock()
+	defer p.consMu.Unlock()
+	gen := p.Broker.Gen()
+	if p.cons != nil && p.consGen == gen {
+		return p.cons, nil
+	}
+	s, ok := p.Broker.Queues()[p.cfg.Name]
+	if !ok {
+		return nil, errors.New("queue stream missing: " + p.cfg.Name)
+	}
+	cons, err := s.Consumer(ctx, broker.ConsumerName)
+	if err != nil {
+		return nil, err
+	}
+	p.cons, p.consGen = cons, gen
+	return cons, nil
 }
 
 // Config is the queue's configuration.
@@ -188,7 +207,13 @@ func (p *Pool) fetchLoop() {
 				return
 			}
 		}
-		batch, err := p.cons.Fetch(n, jetstream.FetchMaxWait(fetchWait))
+		var batch jetstream.MessageBatch
+		cctx, cancel := context.WithTimeout(p.fetchCtx, 5*time.Second)
+		cons, err := p.consumer(cctx)
+		cancel()
+		if err == nil {
+			batch, err = cons.Fetch(n, jetstream.FetchMaxWait(fetchWait))
+		}
 		if err != nil {
 			p.release(n)
 			p.Log.Warn("fetch failed", "err", err)
@@ -238,13 +263,17 @@ func (p *Pool) supervise() {
 		}
 		if tick%5 == 0 {
 			ctx, cancel := context.WithTimeout(p.fetchCtx, 2*time.Second)
-			if si, err := p.Broker.DLQ.Info(ctx, jetstream.WithSubjectFilter(broker.DLQFilter(p.cfg.Name))); err == nil {
+			if si, err := p.Broker.DLQ().Info(ctx, jetstream.WithSubjectFilter(broker.DLQFilter(p.cfg.Name))); err == nil {
 				p.Metrics.DLQSize.WithLabelValues(p.cfg.Name).Set(float64(len(si.State.Subjects)))
 			}
 			cancel()
 		}
 		ctx, cancel := context.WithTimeout(p.fetchCtx, 2*time.Second)
-		info, err := p.cons.Info(ctx)
+		var info *jetstream.ConsumerInfo
+		cons, err := p.consumer(ctx)
+		if err == nil {
+			info, err = cons.Info(ctx)
+		}
 		cancel()
 		if err != nil {
 			continue

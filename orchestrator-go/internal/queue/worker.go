@@ -466,7 +466,7 @@ func (p *Pool) deadLetter(ctx context.Context, msg jetstream.Msg, rec *jobstore.
 	if tp := msg.Headers().Get(jobstore.HeaderTraceparent); tp != "" {
 		m.Header.Set(jobstore.HeaderTraceparent, tp)
 	}
-	if _, err := p.Broker.JS.PublishMsg(ctx, m, jetstream.WithMsgID(fmt.Sprintf("dlq-%s-%d", dead.GetId(), attempt))); err != nil {
+	if _, err := p.Broker.JS().PublishMsg(ctx, m, jetstream.WithMsgID(fmt.Sprintf("dlq-%s-%d", dead.GetId(), attempt))); err != nil {
 		log.Warn("dead-letter publish failed; retrying delivery", "err", err)
 		_ = msg.NakWithDelay(time.Second)
 		return
@@ -477,7 +477,7 @@ func (p *Pool) deadLetter(ctx context.Context, msg jetstream.Msg, rec *jobstore.
 			if fresh, gerr := p.Store.Get(ctx, cur.GetId()); gerr == nil {
 				// Fenced (e.g. cancelled meanwhile): drop the copy we just made.
 				if fresh.Job.GetState() != tandemv1.JobState_JOB_STATE_DEAD {
-					_ = p.Broker.DLQ.Purge(ctx, jetstream.WithPurgeSubject(broker.DLQSubject(p.cfg.Name, dead.GetId())))
+					_ = p.Broker.DLQ().Purge(ctx, jetstream.WithPurgeSubject(broker.DLQSubject(p.cfg.Name, dead.GetId())))
 				}
 				p.fenced(msg, fresh.Job, attempt, log)
 				return

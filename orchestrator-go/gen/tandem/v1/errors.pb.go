@@ -9,6 +9,7 @@ package tandemv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	descriptorpb "google.golang.org/protobuf/types/descriptorpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -169,6 +170,69 @@ func (ErrorReason) EnumDescriptor() ([]byte, []int) {
 	return file_tandem_v1_errors_proto_rawDescGZIP(), []int{0}
 }
 
+// ReasonSpec is the catalogue entry of one ErrorReason, attached to each
+// value as the `(tandem.v1.reason)` option. It is the single source of the
+// gRPC code a reason travels with and of its retryability: the Go, Rust and
+// Python mappings are derived from it (or checked against it by a test that
+// walks the whole enum), so the three languages cannot drift.
+type ReasonSpec struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The gRPC status code name every service answers this reason with
+	// ("INVALID_ARGUMENT", "UNAVAILABLE", ...). Empty: any code (the code
+	// decides; INJECTED_FAULT only).
+	Code string `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
+	// Whether the failure is transient: the orchestrator retries a job step
+	// that failed with it, and clients retry a call (with backoff) or resume a
+	// watch. With an empty code, retryability follows the code.
+	Retryable     bool `protobuf:"varint,2,opt,name=retryable,proto3" json:"retryable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReasonSpec) Reset() {
+	*x = ReasonSpec{}
+	mi := &file_tandem_v1_errors_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReasonSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReasonSpec) ProtoMessage() {}
+
+func (x *ReasonSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_tandem_v1_errors_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReasonSpec.ProtoReflect.Descriptor instead.
+func (*ReasonSpec) Descriptor() ([]byte, []int) {
+	return file_tandem_v1_errors_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ReasonSpec) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *ReasonSpec) GetRetryable() bool {
+	if x != nil {
+		return x.Retryable
+	}
+	return false
+}
+
 // Error is an error as stored or returned inside a message (job records,
 // batch results, dead letters), mirroring the gRPC status of the call that
 // failed.
@@ -189,7 +253,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_tandem_v1_errors_proto_msgTypes[0]
+	mi := &file_tandem_v1_errors_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -201,7 +265,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_errors_proto_msgTypes[0]
+	mi := &file_tandem_v1_errors_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -214,7 +278,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_errors_proto_rawDescGZIP(), []int{0}
+	return file_tandem_v1_errors_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *Error) GetCode() int32 {
@@ -245,11 +309,34 @@ func (x *Error) GetMetadata() map[string]string {
 	return nil
 }
 
+var file_tandem_v1_errors_proto_extTypes = []protoimpl.ExtensionInfo{
+	{
+		ExtendedType:  (*descriptorpb.EnumValueOptions)(nil),
+		ExtensionType: (*ReasonSpec)(nil),
+		Field:         51200,
+		Name:          "tandem.v1.reason",
+		Tag:           "bytes,51200,opt,name=reason",
+		Filename:      "tandem/v1/errors.proto",
+	},
+}
+
+// Extension fields to descriptorpb.EnumValueOptions.
+var (
+	// The catalogue entry of an ErrorReason value.
+	//
+	// optional tandem.v1.ReasonSpec reason = 51200;
+	E_Reason = &file_tandem_v1_errors_proto_extTypes[0]
+)
+
 var File_tandem_v1_errors_proto protoreflect.FileDescriptor
 
 const file_tandem_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"\x16tandem/v1/errors.proto\x12\ttandem.v1\"\xde\x01\n" +
+	"\x16tandem/v1/errors.proto\x12\ttandem.v1\x1a google/protobuf/descriptor.proto\">\n" +
+	"\n" +
+	"ReasonSpec\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\tR\x04code\x12\x1c\n" +
+	"\tretryable\x18\x02 \x01(\bR\tretryable\"\xde\x01\n" +
 	"\x05Error\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12.\n" +
 	"\x06reason\x18\x02 \x01(\x0e2\x16.tandem.v1.ErrorReasonR\x06reason\x12\x18\n" +
@@ -257,33 +344,54 @@ const file_tandem_v1_errors_proto_rawDesc = "" +
 	"\bmetadata\x18\x04 \x03(\v2\x1e.tandem.v1.Error.MetadataEntryR\bmetadata\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\xd8\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\xa4\a\n" +
 	"\vErrorReason\x12\x1c\n" +
-	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x0e\n" +
+	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12&\n" +
 	"\n" +
-	"UNKNOWN_OP\x10\x01\x12\x11\n" +
-	"\rPARAM_INVALID\x10\x02\x12\x16\n" +
-	"\x12PARAM_OUT_OF_RANGE\x10\x03\x12\x15\n" +
-	"\x11PAYLOAD_TOO_LARGE\x10\x04\x12\x11\n" +
-	"\rINPUT_CORRUPT\x10\x05\x12\x14\n" +
-	"\x10OUTPUT_TOO_LARGE\x10\x06\x12\x13\n" +
-	"\x0fREQUEST_INVALID\x10\a\x12\x13\n" +
-	"\x0fQUEUE_NOT_FOUND\x10\x14\x12\x0e\n" +
+	"UNKNOWN_OP\x10\x01\x1a\x16\x82\x80\x19\x12\n" +
+	"\x10INVALID_ARGUMENT\x12)\n" +
+	"\rPARAM_INVALID\x10\x02\x1a\x16\x82\x80\x19\x12\n" +
+	"\x10INVALID_ARGUMENT\x12.\n" +
+	"\x12PARAM_OUT_OF_RANGE\x10\x03\x1a\x16\x82\x80\x19\x12\n" +
+	"\x10INVALID_ARGUMENT\x12-\n" +
+	"\x11PAYLOAD_TOO_LARGE\x10\x04\x1a\x16\x82\x80\x19\x12\n" +
+	"\x10INVALID_ARGUMENT\x12)\n" +
+	"\rINPUT_CORRUPT\x10\x05\x1a\x16\x82\x80\x19\x12\n" +
+	"\x10INVALID_ARGUMENT\x12,\n" +
+	"\x10OUTPUT_TOO_LARGE\x10\x06\x1a\x16\x82\x80\x19\x12\n" +
+	"\x10INVALID_ARGUMENT\x12+\n" +
+	"\x0fREQUEST_INVALID\x10\a\x1a\x16\x82\x80\x19\x12\n" +
+	"\x10INVALID_ARGUMENT\x12$\n" +
+	"\x0fQUEUE_NOT_FOUND\x10\x14\x1a\x0f\x82\x80\x19\v\n" +
+	"\tNOT_FOUND\x12*\n" +
 	"\n" +
-	"QUEUE_FULL\x10\x15\x12\x11\n" +
-	"\rJOB_NOT_FOUND\x10\x16\x12\x16\n" +
-	"\x12JOB_STATE_CONFLICT\x10\x17\x12\x18\n" +
-	"\x14IDEMPOTENCY_CONFLICT\x10\x18\x12\x19\n" +
-	"\x15DEAD_LETTER_NOT_FOUND\x10\x19\x12\x0e\n" +
+	"QUEUE_FULL\x10\x15\x1a\x1a\x82\x80\x19\x16\n" +
+	"\x12RESOURCE_EXHAUSTED\x10\x01\x12\"\n" +
+	"\rJOB_NOT_FOUND\x10\x16\x1a\x0f\x82\x80\x19\v\n" +
+	"\tNOT_FOUND\x121\n" +
+	"\x12JOB_STATE_CONFLICT\x10\x17\x1a\x19\x82\x80\x19\x15\n" +
+	"\x13FAILED_PRECONDITION\x123\n" +
+	"\x14IDEMPOTENCY_CONFLICT\x10\x18\x1a\x19\x82\x80\x19\x15\n" +
+	"\x13FAILED_PRECONDITION\x12*\n" +
+	"\x15DEAD_LETTER_NOT_FOUND\x10\x19\x1a\x0f\x82\x80\x19\v\n" +
+	"\tNOT_FOUND\x12*\n" +
 	"\n" +
-	"OVERLOADED\x10(\x12\x17\n" +
-	"\x13COMPUTE_UNAVAILABLE\x10)\x12\x16\n" +
-	"\x12BROKER_UNAVAILABLE\x10*\x12\v\n" +
-	"\aTIMEOUT\x10+\x12\x11\n" +
-	"\rSHUTTING_DOWN\x10,\x12\r\n" +
-	"\tCANCELLED\x10<\x12\x12\n" +
-	"\x0eINTERNAL_ERROR\x10=\x12\x12\n" +
-	"\x0eINJECTED_FAULT\x10>BAZ?github.com/tandem/tandem/orchestrator-go/gen/tandem/v1;tandemv1b\x06proto3"
+	"OVERLOADED\x10(\x1a\x1a\x82\x80\x19\x16\n" +
+	"\x12RESOURCE_EXHAUSTED\x10\x01\x12,\n" +
+	"\x13COMPUTE_UNAVAILABLE\x10)\x1a\x13\x82\x80\x19\x0f\n" +
+	"\vUNAVAILABLE\x10\x01\x12+\n" +
+	"\x12BROKER_UNAVAILABLE\x10*\x1a\x13\x82\x80\x19\x0f\n" +
+	"\vUNAVAILABLE\x10\x01\x12&\n" +
+	"\aTIMEOUT\x10+\x1a\x19\x82\x80\x19\x15\n" +
+	"\x11DEADLINE_EXCEEDED\x10\x01\x12&\n" +
+	"\rSHUTTING_DOWN\x10,\x1a\x13\x82\x80\x19\x0f\n" +
+	"\vUNAVAILABLE\x10\x01\x12\x1e\n" +
+	"\tCANCELLED\x10<\x1a\x0f\x82\x80\x19\v\n" +
+	"\tCANCELLED\x12$\n" +
+	"\x0eINTERNAL_ERROR\x10=\x1a\x10\x82\x80\x19\f\n" +
+	"\bINTERNAL\x10\x01\x12\x18\n" +
+	"\x0eINJECTED_FAULT\x10>\x1a\x04\x82\x80\x19\x00:R\n" +
+	"\x06reason\x12!.google.protobuf.EnumValueOptions\x18\x80\x90\x03 \x01(\v2\x15.tandem.v1.ReasonSpecR\x06reasonBAZ?github.com/tandem/tandem/orchestrator-go/gen/tandem/v1;tandemv1b\x06proto3"
 
 var (
 	file_tandem_v1_errors_proto_rawDescOnce sync.Once
@@ -298,19 +406,23 @@ func file_tandem_v1_errors_proto_rawDescGZIP() []byte {
 }
 
 var file_tandem_v1_errors_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tandem_v1_errors_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_tandem_v1_errors_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_tandem_v1_errors_proto_goTypes = []any{
-	(ErrorReason)(0), // 0: tandem.v1.ErrorReason
-	(*Error)(nil),    // 1: tandem.v1.Error
-	nil,              // 2: tandem.v1.Error.MetadataEntry
+	(ErrorReason)(0),                      // 0: tandem.v1.ErrorReason
+	(*ReasonSpec)(nil),                    // 1: tandem.v1.ReasonSpec
+	(*Error)(nil),                         // 2: tandem.v1.Error
+	nil,                                   // 3: tandem.v1.Error.MetadataEntry
+	(*descriptorpb.EnumValueOptions)(nil), // 4: google.protobuf.EnumValueOptions
 }
 var file_tandem_v1_errors_proto_depIdxs = []int32{
 	0, // 0: tandem.v1.Error.reason:type_name -> tandem.v1.ErrorReason
-	2, // 1: tandem.v1.Error.metadata:type_name -> tandem.v1.Error.MetadataEntry
-	2, // [2:2] is the sub-list for method output_type
-	2, // [2:2] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
+	3, // 1: tandem.v1.Error.metadata:type_name -> tandem.v1.Error.MetadataEntry
+	4, // 2: tandem.v1.reason:extendee -> google.protobuf.EnumValueOptions
+	1, // 3: tandem.v1.reason:type_name -> tandem.v1.ReasonSpec
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	3, // [3:4] is the sub-list for extension type_name
+	2, // [2:3] is the sub-list for extension extendee
 	0, // [0:2] is the sub-list for field type_name
 }
 
@@ -325,14 +437,15 @@ func file_tandem_v1_errors_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tandem_v1_errors_proto_rawDesc), len(file_tandem_v1_errors_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   2,
-			NumExtensions: 0,
+			NumMessages:   3,
+			NumExtensions: 1,
 			NumServices:   0,
 		},
 		GoTypes:           file_tandem_v1_errors_proto_goTypes,
 		DependencyIndexes: file_tandem_v1_errors_proto_depIdxs,
 		EnumInfos:         file_tandem_v1_errors_proto_enumTypes,
 		MessageInfos:      file_tandem_v1_errors_proto_msgTypes,
+		ExtensionInfos:    file_tandem_v1_errors_proto_extTypes,
 	}.Build()
 	File_tandem_v1_errors_proto = out.File
 	file_tandem_v1_errors_proto_goTypes = nil

@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/errors.proto\x12\ttandem.v1\"\xb1\x01\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12&\n\x06reason\x18\x02 \x01(\x0e\x32\x16.tandem.v1.ErrorReason\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x30\n\x08metadata\x18\x04 \x03(\x0b\x32\x1e.tandem.v1.Error.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xd8\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x0e\n\nUNKNOWN_OP\x10\x01\x12\x11\n\rPARAM_INVALID\x10\x02\x12\x16\n\x12PARAM_OUT_OF_RANGE\x10\x03\x12\x15\n\x11PAYLOAD_TOO_LARGE\x10\x04\x12\x11\n\rINPUT_CORRUPT\x10\x05\x12\x14\n\x10OUTPUT_TOO_LARGE\x10\x06\x12\x13\n\x0fREQUEST_INVALID\x10\x07\x12\x13\n\x0fQUEUE_NOT_FOUND\x10\x14\x12\x0e\n\nQUEUE_FULL\x10\x15\x12\x11\n\rJOB_NOT_FOUND\x10\x16\x12\x16\n\x12JOB_STATE_CONFLICT\x10\x17\x12\x18\n\x14IDEMPOTENCY_CONFLICT\x10\x18\x12\x19\n\x15\x44\x45\x41\x44_LETTER_NOT_FOUND\x10\x19\x12\x0e\n\nOVERLOADED\x10(\x12\x17\n\x13\x43OMPUTE_UNAVAILABLE\x10)\x12\x16\n\x12\x42ROKER_UNAVAILABLE\x10*\x12\x0b\n\x07TIMEOUT\x10+\x12\x11\n\rSHUTTING_DOWN\x10,\x12\r\n\tCANCELLED\x10<\x12\x12\n\x0eINTERNAL_ERROR\x10=\x12\x12\n\x0eINJECTED_FAULT\x10>BAZ?github.com/tandem/tandem/orchestrator-go/gen/tandem/v1;tandemv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/errors.proto\x12\ttandem.v1\x1a google/protobuf/descriptor.proto\"-\n\nReasonSpec\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x11\n\tretryable\x18\x02 \x01(\x08\"\xb1\x01\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12&\n\x06reason\x18\x02 \x01(\x0e\x32\x16.tandem.v1.ErrorReason\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x30\n\x08metadata\x18\x04 \x03(\x0b\x32\x1e.tandem.v1.Error.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xa4\x07\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12&\n\nUNKNOWN_OP\x10\x01\x1a\x16\x82\x80\x19\x12\n\x10INVALID_ARGUMENT\x12)\n\rPARAM_INVALID\x10\x02\x1a\x16\x82\x80\x19\x12\n\x10INVALID_ARGUMENT\x12.\n\x12PARAM_OUT_OF_RANGE\x10\x03\x1a\x16\x82\x80\x19\x12\n\x10INVALID_ARGUMENT\x12-\n\x11PAYLOAD_TOO_LARGE\x10\x04\x1a\x16\x82\x80\x19\x12\n\x10INVALID_ARGUMENT\x12)\n\rINPUT_CORRUPT\x10\x05\x1a\x16\x82\x80\x19\x12\n\x10INVALID_ARGUMENT\x12,\n\x10OUTPUT_TOO_LARGE\x10\x06\x1a\x16\x82\x80\x19\x12\n\x10INVALID_ARGUMENT\x12+\n\x0fREQUEST_INVALID\x10\x07\x1a\x16\x82\x80\x19\x12\n\x10INVALID_ARGUMENT\x12$\n\x0fQUEUE_NOT_FOUND\x10\x14\x1a\x0f\x82\x80\x19\x0b\n\tNOT_FOUND\x12*\n\nQUEUE_FULL\x10\x15\x1a\x1a\x82\x80\x19\x16\n\x12RESOURCE_EXHAUSTED\x10\x01\x12\"\n\rJOB_NOT_FOUND\x10\x16\x1a\x0f\x82\x80\x19\x0b\n\tNOT_FOUND\x12\x31\n\x12JOB_STATE_CONFLICT\x10\x17\x1a\x19\x82\x80\x19\x15\n\x13\x46\x41ILED_PRECONDITION\x12\x33\n\x14IDEMPOTENCY_CONFLICT\x10\x18\x1a\x19\x82\x80\x19\x15\n\x13\x46\x41ILED_PRECONDITION\x12*\n\x15\x44\x45\x41\x44_LETTER_NOT_FOUND\x10\x19\x1a\x0f\x82\x80\x19\x0b\n\tNOT_FOUND\x12*\n\nOVERLOADED\x10(\x1a\x1a\x82\x80\x19\x16\n\x12RESOURCE_EXHAUSTED\x10\x01\x12,\n\x13\x43OMPUTE_UNAVAILABLE\x10)\x1a\x13\x82\x80\x19\x0f\n\x0bUNAVAILABLE\x10\x01\x12+\n\x12\x42ROKER_UNAVAILABLE\x10*\x1a\x13\x82\x80\x19\x0f\n\x0bUNAVAILABLE\x10\x01\x12&\n\x07TIMEOUT\x10+\x1a\x19\x82\x80\x19\x15\n\x11\x44\x45\x41\x44LINE_EXCEEDED\x10\x01\x12&\n\rSHUTTING_DOWN\x10,\x1a\x13\x82\x80\x19\x0f\n\x0bUNAVAILABLE\x10\x01\x12\x1e\n\tCANCELLED\x10<\x1a\x0f\x82\x80\x19\x0b\n\tCANCELLED\x12$\n\x0eINTERNAL_ERROR\x10=\x1a\x10\x82\x80\x19\x0c\n\x08INTERNAL\x10\x01\x12\x18\n\x0eINJECTED_FAULT\x10>\x1a\x04\x82\x80\x19\x00:J\n\x06reason\x12!.google.protobuf.EnumValueOptions\x18\x80\x90\x03 \x01(\x0b\x32\x15.tandem.v1.ReasonSpecBAZ?github.com/tandem/tandem/orchestrator-go/gen/tandem/v1;tandemv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,12 +33,56 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tandem.v1.errors_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z?github.com/tandem/tandem/orchestrator-go/gen/tandem/v1;tandemv1'
+  _globals['_ERRORREASON'].values_by_name["UNKNOWN_OP"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["UNKNOWN_OP"]._serialized_options = b'\202\200\031\022\n\020INVALID_ARGUMENT'
+  _globals['_ERRORREASON'].values_by_name["PARAM_INVALID"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["PARAM_INVALID"]._serialized_options = b'\202\200\031\022\n\020INVALID_ARGUMENT'
+  _globals['_ERRORREASON'].values_by_name["PARAM_OUT_OF_RANGE"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["PARAM_OUT_OF_RANGE"]._serialized_options = b'\202\200\031\022\n\020INVALID_ARGUMENT'
+  _globals['_ERRORREASON'].values_by_name["PAYLOAD_TOO_LARGE"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["PAYLOAD_TOO_LARGE"]._serialized_options = b'\202\200\031\022\n\020INVALID_ARGUMENT'
+  _globals['_ERRORREASON'].values_by_name["INPUT_CORRUPT"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["INPUT_CORRUPT"]._serialized_options = b'\202\200\031\022\n\020INVALID_ARGUMENT'
+  _globals['_ERRORREASON'].values_by_name["OUTPUT_TOO_LARGE"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["OUTPUT_TOO_LARGE"]._serialized_options = b'\202\200\031\022\n\020INVALID_ARGUMENT'
+  _globals['_ERRORREASON'].values_by_name["REQUEST_INVALID"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["REQUEST_INVALID"]._serialized_options = b'\202\200\031\022\n\020INVALID_ARGUMENT'
+  _globals['_ERRORREASON'].values_by_name["QUEUE_NOT_FOUND"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["QUEUE_NOT_FOUND"]._serialized_options = b'\202\200\031\013\n\tNOT_FOUND'
+  _globals['_ERRORREASON'].values_by_name["QUEUE_FULL"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["QUEUE_FULL"]._serialized_options = b'\202\200\031\026\n\022RESOURCE_EXHAUSTED\020\001'
+  _globals['_ERRORREASON'].values_by_name["JOB_NOT_FOUND"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["JOB_NOT_FOUND"]._serialized_options = b'\202\200\031\013\n\tNOT_FOUND'
+  _globals['_ERRORREASON'].values_by_name["JOB_STATE_CONFLICT"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["JOB_STATE_CONFLICT"]._serialized_options = b'\202\200\031\025\n\023FAILED_PRECONDITION'
+  _globals['_ERRORREASON'].values_by_name["IDEMPOTENCY_CONFLICT"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["IDEMPOTENCY_CONFLICT"]._serialized_options = b'\202\200\031\025\n\023FAILED_PRECONDITION'
+  _globals['_ERRORREASON'].values_by_name["DEAD_LETTER_NOT_FOUND"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["DEAD_LETTER_NOT_FOUND"]._serialized_options = b'\202\200\031\013\n\tNOT_FOUND'
+  _globals['_ERRORREASON'].values_by_name["OVERLOADED"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["OVERLOADED"]._serialized_options = b'\202\200\031\026\n\022RESOURCE_EXHAUSTED\020\001'
+  _globals['_ERRORREASON'].values_by_name["COMPUTE_UNAVAILABLE"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["COMPUTE_UNAVAILABLE"]._serialized_options = b'\202\200\031\017\n\013UNAVAILABLE\020\001'
+  _globals['_ERRORREASON'].values_by_name["BROKER_UNAVAILABLE"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["BROKER_UNAVAILABLE"]._serialized_options = b'\202\200\031\017\n\013UNAVAILABLE\020\001'
+  _globals['_ERRORREASON'].values_by_name["TIMEOUT"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["TIMEOUT"]._serialized_options = b'\202\200\031\025\n\021DEADLINE_EXCEEDED\020\001'
+  _globals['_ERRORREASON'].values_by_name["SHUTTING_DOWN"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["SHUTTING_DOWN"]._serialized_options = b'\202\200\031\017\n\013UNAVAILABLE\020\001'
+  _globals['_ERRORREASON'].values_by_name["CANCELLED"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["CANCELLED"]._serialized_options = b'\202\200\031\013\n\tCANCELLED'
+  _globals['_ERRORREASON'].values_by_name["INTERNAL_ERROR"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["INTERNAL_ERROR"]._serialized_options = b'\202\200\031\014\n\010INTERNAL\020\001'
+  _globals['_ERRORREASON'].values_by_name["INJECTED_FAULT"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["INJECTED_FAULT"]._serialized_options = b'\202\200\031\000'
   _globals['_ERROR_METADATAENTRY']._loaded_options = None
   _globals['_ERROR_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_ERRORREASON']._serialized_start=218
-  _globals['_ERRORREASON']._serialized_end=690
-  _globals['_ERROR']._serialized_start=38
-  _globals['_ERROR']._serialized_end=215
-  _globals['_ERROR_METADATAENTRY']._serialized_start=168
-  _globals['_ERROR_METADATAENTRY']._serialized_end=215
+  _globals['_ERRORREASON']._serialized_start=299
+  _globals['_ERRORREASON']._serialized_end=1231
+  _globals['_REASONSPEC']._serialized_start=71
+  _globals['_REASONSPEC']._serialized_end=116
+  _globals['_ERROR']._serialized_start=119
+  _globals['_ERROR']._serialized_end=296
+  _globals['_ERROR_METADATAENTRY']._serialized_start=249
+  _globals['_ERROR_METADATAENTRY']._serialized_end=296
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -53,6 +54,16 @@ SHUTTING_DOWN: ErrorReason
 CANCELLED: ErrorReason
 INTERNAL_ERROR: ErrorReason
 INJECTED_FAULT: ErrorReason
+REASON_FIELD_NUMBER: _ClassVar[int]
+reason: _descriptor.FieldDescriptor
+
+class ReasonSpec(_message.Message):
+    __slots__ = ("code", "retryable")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    RETRYABLE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    retryable: bool
+    def __init__(self, code: _Optional[str] = ..., retryable: _Optional[bool] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "reason", "message", "metadata")
