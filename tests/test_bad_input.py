@@ -3,8 +3,9 @@ error, and both services stay healthy (checked after each)."""
 
 from __future__ import annotations
 
+import hashlib
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -240,3 +241,94 @@ def test_payload_over_the_orchestrators_message_limit(client: tandem.Client) -> 
     with pytest.raises((tandem.Overloaded, tandem.InvalidJob)):
         client.submit("hash.sha256", b"\0" * (70 * MiB))
     assert time.monotonic() - t0 < 10
+
+
+# ---------------------------------------------------------------- hostile identifiers
+
+# Values no identifier may have: NATS subject wildcards and separators, paths,
+# spaces, control characters, empty, and lengths past the documented limit
+# and past NATS's 4 KiB control line (which once closed the orchestrator's
+# connection for every client).
+HOSTILE_IDS = ["*", ">", ".", "a.b", "a b", "../..", "../../etc/passwd", "a\x00b", "a\r\nPUB x 1", "",
+               "A" * 65, "A" * 4096, "A" * MiB]
+
+
+def _code_and_size(fn: Callable[[], object]) -> tuple[grpc.StatusCode, int, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        fn()
+    err = info.value
+    return err.code(), len(err.details() or ""), from_rpc_error(err).reason
+
+
+@pytest.mark.parametrize("value", HOSTILE_IDS, ids=lambda v: repr(v[:12]) + f"/{len(v)}")
+def test_hostile_job_ids_through_every_rpc(stack: Stack, value: str) -> None:
+    with raw_channel(stack.address) as ch:
+        stub = jobs_pb2_grpc.JobServiceStub(ch)
+        calls: dict[str, Callable[[], object]] = {
+            "GetJob": lambda: stub.GetJob(jobs_pb2.GetJobRequest(job_id=value), timeout=10),
+            "CancelJob": lambda: stub.CancelJob(jobs_pb2.CancelJobRequest(job_id=value), timeout=10),
+            "WatchJobs": lambda: list(stub.WatchJobs(jobs_pb2.WatchJobsRequest(job_ids=[value]), timeout=10)),
+            "RetryDeadLetters": lambda: stub.RetryDeadLetters(
+                jobs_pb2.RetryDeadLettersRequest(queue="default", job_ids=[value]), timeout=10),
+            "PurgeDeadLetters": lambda: stub.PurgeDeadLetters(
+                jobs_pb2.PurgeDeadLettersRequest(queue="default", job_ids=[value]), timeout=10),
+        }
+        if value:  # the empty queue name is the default queue
+            calls["SubmitJob(queue)"] = lambda: stub.SubmitJob(jobs_pb2.SubmitJobRequest(
+                queue=value, steps=[compute_pb2.Step(op="hash.sha256")]), timeout=10)
+            calls["PauseQueue"] = lambda: stub.PauseQueue(jobs_pb2.PauseQueueRequest(queue=value), timeout=10)
+            calls["ListDeadLetters"] = lambda: stub.ListDeadLetters(
+                jobs_pb2.ListDeadLettersRequest(queue=value), timeout=10)
+        for name, fn in calls.items():
+            code, size, reason = _code_and_size(fn)
+            assert code is grpc.StatusCode.INVALID_ARGUMENT, f"{name}: {code}"
+            assert reason == "REQUEST_INVALID", f"{name}: {reason}"
+            assert size < 400, f"{name}: a {size}-byte message"
+    # The orchestrator kept its NATS connection: a job still runs.
+    with tandem.Client(stack.address) as c:
+        assert c.submit("hash.sha256", b"after").result(timeout=60) == hashlib.sha256(b"after").digest()
+
+
+def test_wildcard_ids_touch_no_dead_letter(client: tandem.Client, stack: Stack) -> None:
+    from harness import debug_fail_params
+
+    h = client.submit(tandem.Step("debug.fail", debug_fail_params(client, "UNAVAILABLE")), b"dead",
+                      max_attempts=1)
+    with pytest.raises(tandem.JobFailed):
+        h.result(timeout=60)
+    for pattern in ("*", ">", "default.*", h.id[:-1] + "*"):
+        with pytest.raises(tandem.InvalidJob):
+            client.retry_dead_letters("default", [pattern])
+        with pytest.raises(tandem.InvalidJob):
+            client.purge_dead_letters("default", [pattern])
+    assert h.id in {j.id for j in client.dead_letters("default", limit=1000).jobs}
+    assert client.get(h.id).state is tandem.JobState.DEAD
+    client.purge_dead_letters("default", [h.id])
+
+
+@pytest.mark.parametrize("where", ["op", "param name", "param value"])
+@pytest.mark.parametrize("service", ["compute", "orchestrator"])
+def test_huge_caller_values_get_a_short_error(stack: Stack, where: str, service: str) -> None:
+    # A plain grpcio client refuses status metadata over 16 KiB: an error that
+    # echoed a 1 MiB value came back as RESOURCE_EXHAUSTED or INTERNAL.
+    huge = "x" * MiB
+    step = {"op": compute_pb2.Step(op=huge),
+            "param name": compute_pb2.Step(op="compress.zstd", params={huge: "3"}),
+            "param value": compute_pb2.Step(op="compress.zstd", params={"level": huge})}[where]
+    with raw_channel(stack.compute_address if service == "compute" else stack.address) as ch:
+        if service == "compute":
+            stub = compute_pb2_grpc.ComputeServiceStub(ch)
+            fn: Callable[[], object] = lambda: stub.Transform(
+                compute_pb2.TransformRequest(steps=[step], input=b"x"), timeout=30)
+        else:
+            jstub = jobs_pb2_grpc.JobServiceStub(ch)
+            fn = lambda: jstub.SubmitJob(jobs_pb2.SubmitJobRequest(steps=[step], payload=b"x"), timeout=30)
+        code, size, _ = _code_and_size(fn)
+    assert code is grpc.StatusCode.INVALID_ARGUMENT, code
+    assert size < 1024, f"a {size}-byte message"
+
+
+def test_client_submit_with_a_20_kb_op_name_is_invalid_job(client: tandem.Client) -> None:
+    with pytest.raises(tandem.InvalidJob) as info:
+        client.submit("o" * 20_000, b"x")
+    assert len(info.value.message) < 400

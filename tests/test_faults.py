@@ -277,3 +277,150 @@ def test_sigterm_lets_running_jobs_finish(new_stack: Callable[..., Stack]) -> No
     # The ones running at SIGTERM finished during the drain: one attempt.
     assert running
     assert [len(final[i].attempts) for i in running] == [1] * len(running)
+
+
+def _watch_health(address: str, stop: threading.Event, seen: list[bool]) -> threading.Thread:
+    """Polls the orchestrator's health until stop; appends each answer."""
+    from tandem._health import check_address
+
+    def run() -> None:
+        while not stop.is_set():
+            seen.append(check_address(address, timeout=1.0))
+            time.sleep(0.2)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_sigstop_compute_under_load_burns_no_attempts(new_stack: Callable[..., Stack]) -> None:
+    # A frozen compute accepts connections and answers nothing: an outage.
+    # The breaker must open (health NOT_SERVING, no pulls) and the calls the
+    # freeze cut off must be handed back, not counted as TIMEOUT attempts.
+    import signal
+
+    stack = fault_stack(new_stack)
+    client = stack.client()
+    expected = submit(client, 1000, "freeze-compute")
+    tracker = Tracker(stack.client(), list(expected))
+    tracker.start()
+    tracker.wait_done(50)
+    stop, seen = threading.Event(), []
+    poller = _watch_health(stack.addresses[0], stop, seen)
+    stack.computes[0].signal(signal.SIGSTOP)
+    try:
+        # Several job timeouts (5 s) long, like the 35 s freeze that burnt
+        # attempts before.
+        eventually(lambda: seen and not seen[-1], 30, "health NOT_SERVING while compute is frozen")
+        time.sleep(12)
+    finally:
+        stack.computes[0].signal(signal.SIGCONT)
+    eventually(lambda: seen and seen[-1], 30, "health SERVING again after the thaw")
+    stop.set()
+    poller.join()
+    final = tracker.finish()
+    assert_all_succeeded_once(final, expected)
+    timeouts = [j for j in final.values() if any(a.error is not None for a in j.attempts)]
+    assert not timeouts, (f"{len(timeouts)} jobs had an attempt burnt by the freeze, e.g. "
+                          f"{timeouts[0].attempts}" if timeouts else "")
+    assert_queue_drained(client)
+    stack.assert_healthy()
+
+
+def test_sigstop_nats_under_load(new_stack: Callable[..., Stack]) -> None:
+    # A frozen broker: every NATS call hangs until its own deadline. Nothing
+    # acknowledged may be lost or doubled, and watchers ride it out.
+    import signal
+
+    stack = fault_stack(new_stack)
+    client = stack.client()
+    expected = submit(client, 1000, "freeze-nats")
+    tracker = Tracker(stack.client(), list(expected))
+    tracker.start()
+    tracker.wait_done(100)
+    assert stack.nats is not None
+    stack.nats.signal(signal.SIGSTOP)
+    try:
+        time.sleep(8)
+    finally:
+        stack.nats.signal(signal.SIGCONT)
+    assert_all_succeeded_once(tracker.finish(), expected)
+    assert_queue_drained(client)
+    assert_broker_clean(stack.nats_url)
+    stack.assert_healthy()
+
+
+def test_orchestrator_started_before_its_broker(new_stack: Callable[..., Stack]) -> None:
+    # The normal case in a compose or Kubernetes start order: the
+    # orchestrator must wait for NATS (NOT_SERVING meanwhile), not exit.
+    from tandem._health import check_address
+
+    stack = fault_stack(new_stack)
+    assert stack.nats is not None
+    stack.orchestrators[0].kill()
+    stack.nats.kill()
+    orch = stack.orchestrators[0]
+    orch.start(wait=False)
+    eventually(lambda: orch.running and _health_answers(orch.address), 30,
+               "the orchestrator to answer health checks without NATS")
+    time.sleep(2)
+    assert orch.running, f"the orchestrator exited without NATS; log:\n{orch.log_tail()}"
+    assert not check_address(orch.address, timeout=2.0), "SERVING without NATS"
+    client = stack.client(retry=tandem.RetryPolicy(max_attempts=1))
+    with pytest.raises(tandem.Unavailable) as info:
+        client.submit("hash.sha256", b"early")
+    assert info.value.reason == "BROKER_UNAVAILABLE"
+    stack.nats.start()
+    eventually(lambda: check_address(orch.address, timeout=2.0), 60, "SERVING once NATS is up")
+    assert stack.client().submit("hash.sha256", b"late").result(timeout=60) == hashlib.sha256(b"late").digest()
+
+
+def _health_answers(address: str) -> bool:
+    """The health service answers at all (SERVING or NOT_SERVING)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as ch:
+        try:
+            health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+            return True
+        except grpc.RpcError as e:
+            return e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def test_waiting_callers_ride_out_a_broker_restart(new_stack: Callable[..., Stack]) -> None:
+    # result() and watch() callers whose timeouts are minutes away must not
+    # see a 2 s broker restart.
+    from harness import sleep_params
+
+    stack = fault_stack(new_stack)
+    client = stack.client()
+    steps = [tandem.Step("debug.sleep", sleep_params(client, 3000)), tandem.Step("hash.sha256")]
+    handles = [client.submit(steps, f"ride {i}".encode()) for i in range(4)]
+    results: dict[str, bytes] = {}
+    errors: list[BaseException] = []
+
+    def wait_one(h: tandem.JobHandle) -> None:
+        try:
+            results[h.id] = h.result(timeout=WAIT)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=wait_one, args=(h,), daemon=True) for h in handles]
+    for t in threads:
+        t.start()
+    tracker = Tracker(stack.client(), [h.id for h in handles])
+    tracker.start()
+    eventually(lambda: any(client.get(h.id).state is tandem.JobState.RUNNING for h in handles), 20,
+               "a job to run")
+    assert stack.nats is not None
+    stack.nats.kill()
+    time.sleep(2)
+    stack.nats.start()
+    for t in threads:
+        t.join(WAIT + 10)
+    assert not errors, f"a waiting caller saw the broker restart: {errors[0]!r}"
+    for i, h in enumerate(handles):
+        assert results[h.id] == hashlib.sha256(f"ride {i}".encode()).digest()
+    final = tracker.finish()
+    assert {j.state for j in final.values()} == {tandem.JobState.SUCCEEDED}
