@@ -3,12 +3,10 @@ package api
 import (
 	"context"
 
-	"google.golang.org/grpc/metadata"
-
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
 	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
 	"github.com/tandem/tandem/orchestrator-go/internal/compute"
-	"github.com/tandem/tandem/orchestrator-go/internal/jobstore"
+	"github.com/tandem/tandem/orchestrator-go/internal/tracectx"
 )
 
 // ComputeProxy serves tandem.v1.ComputeService on the orchestrator's address,
@@ -33,12 +31,7 @@ func (p *ComputeProxy) ListOps(ctx context.Context, _ *tandemv1.ListOpsRequest) 
 // forwardCtx carries the caller's deadline (the same context) and its trace
 // context to compute.
 func forwardCtx(ctx context.Context) context.Context {
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if tp := md.Get(jobstore.HeaderTraceparent); len(tp) > 0 {
-			return metadata.AppendToOutgoingContext(ctx, jobstore.HeaderTraceparent, tp[0])
-		}
-	}
-	return ctx
+	return tracectx.Outgoing(ctx, tracectx.FromMetadata(ctx))
 }
 
 // Transform implements ComputeService by forwarding to compute.

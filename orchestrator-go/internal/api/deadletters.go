@@ -14,6 +14,7 @@ import (
 	"github.com/tandem/tandem/orchestrator-go/internal/broker"
 	"github.com/tandem/tandem/orchestrator-go/internal/ident"
 	"github.com/tandem/tandem/orchestrator-go/internal/jobstore"
+	"github.com/tandem/tandem/orchestrator-go/internal/tracectx"
 )
 
 const (
@@ -61,7 +62,7 @@ func (s *Service) scanDLQ(ctx context.Context, queue string, fn func(deadLetter)
 				return apierr.BrokerUnavailable(err)
 			}
 			j, payload, obj, err := jobstore.DecodeMsg(m.Headers(), m.Data())
-			if err == nil && !fn(deadLetter{seq: md.Sequence.Stream, trace: m.Headers().Get(jobstore.HeaderTraceparent), job: j, payload: payload, object: obj}) {
+			if err == nil && !fn(deadLetter{seq: md.Sequence.Stream, trace: m.Headers().Get(tracectx.Header), job: j, payload: payload, object: obj}) {
 				return nil
 			}
 			if md.NumPending == 0 {
@@ -90,7 +91,7 @@ func (s *Service) getDeadLetter(ctx context.Context, queue, id string) (*deadLet
 	if err != nil {
 		return nil, apierr.Internal("dead letter %s: %v", id, err)
 	}
-	return &deadLetter{seq: m.Sequence, trace: m.Header.Get(jobstore.HeaderTraceparent), job: j, payload: payload, object: obj}, nil
+	return &deadLetter{seq: m.Sequence, trace: m.Header.Get(tracectx.Header), job: j, payload: payload, object: obj}, nil
 }
 
 func (s *Service) listDeadLetters(ctx context.Context, req *tandemv1.ListDeadLettersRequest) (*tandemv1.ListDeadLettersResponse, error) {
@@ -190,7 +191,7 @@ func (s *Service) retryDeadLetters(ctx context.Context, req *tandemv1.RetryDeadL
 		}
 		msg.Header.Set(jobstore.HeaderAttemptBase, strconv.FormatUint(uint64(base), 10))
 		if d.trace != "" {
-			msg.Header.Set(jobstore.HeaderTraceparent, d.trace)
+			msg.Header.Set(tracectx.Header, d.trace)
 		}
 		if _, err := s.Broker.JS().PublishMsg(ctx, msg, jetstream.WithMsgID(fmt.Sprintf("%s-retry-%d", id, d.seq))); err != nil {
 			if broker.IsMaxMsgs(err) {

@@ -315,11 +315,7 @@ func (s *Service) cancelJob(ctx context.Context, req *tandemv1.CancelJobRequest)
 		now := jobstore.Now()
 		e := apierr.Proto(apierr.Cancelled("job cancelled by request"))
 		if j.GetState() == tandemv1.JobState_JOB_STATE_RUNNING {
-			for _, a := range j.GetAttempts() {
-				if a.GetNumber() == j.GetAttempt() && a.FinishedAt == nil {
-					a.FinishedAt, a.Error = now, e
-				}
-			}
+			jobstore.CloseAttempt(j, j.GetAttempt(), e)
 		}
 		j.State = tandemv1.JobState_JOB_STATE_CANCELLED
 		j.FinishedAt = now

@@ -42,13 +42,7 @@ type Service struct {
 // SetDraining makes new submits fail with SHUTTING_DOWN.
 func (s *Service) SetDraining() { s.draining.Store(true) }
 
-func (s *Service) fault(point string) error {
-	fault.Hit(point)
-	if s.Fault == nil {
-		return nil
-	}
-	return s.Fault(point)
-}
+func (s *Service) fault(point string) error { return fault.At(s.Fault, point) }
 
 func (s *Service) queue(name string) (config.Queue, error) {
 	if name == "" {

@@ -2,10 +2,7 @@ package api
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -21,6 +18,7 @@ import (
 	"github.com/tandem/tandem/orchestrator-go/internal/config"
 	"github.com/tandem/tandem/orchestrator-go/internal/ident"
 	"github.com/tandem/tandem/orchestrator-go/internal/jobstore"
+	"github.com/tandem/tandem/orchestrator-go/internal/tracectx"
 )
 
 // Request limits (the payload limit comes from compute's ListOps).
@@ -43,19 +41,6 @@ type prepared struct {
 	dedup  bool          // the idempotency key matched an earlier submit
 	done   *tandemv1.Job // dedup hit whose record exists: nothing to publish
 	err    error
-}
-
-func idemKVKey(queue, key string) string {
-	h := sha256.Sum256([]byte(key))
-	return queue + "." + hex.EncodeToString(h[:16])
-}
-
-func requestHash(queue string, req *tandemv1.SubmitJobRequest) string {
-	c := proto.Clone(req).(*tandemv1.SubmitJobRequest)
-	c.Queue = queue
-	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(c)
-	h := sha256.Sum256(b)
-	return hex.EncodeToString(h[:])
 }
 
 // validate checks a request and builds the job record (state QUEUED).
@@ -126,34 +111,15 @@ func (s *Service) prepare(ctx context.Context, req *tandemv1.SubmitJobRequest) *
 	}
 	p := &prepared{q: q, job: job}
 	id := ulid.Make().String()
-	if key := req.GetIdempotencyKey(); key != "" {
-		kvKey := idemKVKey(q.Name, key)
-		hash := requestHash(q.Name, req)
-		_, err := s.Broker.Idem().Create(ctx, kvKey, []byte(id+":"+hash), jetstream.KeyTTL(max(q.ResultTTL, time.Second)))
-		switch {
-		case errors.Is(err, jetstream.ErrKeyExists):
-			e, gerr := s.Broker.Idem().Get(ctx, kvKey)
-			if gerr != nil {
-				return &prepared{err: apierr.BrokerUnavailable(gerr)}
-			}
-			prevID, prevHash, _ := strings.Cut(string(e.Value()), ":")
-			if prevHash != hash {
-				return &prepared{err: apierr.IdempotencyConflict(q.Name, key, prevID)}
-			}
-			id, p.dedup = prevID, true
-			rec, gerr := s.Store.Get(ctx, id)
-			if gerr == nil {
-				p.done = withoutResult(rec.Job)
-				return p
-			}
-			var ae *apierr.Error
-			if !errors.As(gerr, &ae) || ae.Reason != tandemv1.ErrorReason_JOB_NOT_FOUND {
-				return &prepared{err: gerr}
-			}
-			// The first submit stopped before its record was written: finish
-			// it with the same id (the Msg-Id dedups a message already published).
-		case err != nil:
-			return &prepared{err: apierr.BrokerUnavailable(err)}
+	if req.GetIdempotencyKey() != "" {
+		claim, err := s.claimIdempotency(ctx, q, req, id)
+		if err != nil {
+			return &prepared{err: err}
+		}
+		id, p.dedup = claim.id, claim.dedup
+		if claim.done != nil {
+			p.done = claim.done
+			return p
 		}
 		if err := s.fault("submit.after_idem"); err != nil {
 			return &prepared{err: err}
@@ -175,7 +141,7 @@ func (s *Service) prepare(ctx context.Context, req *tandemv1.SubmitJobRequest) *
 	if err != nil {
 		return &prepared{err: apierr.Internal("encode job: %v", err)}
 	}
-	msg.Header.Set(jobstore.HeaderTraceparent, jobstore.IncomingTraceparent(ctx))
+	msg.Header.Set(tracectx.Header, tracectx.Incoming(ctx))
 	p.msg = msg
 	return p
 }

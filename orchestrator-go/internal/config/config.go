@@ -47,20 +47,41 @@ type Config struct {
 	Queues []Queue
 }
 
-// Queue is one queue's settings. Zero values in the TOML file take the defaults
-// of DefaultQueueSettings.
+// Queue is one queue's settings ([[queue]] in the TOML file). A field left
+// out (zero) takes its default from DefaultQueueSettings, given here after
+// each field.
 type Queue struct {
-	Name        string        `toml:"name"`
-	MinWorkers  int           `toml:"min_workers"`
-	MaxWorkers  int           `toml:"max_workers"`
-	MaxAttempts int           `toml:"max_attempts"`
-	JobTimeout  time.Duration `toml:"job_timeout"`
+	// Name is the queue's name: 1 to 64 of A-Z a-z 0-9 _ - (it is part of
+	// NATS subjects and stream names). Required.
+	Name string `toml:"name"`
+	// MinWorkers is how many workers this orchestrator keeps for the queue
+	// even when idle. Default 2 (at most MaxWorkers).
+	MinWorkers int `toml:"min_workers"`
+	// MaxWorkers bounds the pool, which grows while jobs wait and every
+	// worker is busy. Default 16.
+	MaxWorkers int `toml:"max_workers"`
+	// MaxAttempts is how many attempts a job gets before a retryable failure
+	// makes it DEAD (a submit may ask for fewer or more, up to 100). Default 5.
+	MaxAttempts int `toml:"max_attempts"`
+	// JobTimeout is the deadline of one attempt (a submit may override it);
+	// the consumer's AckWait follows it. Default 60s.
+	JobTimeout time.Duration `toml:"job_timeout"`
+	// BackoffBase and BackoffCap shape the retry delay: uniform in
+	// [0, min(BackoffCap, BackoffBase·2^(attempt-1))] (full jitter).
+	// Defaults 1s and 1m.
 	BackoffBase time.Duration `toml:"backoff_base"`
 	BackoffCap  time.Duration `toml:"backoff_cap"`
-	RateLimit   float64       `toml:"rate_limit"` // jobs per second, 0 = none
-	RateBurst   int           `toml:"rate_burst"`
-	MaxDepth    int64         `toml:"max_depth"`
-	ResultTTL   time.Duration `toml:"result_ttl"`
+	// RateLimit is how many jobs per second this orchestrator starts from
+	// the queue; 0 = unlimited (the default). RateBurst is the token-bucket
+	// burst, default max(1, RateLimit).
+	RateLimit float64 `toml:"rate_limit"`
+	RateBurst int     `toml:"rate_burst"`
+	// MaxDepth bounds the jobs waiting or running; past it SubmitJob answers
+	// RESOURCE_EXHAUSTED / QUEUE_FULL with a retry hint. Default 100000.
+	MaxDepth int64 `toml:"max_depth"`
+	// ResultTTL is how long a finished job's record, its large result and
+	// its idempotency key are kept. Default 24h (at least 1s).
+	ResultTTL time.Duration `toml:"result_ttl"`
 }
 
 // DefaultQueueSettings are the settings of the built-in default queue and the

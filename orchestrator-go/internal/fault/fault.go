@@ -9,3 +9,14 @@ const EnvVar = "TANDEM_ORCH_FAULT"
 
 // Hit marks a fault point.
 func Hit(point string) { hit(point) }
+
+// At marks a fault point and then asks hook (a test's in-process fault
+// injector, may be nil): a non-nil error aborts the caller there, as a crash
+// would.
+func At(hook func(point string) error, point string) error {
+	hit(point)
+	if hook == nil {
+		return nil
+	}
+	return hook(point)
+}

@@ -352,6 +352,17 @@ func (s *Store) View(ctx context.Context, j *tandemv1.Job, includeResult bool) (
 	return out, nil
 }
 
+// CloseAttempt marks attempt number n of j finished (now) with error e
+// (nil: it succeeded), unless it is already closed.
+func CloseAttempt(j *tandemv1.Job, n uint32, e *tandemv1.Error) {
+	for _, a := range j.GetAttempts() {
+		if a.GetNumber() == n && a.FinishedAt == nil {
+			a.FinishedAt = Now()
+			a.Error = e
+		}
+	}
+}
+
 // Now is a timestamp for records.
 func Now() *timestamppb.Timestamp { return timestamppb.New(time.Now()) }
 

@@ -216,7 +216,7 @@ func TestWatchIDsNoMissedTerminalState(t *testing.T) {
 				}
 			case p == "watch.synced" && phase.CompareAndSwap(2, 0):
 				// The job finishes after the read: only its event tells.
-				go func() { time.Sleep(50 * time.Millisecond); b.compute.StallRelease <- struct{}{} }()
+				go func() { b.compute.StallRelease <- struct{}{} }() // the hook runs after the read
 			}
 			return nil
 		}

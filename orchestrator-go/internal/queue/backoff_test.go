@@ -24,3 +24,25 @@ func TestBackoffFullJitterWithinCeiling(t *testing.T) {
 		}
 	}
 }
+
+// Full jitter means uniform over [0, ceiling]: the samples spread over the
+// whole range (a constant, a zero or a fixed fraction fails this), and the
+// ceiling doubles per attempt until the cap.
+func TestBackoffIsUniformOverAGrowingCeiling(t *testing.T) {
+	t.Parallel()
+	base, cap := 100*time.Millisecond, 2*time.Second
+	for attempt, ceil := range map[uint32]time.Duration{1: 100 * time.Millisecond, 3: 400 * time.Millisecond, 5: 1600 * time.Millisecond, 6: cap, 30: cap} {
+		const n = 4000
+		var sum, lo, hi time.Duration
+		lo = ceil
+		for range n {
+			d := queue.Backoff(base, cap, attempt)
+			sum += d
+			lo, hi = min(lo, d), max(hi, d)
+		}
+		mean := float64(sum) / n / float64(ceil)
+		require.InDelta(t, 0.5, mean, 0.05, "attempt %d: mean %.3f of the ceiling", attempt, mean)
+		require.Less(t, lo, ceil/20, "attempt %d: smallest sample", attempt)
+		require.Greater(t, hi, ceil-ceil/20, "attempt %d: largest sample", attempt)
+	}
+}

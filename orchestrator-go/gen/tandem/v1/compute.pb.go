@@ -84,10 +84,13 @@ func (ParamType) EnumDescriptor() ([]byte, []int) {
 // Step is one stage of a pipeline.
 type Step struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Op name, e.g. "hash.sha256" or "image.thumbnail".
+	// Op name, e.g. "hash.sha256" or "image.thumbnail": 1 to 128 characters
+	// of A-Z a-z 0-9 _ - . in dot-separated tokens.
 	Op string `protobuf:"bytes,1,opt,name=op,proto3" json:"op,omitempty"`
 	// Parameters as strings, parsed by the op according to its ParamSpec
-	// (e.g. {"level": "3"}). Unknown names are rejected.
+	// (e.g. {"level": "3"}). Unknown names are rejected. At most 64; names 1
+	// to 64 characters of A-Z a-z 0-9 _ - . and values at most 4096 bytes of
+	// UTF-8 without control characters (an op's ParamSpec may allow less).
 	Params        map[string]string `protobuf:"bytes,2,rep,name=params,proto3" json:"params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

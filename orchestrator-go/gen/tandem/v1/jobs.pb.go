@@ -372,18 +372,21 @@ func (x *Attempt) GetWorker() string {
 
 type SubmitJobRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Queue name; "default" when empty.
+	// Queue name: 1 to 64 characters of A-Z a-z 0-9 _ -; "default" when empty.
 	Queue string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
 	// The pipeline to run; at least one step.
 	Steps []*Step `protobuf:"bytes,2,rep,name=steps,proto3" json:"steps,omitempty"`
 	// Input to the first step.
 	Payload []byte `protobuf:"bytes,3,opt,name=payload,proto3" json:"payload,omitempty"`
 	// Optional. Submits with the same key on the same queue make one job.
+	// At most 256 bytes of UTF-8 without control characters.
 	IdempotencyKey string `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// Optional overrides of the queue's settings (0 / unset = the queue's).
 	MaxAttempts uint32               `protobuf:"varint,5,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
 	Timeout     *durationpb.Duration `protobuf:"bytes,6,opt,name=timeout,proto3" json:"timeout,omitempty"`
-	// Free-form labels stored with the job.
+	// Labels stored with the job: at most 64; keys 1 to 64 characters of
+	// A-Z a-z 0-9 _ - . and values at most 256 bytes of UTF-8 without control
+	// characters.
 	Labels        map[string]string `protobuf:"bytes,7,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -694,7 +697,11 @@ func (*SubmitJobsResult_Error) isSubmitJobsResult_Outcome() {}
 
 type GetJobRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// A job id: 1 to 64 characters of A-Z a-z 0-9 _ - (the ids the
+	// orchestrator makes are 26-character ULIDs). Anything else is
+	// INVALID_ARGUMENT / REQUEST_INVALID; a well-formed id that does not exist
+	// is NOT_FOUND / JOB_NOT_FOUND.
+	JobId string `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
 	// Also return the result bytes (for SUCCEEDED jobs).
 	IncludeResult bool `protobuf:"varint,2,opt,name=include_result,json=includeResult,proto3" json:"include_result,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -791,7 +798,8 @@ func (x *GetJobResponse) GetJob() *Job {
 
 type WatchJobsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Watch these jobs; the stream ends when all are terminal.
+	// Watch these jobs (at most 1000 ids, each a job id as in GetJobRequest);
+	// the stream ends when all are terminal.
 	JobIds []string `protobuf:"bytes,1,rep,name=job_ids,json=jobIds,proto3" json:"job_ids,omitempty"`
 	// Or watch every job of this queue (when job_ids is empty).
 	Queue string `protobuf:"bytes,2,opt,name=queue,proto3" json:"queue,omitempty"`
@@ -898,8 +906,12 @@ func (x *WatchJobsResponse) GetJob() *Job {
 }
 
 type CancelJobRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A job id: 1 to 64 characters of A-Z a-z 0-9 _ - (the ids the
+	// orchestrator makes are 26-character ULIDs). Anything else is
+	// INVALID_ARGUMENT / REQUEST_INVALID; a well-formed id that does not exist
+	// is NOT_FOUND / JOB_NOT_FOUND.
+	JobId         string `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1094,7 +1106,8 @@ func (x *ListDeadLettersResponse) GetTotal() uint64 {
 type RetryDeadLettersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Queue string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
-	// These jobs; or every dead letter of the queue when empty and all = true.
+	// These jobs (at most 1000 job ids; never patterns); or every dead letter
+	// of the queue when empty and all = true.
 	JobIds        []string `protobuf:"bytes,2,rep,name=job_ids,json=jobIds,proto3" json:"job_ids,omitempty"`
 	All           bool     `protobuf:"varint,3,opt,name=all,proto3" json:"all,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1197,10 +1210,11 @@ func (x *RetryDeadLettersResponse) GetRetriedJobIds() []string {
 }
 
 type PurgeDeadLettersRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Queue         string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
-	JobIds        []string               `protobuf:"bytes,2,rep,name=job_ids,json=jobIds,proto3" json:"job_ids,omitempty"`
-	All           bool                   `protobuf:"varint,3,opt,name=all,proto3" json:"all,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Queue string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// As in RetryDeadLettersRequest.
+	JobIds        []string `protobuf:"bytes,2,rep,name=job_ids,json=jobIds,proto3" json:"job_ids,omitempty"`
+	All           bool     `protobuf:"varint,3,opt,name=all,proto3" json:"all,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

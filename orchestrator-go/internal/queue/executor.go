@@ -1,0 +1,279 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
+	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
+	"github.com/tandem/tandem/orchestrator-go/internal/broker"
+	"github.com/tandem/tandem/orchestrator-go/internal/compute"
+	"github.com/tandem/tandem/orchestrator-go/internal/fault"
+	"github.com/tandem/tandem/orchestrator-go/internal/jobstore"
+	"github.com/tandem/tandem/orchestrator-go/internal/tracectx"
+)
+
+// The job executor runs one delivery of a job message in three stages, each
+// in its own function:
+//
+//	begin     decode, repair a missing record, skip finished jobs, start the
+//	          attempt (RUNNING, attempt+1, by CAS)
+//	execute   the step call with its deadline, in-progress acks, cancellation
+//	classify  one table from what happened to what must happen (verdict)
+//	report    the state write, event and ack/nak/term the verdict asks for
+//	          (report.go, deadletter.go)
+//
+// Every path ends in exactly one of: ack, nak (with or without delay), term,
+// or nothing (a fenced stale delivery, which AckWait redelivers).
+
+// attempt is one delivery being executed.
+type attempt struct {
+	msg         jetstream.Msg
+	spec        *tandemv1.Job // from the message
+	inline      []byte        // inline payload
+	object      string        // or the payload object
+	rec         *jobstore.Record
+	number      uint32
+	maxAttempts uint32
+	prevState   tandemv1.JobState // to return to when handed back
+	log         *slog.Logger
+	// jctx is cancelled by CancelJob (ErrJobCancelled) or the end of a drain (errDrain).
+	jctx   context.Context
+	cancel context.CancelCauseFunc
+}
+
+// result is what execute got back.
+type result struct {
+	resp *tandemv1.TransformResponse
+	err  error
+}
+
+// verdict is what an attempt's outcome asks the reporter to do.
+type verdict int
+
+const (
+	verdictConfirmCancel verdict = iota // CancelJob wrote CANCELLED: confirm, ack
+	verdictHandBack                     // not the job's fault: back to the queue, attempt not counted
+	verdictSucceed                      // store the result, SUCCEEDED, ack
+	verdictFail                         // permanent error: FAILED, ack
+	verdictRetry                        // transient error: RETRYING, nak with backoff
+	verdictDead                         // transient error, out of attempts: dead-letter, term
+)
+
+// outcome is a verdict with what it needs.
+type outcome struct {
+	verdict verdict
+	delay   time.Duration
+	err     *apierr.Error
+	why     string
+}
+
+// handle runs one delivery of a job message.
+func (p *Pool) handle(msg jetstream.Msg) {
+	var jobID string
+	defer func() {
+		if r := recover(); r != nil {
+			p.Log.Error("panic in worker; the job will be retried", "job_id", jobID, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			// The record may be RUNNING: redelivery (after the delay) starts a new attempt.
+			_ = msg.NakWithDelay(Backoff(p.cfg.BackoffBase, p.cfg.BackoffCap, 1))
+		}
+	}()
+	a, ok := p.begin(msg, &jobID)
+	if !ok {
+		return
+	}
+	defer a.cancel(nil)
+	p.Running.add(jobID, a.cancel)
+	defer p.Running.remove(jobID)
+	res := p.execute(a)
+	p.report(a, res, p.classify(a, res))
+}
+
+// begin reads (or repairs) the record and starts the attempt. It returns
+// false when the delivery was settled without running (finished job, lost
+// attempt out of attempts, compute not ready, CAS lost).
+func (p *Pool) begin(msg jetstream.Msg, jobID *string) (*attempt, bool) {
+	spec, inline, object, err := jobstore.DecodeMsg(msg.Headers(), msg.Data())
+	if err != nil {
+		p.Log.Error("undecodable job message terminated", "err", err, "subject", msg.Subject())
+		_ = msg.Term()
+		return nil, false
+	}
+	*jobID = spec.GetId()
+	log := p.Log.With("job_id", *jobID)
+	if id := tracectx.TraceID(msg.Headers().Get(tracectx.Header)); id != "" {
+		log = log.With("trace_id", id)
+	}
+	ctx := context.Background()
+	rec, err := p.Store.Get(ctx, *jobID)
+	var ae *apierr.Error
+	if errors.As(err, &ae) && ae.Reason == tandemv1.ErrorReason_JOB_NOT_FOUND {
+		// The submitter published and then died before writing the record
+		// (or the record of a dead-lettered job expired before its retry):
+		// the message is the truth.
+		rec, err = p.Store.Create(ctx, jobstore.Spec(spec))
+		if errors.Is(err, jobstore.ErrExists) {
+			rec, err = p.Store.Get(ctx, *jobID)
+		}
+	}
+	if err != nil {
+		log.Warn("cannot read job record; retrying delivery", "err", err)
+		_ = msg.NakWithDelay(time.Second)
+		return nil, false
+	}
+	j := rec.Job
+	a := &attempt{msg: msg, spec: spec, inline: inline, object: object, rec: rec, log: log,
+		maxAttempts: j.GetMaxAttempts() + attemptBase(msg)}
+	switch {
+	case jobstore.Terminal(j.GetState()):
+		// Redelivery of a finished job: never run twice.
+		_ = msg.Ack()
+		return nil, false
+	case j.GetState() == tandemv1.JobState_JOB_STATE_RUNNING && j.GetAttempt() >= a.maxAttempts:
+		// The previous attempt's worker died or stalled past AckWait, and it was the last.
+		a.number = j.GetAttempt()
+		a.log = log.With("attempt", a.number)
+		p.deadLetter(ctx, a, apierr.Timeout("attempt %d did not finish (worker lost or stalled past AckWait)", j.GetAttempt()))
+		return nil, false
+	}
+	if !p.Compute.Ready() {
+		_ = msg.NakWithDelay(500 * time.Millisecond)
+		return nil, false
+	}
+
+	a.prevState = j.GetState()
+	if a.prevState == tandemv1.JobState_JOB_STATE_RUNNING {
+		a.prevState = tandemv1.JobState_JOB_STATE_RETRYING
+	}
+	a.number = j.GetAttempt() + 1
+	now := jobstore.Now()
+	j.State = tandemv1.JobState_JOB_STATE_RUNNING
+	j.Attempt = a.number
+	if j.StartedAt == nil {
+		j.StartedAt = now
+	}
+	j.Attempts = append(j.Attempts, &tandemv1.Attempt{Number: a.number, StartedAt: now, Worker: p.WorkerID})
+	if err := p.Store.Update(ctx, rec); err != nil {
+		// Someone changed it (a cancel, another delivery): look again later.
+		log.Debug("could not start attempt", "err", err)
+		_ = msg.NakWithDelay(100 * time.Millisecond)
+		return nil, false
+	}
+	a.log = log.With("attempt", a.number)
+	p.Store.PublishEvent(j, rec.Rev)
+	if p.fault("worker.after_running") != nil {
+		return nil, false // simulated crash: no ack, no nak; AckWait redelivers
+	}
+	a.jctx, a.cancel = context.WithCancelCause(p.runCtx)
+	return a, true
+}
+
+// execute makes the step call under the job's deadline, sending in-progress
+// acks while it runs.
+func (p *Pool) execute(a *attempt) result {
+	j := a.rec.Job
+	timeout := p.cfg.JobTimeout
+	if t := j.GetTimeout().AsDuration(); t > 0 {
+		timeout = t
+	}
+	callCtx, cancelTimeout := context.WithTimeout(a.jctx, timeout)
+	defer cancelTimeout()
+
+	// In-progress acks every third of AckWait while the call runs.
+	stopBeat := make(chan struct{})
+	beatDone := make(chan struct{})
+	go func() {
+		defer close(beatDone)
+		t := time.NewTicker(broker.AckWait(p.cfg.JobTimeout) / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-stopBeat:
+				return
+			case <-t.C:
+				if p.fault("worker.heartbeat") == nil {
+					_ = a.msg.InProgress()
+				}
+			}
+		}
+	}()
+	start := time.Now()
+	resp, err := p.transform(callCtx, a)
+	close(stopBeat)
+	<-beatDone
+	p.Metrics.JobDuration.WithLabelValues(p.cfg.Name, firstOp(j)).Observe(time.Since(start).Seconds())
+	return result{resp: resp, err: err}
+}
+
+// classify is the one table from what happened to an attempt to its verdict.
+func (p *Pool) classify(a *attempt, res result) outcome {
+	switch cause := context.Cause(a.jctx); {
+	case errors.Is(cause, ErrJobCancelled):
+		return outcome{verdict: verdictConfirmCancel}
+	case errors.Is(cause, errDrain):
+		return outcome{verdict: verdictHandBack, why: "draining"}
+	}
+	if res.err == nil {
+		return outcome{verdict: verdictSucceed}
+	}
+	if compute.IsUnreachable(res.err) {
+		// Compute was not reached (or is hung): an outage, not the job's fault.
+		return outcome{verdict: verdictHandBack, delay: time.Second, err: apierr.From(res.err), why: "compute unreachable"}
+	}
+	e := apierr.From(res.err)
+	switch {
+	case e.Reason == tandemv1.ErrorReason_OVERLOADED:
+		// Compute refused to start it (its wait queue is full): back-pressure,
+		// not a failure of the job.
+		return outcome{verdict: verdictHandBack, delay: max(e.RetryAfter, Backoff(p.cfg.BackoffBase, p.cfg.BackoffCap, a.number)), err: e, why: "compute overloaded"}
+	case !apierr.Retryable(e):
+		return outcome{verdict: verdictFail, err: e}
+	case a.number >= a.maxAttempts:
+		return outcome{verdict: verdictDead, err: e}
+	}
+	return outcome{verdict: verdictRetry, err: e, delay: Backoff(p.cfg.BackoffBase, p.cfg.BackoffCap, a.number)}
+}
+
+func firstOp(j *tandemv1.Job) string {
+	if len(j.GetSteps()) > 0 {
+		return j.GetSteps()[0].GetOp()
+	}
+	return ""
+}
+
+func (p *Pool) fault(point string) error { return fault.At(p.Fault, point) }
+
+// transform loads the payload and calls compute.
+func (p *Pool) transform(ctx context.Context, a *attempt) (resp *tandemv1.TransformResponse, err error) {
+	j := a.rec.Job
+	payload, err := p.Store.LoadPayload(ctx, a.inline, a.object)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		// A panic in the call path is a bug: retried as INTERNAL_ERROR.
+		if r := recover(); r != nil {
+			p.Log.Error("panic during job", "job_id", j.GetId(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			resp, err = nil, apierr.Internal("panic while running job: %v", r)
+		}
+	}()
+	if err := p.fault("worker.before_compute"); err != nil {
+		return nil, err
+	}
+	op := firstOp(j)
+	start := time.Now()
+	ctx = tracectx.Outgoing(ctx, a.msg.Headers().Get(tracectx.Header))
+	resp, err = p.Compute.Transform(ctx, &tandemv1.TransformRequest{Steps: j.GetSteps(), Input: payload, JobId: j.GetId(), Attempt: a.number})
+	p.Metrics.ComputeLatency.WithLabelValues(op).Observe(time.Since(start).Seconds())
+	p.Metrics.ComputeBytes.WithLabelValues(op, "in").Add(float64(len(payload)))
+	if err == nil {
+		p.Metrics.ComputeBytes.WithLabelValues(op, "out").Add(float64(len(resp.GetOutput())))
+	}
+	return resp, err
+}
