@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -235,12 +236,24 @@ def test_raw_compute_overload_answers_resource_exhausted_with_hint(stack: Stack)
 def test_payload_over_the_orchestrators_message_limit(client: tandem.Client) -> None:
     # Larger than the orchestrator's gRPC message limit but within the
     # client's: the transport refuses it; the client must not retry it.
-    import time
-
-    t0 = time.monotonic()
+    calls = _count_calls(client)
     with pytest.raises((tandem.Overloaded, tandem.InvalidJob)):
         client.submit("hash.sha256", b"\0" * (70 * MiB))
-    assert time.monotonic() - t0 < 10
+    assert calls == ["/tandem.v1.JobService/SubmitJob"], f"retried: {calls}"
+
+
+def _count_calls(client: tandem.Client) -> list[str]:
+    """Routes the client's calls through an interceptor that records each
+    method called; returns the (live) list."""
+    calls: list[str] = []
+
+    class Counter(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+        def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            calls.append(details.method)
+            return continuation(details, request)
+
+    client._stub = jobs_pb2_grpc.JobServiceStub(grpc.intercept_channel(client._channel, Counter()))
+    return calls
 
 
 # ---------------------------------------------------------------- hostile identifiers

@@ -17,6 +17,7 @@ import pytest
 
 import tandem
 from harness import FAULT_QUEUES_TOML, Stack, eventually
+from tandem._health import check_address
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -146,7 +147,9 @@ def test_sigkill_compute_mid_run(new_stack: Callable[..., Stack]) -> None:
     tracker.start()
     tracker.wait_done(100)
     stack.computes[0].kill()
-    time.sleep(3)
+    # The outage was seen (breakers open, health NOT_SERVING) before it ends.
+    eventually(lambda: not check_address(stack.addresses[0], timeout=1.0), 30,
+               "the orchestrator to report NOT_SERVING while compute is down")
     stack.computes[0].start()
     final = tracker.finish()
     assert_all_succeeded_once(final, expected)
@@ -182,7 +185,9 @@ def test_sigkill_nats_mid_run_and_restart_on_same_store(new_stack: Callable[...,
     tracker.wait_done(100)
     assert stack.nats is not None
     stack.nats.kill()
-    time.sleep(2)
+    eventually(lambda: not check_address(stack.addresses[0], timeout=1.0), 30,
+               "the orchestrator to report NOT_SERVING while NATS is down")
+    time.sleep(1)
     stack.nats.start()
     assert_all_succeeded_once(tracker.finish(), expected)
     assert_queue_drained(client)
@@ -281,7 +286,6 @@ def test_sigterm_lets_running_jobs_finish(new_stack: Callable[..., Stack]) -> No
 
 def _watch_health(address: str, stop: threading.Event, seen: list[bool]) -> threading.Thread:
     """Polls the orchestrator's health until stop; appends each answer."""
-    from tandem._health import check_address
 
     def run() -> None:
         while not stop.is_set():
@@ -353,8 +357,6 @@ def test_sigstop_nats_under_load(new_stack: Callable[..., Stack]) -> None:
 def test_orchestrator_started_before_its_broker(new_stack: Callable[..., Stack]) -> None:
     # The normal case in a compose or Kubernetes start order: the
     # orchestrator must wait for NATS (NOT_SERVING meanwhile), not exit.
-    from tandem._health import check_address
-
     stack = fault_stack(new_stack)
     assert stack.nats is not None
     stack.orchestrators[0].kill()
