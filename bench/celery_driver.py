@@ -64,7 +64,7 @@ class ResultMonitor(threading.Thread):
             if msg is None or msg["type"] != "pmessage":
                 continue
             t = clock()
-            done[msg["channel"][len(PREFIX):].decode()] = (t, msg["data"])
+            done[msg["channel"][len(PREFIX) :].decode()] = (t, msg["data"])
             if 0 <= self.expected <= len(done):
                 self.all_done.set()
 
@@ -79,7 +79,9 @@ class ResultMonitor(threading.Thread):
         self.pubsub.close()
 
 
-def verify(workload: str, payloads: list[bytes], ids: list[str], done: dict[str, tuple[float, bytes]]) -> tuple[int, str]:
+def verify(
+    workload: str, payloads: list[bytes], ids: list[str], done: dict[str, tuple[float, bytes]]
+) -> tuple[int, str]:
     """(errors, note): every result present and SUCCESS, digests equal for
     tiny, and a sample decoded for the others."""
     import msgpack
@@ -120,8 +122,12 @@ def verify(workload: str, payloads: list[bytes], ids: list[str], done: dict[str,
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--redis-url", required=True)
-    ap.add_argument("--data", required=True, help="workload cache dir (workloads.py generate --out)")
-    ap.add_argument("--workload", required=True, choices=["tiny", "thumbnails", "compress", "latency"])
+    ap.add_argument(
+        "--data", required=True, help="workload cache dir (workloads.py generate --out)"
+    )
+    ap.add_argument(
+        "--workload", required=True, choices=["tiny", "thumbnails", "compress", "latency"]
+    )
     ap.add_argument("--submit", default="single", choices=["single", "batch"])
     ap.add_argument("--rate", type=float, default=0.0, help="latency: offered jobs/s")
     ap.add_argument("--count", type=int, default=0, help="latency: jobs to send")
@@ -137,12 +143,12 @@ def main() -> int:
     from celery_app import app
 
     # See the module docstring: results are read by ResultMonitor.
-    app.backend.on_task_call = lambda producer, task_id: None  # type: ignore[method-assign]
+    app.backend.on_task_call = lambda producer, task_id: None
 
     source = "tiny" if args.workload == "latency" else args.workload
     manifest, payloads = workloads.load_workload(args.data, source)
     if args.limit:
-        payloads = payloads[:args.limit]
+        payloads = payloads[: args.limit]
     spec = workloads.plan()[source]
     task = app.tasks[spec.celery_task]
     kwargs = spec.celery_kwargs
@@ -152,7 +158,10 @@ def main() -> int:
     try:
         # Warm-up: worker processes import their libraries, connections open.
         if args.warmup:
-            warm = [task.apply_async(args=(payloads[i % len(payloads)],), kwargs=kwargs).id for i in range(args.warmup)]
+            warm = [
+                task.apply_async(args=(payloads[i % len(payloads)],), kwargs=kwargs).id
+                for i in range(args.warmup)
+            ]
             mon.expect(len(warm))
             if not mon.all_done.wait(120):
                 raise SystemExit("celery warm-up timed out")
@@ -187,7 +196,7 @@ def main() -> int:
             else:
                 ids = []
                 for s in range(0, n, args.batch_size):
-                    chunk = payloads[s:s + args.batch_size]
+                    chunk = payloads[s : s + args.batch_size]
                     res = group(task.s(p, **kwargs) for p in chunk).apply_async()
                     ids.extend(r.id for r in res.results)
             submit_done = time.perf_counter()
@@ -202,9 +211,16 @@ def main() -> int:
 
     errors, note = verify(args.workload, payloads, ids, done)
     out: dict[str, Any] = {
-        "bench_result": 1, "driver": "celery", "workload": args.workload, "submit": args.submit,
-        "jobs": n, "errors": errors, "note": note, "timed_out": not ok,
-        "submit_seconds": submit_done - t0, "elapsed_seconds": t_end - t0,
+        "bench_result": 1,
+        "driver": "celery",
+        "workload": args.workload,
+        "submit": args.submit,
+        "jobs": n,
+        "errors": errors,
+        "note": note,
+        "timed_out": not ok,
+        "submit_seconds": submit_done - t0,
+        "elapsed_seconds": t_end - t0,
         "input_bytes": sum(len(payloads[i % len(payloads)]) for i in range(n)),
     }
     if args.workload == "latency":

@@ -19,22 +19,39 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
 COLOURS = {
-    "tandem/always": "#1f6fb4", "tandem/interval": "#7fb2e0",
-    "celery-reliable/aof-always": "#c0392b", "celery-reliable/default": "#f1948a",
-    "celery-fast/aof-always": "#7d3c98", "celery-fast/default": "#c39bd3",
+    "tandem/always": "#1f6fb4",
+    "tandem/interval": "#7fb2e0",
+    "celery-reliable/aof-always": "#c0392b",
+    "celery-reliable/default": "#f1948a",
+    "celery-fast/aof-always": "#7d3c98",
+    "celery-fast/default": "#c39bd3",
 }
 ORDER = list(COLOURS)
 
 
-def find(ms: list[dict[str, Any]], system: str, workload: str, metric: str = "throughput", load: str = "") -> dict[str, Any] | None:
+def find(
+    ms: list[dict[str, Any]], system: str, workload: str, metric: str = "throughput", load: str = ""
+) -> dict[str, Any] | None:
     for m in ms:
-        if (m["system"], m["workload"], m["metric"], m.get("load", "")) == (system, workload, metric, load):
+        if (m["system"], m["workload"], m["metric"], m.get("load", "")) == (
+            system,
+            workload,
+            metric,
+            load,
+        ):
             return m
     return None
 
 
-def bars(ax: Any, ms: list[dict[str, Any]], groups: list[str], title: str, unit: str,
-         limits: list[tuple[str, str, str]], log: bool = False) -> None:
+def bars(
+    ax: Any,
+    ms: list[dict[str, Any]],
+    groups: list[str],
+    title: str,
+    unit: str,
+    limits: list[tuple[str, str, str]],
+    log: bool = False,
+) -> None:
     systems = [s for s in ORDER if any(find(ms, s, g) for g in groups)]
     if not systems:
         ax.set_title(title + " (no data)")
@@ -47,14 +64,29 @@ def bars(ax: Any, ms: list[dict[str, Any]], groups: list[str], title: str, unit:
             if m is None:
                 continue
             x = gi + (si - (len(systems) - 1) / 2) * width
-            ax.bar(x, m["median"], width, color=COLOURS[s], label=s if gi == 0 else None,
-                   yerr=[[m["median"] - m["min"]], [m["max"] - m["median"]]], capsize=2)
+            ax.bar(
+                x,
+                m["median"],
+                width,
+                color=COLOURS[s],
+                label=s if gi == 0 else None,
+                yerr=[[m["median"] - m["min"]], [m["max"] - m["median"]]],
+                capsize=2,
+            )
     for lsys, lwl, label in limits:
         m = find(ms, lsys, lwl)
         if m is not None:
             ax.axhline(m["median"], linestyle="--", linewidth=1, color="#555555")
-            ax.text(0.01, m["median"], f'{label}: {m["median"]:,.0f}', transform=ax.get_yaxis_transform(),
-                    fontsize=7, ha="left", va="bottom", color="#333333")
+            ax.text(
+                0.01,
+                m["median"],
+                f"{label}: {m['median']:,.0f}",
+                transform=ax.get_yaxis_transform(),
+                fontsize=7,
+                ha="left",
+                va="bottom",
+                color="#333333",
+            )
     if log:
         ax.set_yscale("log")
     else:
@@ -68,10 +100,14 @@ def bars(ax: Any, ms: list[dict[str, Any]], groups: list[str], title: str, unit:
 def latency(ax: Any, ms: list[dict[str, Any]]) -> None:
     # Equal offered load: Celery at its own 25%/50% vs Tandem at Celery's rate.
     pairs = []
-    for d, celery in (("always", "celery-reliable/aof-always"), ("interval", "celery-reliable/default")):
+    for d, celery in (
+        ("always", "celery-reliable/aof-always"),
+        ("interval", "celery-reliable/default"),
+    ):
         for p in ("25%", "50%"):
             pairs.append((f"{d} {p}", celery, p, f"tandem/{d}", f"celery {p}"))
-    labels, series = [], {}
+    labels: list[str] = []
+    series: dict[str, list[float]] = {}
     for label, csys, cload, tsys, tload in pairs:
         c = [find(ms, csys, "latency", q, cload) for q in ("p50", "p99", "p999")]
         t = [find(ms, tsys, "latency", q, tload) for q in ("p50", "p99", "p999")]
@@ -85,20 +121,38 @@ def latency(ax: Any, ms: list[dict[str, Any]]) -> None:
         ax.set_title("latency (no data)")
         ax.axis("off")
         return
-    keys = [k for k in ("Celery p50", "Celery p99", "Celery p999", "Tandem p50", "Tandem p99", "Tandem p999") if k in series]
+    keys = [
+        k
+        for k in (
+            "Celery p50",
+            "Celery p99",
+            "Celery p999",
+            "Tandem p50",
+            "Tandem p99",
+            "Tandem p999",
+        )
+        if k in series
+    ]
     width = 0.8 / len(keys)
-    shades = {"Celery p50": "#f5b7b1", "Celery p99": "#e74c3c", "Celery p999": "#922b21",
-              "Tandem p50": "#aed6f1", "Tandem p99": "#3498db", "Tandem p999": "#1b4f72"}
+    shades = {
+        "Celery p50": "#f5b7b1",
+        "Celery p99": "#e74c3c",
+        "Celery p999": "#922b21",
+        "Tandem p50": "#aed6f1",
+        "Tandem p99": "#3498db",
+        "Tandem p999": "#1b4f72",
+    }
     for ki, k in enumerate(keys):
         xs = [i + (ki - (len(keys) - 1) / 2) * width for i in range(len(labels))]
-        vals = series[k]
-        if all(v != v for v in vals):  # all NaN: this system did not run
+        heights = series[k]
+        if all(v != v for v in heights):  # all NaN: this system did not run
             continue
-        ax.bar(xs, vals, width, label=k, color=shades[k])
+        ax.bar(xs, heights, width, label=k, color=shades[k])
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
-        lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+    ax.yaxis.set_minor_formatter(
+        matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else "")
+    )
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_ylabel("ms, submit → result (log)")
     ax.set_title("latency at Celery's offered load (durability, % of Celery max)")
@@ -111,18 +165,41 @@ def main() -> int:
         doc = json.load(f)
     ms = doc["measurements"]
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
-    bars(axes[0][0], ms, ["tiny/single", "tiny/batch"], "tiny: sha256 of 1 KiB, submit → all results", "jobs/s",
-         [("jetstream/always", "jetstream/pubsub", "raw JetStream pub+consume, sync always"),
-          ("jetstream/interval", "jetstream/pubsub", "raw JetStream pub+consume, interval")], log=True)
-    bars(axes[0][1], ms, ["thumbnails"], "thumbnails: 1920×1080 JPEG → 256 px PNG", "images/s",
-         [("native", "thumbnails", "native in-process")])
-    bars(axes[1][0], ms, ["compress"], "compress: 1 MiB text → zstd -3", "MB/s",
-         [("native", "compress", "native in-process")])
+    bars(
+        axes[0][0],
+        ms,
+        ["tiny/single", "tiny/batch"],
+        "tiny: sha256 of 1 KiB, submit → all results",
+        "jobs/s",
+        [
+            ("jetstream/always", "jetstream/pubsub", "raw JetStream pub+consume, sync always"),
+            ("jetstream/interval", "jetstream/pubsub", "raw JetStream pub+consume, interval"),
+        ],
+        log=True,
+    )
+    bars(
+        axes[0][1],
+        ms,
+        ["thumbnails"],
+        "thumbnails: 1920×1080 JPEG → 256 px PNG",
+        "images/s",
+        [("native", "thumbnails", "native in-process")],
+    )
+    bars(
+        axes[1][0],
+        ms,
+        ["compress"],
+        "compress: 1 MiB text → zstd -3",
+        "MB/s",
+        [("native", "compress", "native in-process")],
+    )
     latency(axes[1][1], ms)
     m = doc.get("machine", {})
-    fig.suptitle(f'Tandem vs Celery+Redis ({doc.get("mode")} run, {doc.get("started", "")}; '
-                 f'{m.get("cpu", "?")}, {m.get("cores", "?")} cores); median of {doc["settings"]["repeats"]}, whiskers min–max',
-                 fontsize=9)
+    fig.suptitle(
+        f"Tandem vs Celery+Redis ({doc.get('mode')} run, {doc.get('started', '')}; "
+        f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores); median of {doc['settings']['repeats']}, whiskers min–max",
+        fontsize=9,
+    )
     handles, labels = [], []
     for ax in (axes[0][0], axes[0][1], axes[1][0]):
         for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -130,9 +207,18 @@ def main() -> int:
                 handles.append(h)
                 labels.append(lab)
     if handles:
-        order = sorted(range(len(labels)), key=lambda i: ORDER.index(labels[i]) if labels[i] in ORDER else 99)
-        fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="upper center", ncol=6,
-                   fontsize=8, bbox_to_anchor=(0.5, 0.965), frameon=False)
+        order = sorted(
+            range(len(labels)), key=lambda i: ORDER.index(labels[i]) if labels[i] in ORDER else 99
+        )
+        fig.legend(
+            [handles[i] for i in order],
+            [labels[i] for i in order],
+            loc="upper center",
+            ncol=6,
+            fontsize=8,
+            bbox_to_anchor=(0.5, 0.965),
+            frameon=False,
+        )
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     fig.savefig(out, dpi=110)
     return 0

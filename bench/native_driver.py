@@ -92,10 +92,24 @@ def main() -> int:
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t0
-    print(json.dumps({"bench_result": 1, "driver": "native", "workload": args.workload, "jobs": len(payloads),
-                      "errors": len(errors), "note": errors[0] if errors else "", "elapsed_seconds": elapsed,
-                      "input_bytes": sum(len(p) for p in payloads), "result_bytes": out_bytes[0],
-                      "threads": args.threads, "steps": steps}), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench_result": 1,
+                "driver": "native",
+                "workload": args.workload,
+                "jobs": len(payloads),
+                "errors": len(errors),
+                "note": errors[0] if errors else "",
+                "elapsed_seconds": elapsed,
+                "input_bytes": sum(len(p) for p in payloads),
+                "result_bytes": out_bytes[0],
+                "threads": args.threads,
+                "steps": steps,
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

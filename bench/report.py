@@ -20,24 +20,47 @@ from typing import Any, Iterable, Sequence
 # Durability classes: each Tandem mode is compared with the Celery/Redis
 # setting and the raw JetStream mode that survive the same failures.
 SYSTEMS: dict[str, dict[str, str]] = {
-    "tandem/always": {"kind": "tandem", "durability": "always",
-                      "label": "Tandem, JetStream sync always"},
-    "tandem/interval": {"kind": "tandem", "durability": "interval",
-                        "label": "Tandem, JetStream sync interval"},
-    "celery-reliable/aof-always": {"kind": "celery", "durability": "always",
-                                   "label": "Celery reliable, Redis appendfsync always"},
-    "celery-reliable/default": {"kind": "celery", "durability": "interval",
-                                "label": "Celery reliable, Redis default persistence"},
-    "celery-fast/aof-always": {"kind": "celery", "durability": "always",
-                               "label": "Celery fast, Redis appendfsync always"},
-    "celery-fast/default": {"kind": "celery", "durability": "interval",
-                            "label": "Celery fast, Redis default persistence"},
-    "jetstream/always": {"kind": "limit", "durability": "always",
-                         "label": "raw JetStream, sync always"},
-    "jetstream/interval": {"kind": "limit", "durability": "interval",
-                           "label": "raw JetStream, sync interval"},
-    "native": {"kind": "limit", "durability": "none",
-               "label": "tandem._native in-process"},
+    "tandem/always": {
+        "kind": "tandem",
+        "durability": "always",
+        "label": "Tandem, JetStream sync always",
+    },
+    "tandem/interval": {
+        "kind": "tandem",
+        "durability": "interval",
+        "label": "Tandem, JetStream sync interval",
+    },
+    "celery-reliable/aof-always": {
+        "kind": "celery",
+        "durability": "always",
+        "label": "Celery reliable, Redis appendfsync always",
+    },
+    "celery-reliable/default": {
+        "kind": "celery",
+        "durability": "interval",
+        "label": "Celery reliable, Redis default persistence",
+    },
+    "celery-fast/aof-always": {
+        "kind": "celery",
+        "durability": "always",
+        "label": "Celery fast, Redis appendfsync always",
+    },
+    "celery-fast/default": {
+        "kind": "celery",
+        "durability": "interval",
+        "label": "Celery fast, Redis default persistence",
+    },
+    "jetstream/always": {
+        "kind": "limit",
+        "durability": "always",
+        "label": "raw JetStream, sync always",
+    },
+    "jetstream/interval": {
+        "kind": "limit",
+        "durability": "interval",
+        "label": "raw JetStream, sync interval",
+    },
+    "native": {"kind": "limit", "durability": "none", "label": "tandem._native in-process"},
 }
 
 CELERY_REFERENCE = {"always": "celery-reliable/aof-always", "interval": "celery-reliable/default"}
@@ -75,14 +98,23 @@ def percentile(values: Sequence[float], q: float) -> float:
 def latency_summary(latencies_s: Sequence[float]) -> dict[str, float]:
     """p50/p99/p999/max in milliseconds from latencies in seconds."""
     ms = [x * 1000.0 for x in latencies_s]
-    return {"p50": percentile(ms, 50), "p99": percentile(ms, 99),
-            "p999": percentile(ms, 99.9), "max": max(ms), "count": float(len(ms))}
+    return {
+        "p50": percentile(ms, 50),
+        "p99": percentile(ms, 99),
+        "p999": percentile(ms, 99.9),
+        "max": max(ms),
+        "count": float(len(ms)),
+    }
 
 
 def summarize(runs: Sequence[float]) -> dict[str, float]:
     if not runs:
         raise ValueError("no runs")
-    return {"median": float(statistics.median(runs)), "min": float(min(runs)), "max": float(max(runs))}
+    return {
+        "median": float(statistics.median(runs)),
+        "min": float(min(runs)),
+        "max": float(max(runs)),
+    }
 
 
 def calibrated_count(rate: float, full: int, target_seconds: float, min_count: int) -> int:
@@ -97,10 +129,16 @@ def calibrated_count(rate: float, full: int, target_seconds: float, min_count: i
     return max(min(full, min_count), min(full, fits))
 
 
-def measurement(system: str, workload: str, metric: str, unit: str, runs: Sequence[float],
-                **extra: Any) -> dict[str, Any]:
-    m = {"system": system, "workload": workload, "metric": metric, "unit": unit,
-         "runs": [float(r) for r in runs]}
+def measurement(
+    system: str, workload: str, metric: str, unit: str, runs: Sequence[float], **extra: Any
+) -> dict[str, Any]:
+    m: dict[str, Any] = {
+        "system": system,
+        "workload": workload,
+        "metric": metric,
+        "unit": unit,
+        "runs": [float(r) for r in runs],
+    }
     m.update(summarize(runs))
     m.update(extra)
     return m
@@ -145,7 +183,9 @@ def _index(ms: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str, str], dict
     return {(m["system"], m["workload"], m["metric"], m.get("load", "")): m for m in ms}
 
 
-def reference_of(m: dict[str, Any], idx: dict[tuple[str, str, str, str], dict[str, Any]]) -> dict[str, Any] | None:
+def reference_of(
+    m: dict[str, Any], idx: dict[tuple[str, str, str, str], dict[str, Any]]
+) -> dict[str, Any] | None:
     """The Celery figure a measurement is compared with: Celery with reliable
     settings at the same durability, same workload and metric. Tandem latency
     at "celery N%" load is compared with Celery at its own N%."""
@@ -159,11 +199,13 @@ def reference_of(m: dict[str, Any], idx: dict[tuple[str, str, str, str], dict[st
         # rate Celery was driven at ("celery 50%" = Celery's own 50%).
         if info["kind"] != "tandem" or not load.startswith("celery "):
             return None
-        load = load[len("celery "):]
+        load = load[len("celery ") :]
     return idx.get((ref_sys, m["workload"], m["metric"], load))
 
 
-def limit_of(m: dict[str, Any], idx: dict[tuple[str, str, str, str], dict[str, Any]]) -> dict[str, Any] | None:
+def limit_of(
+    m: dict[str, Any], idx: dict[tuple[str, str, str, str], dict[str, Any]]
+) -> dict[str, Any] | None:
     spec = LIMIT_OF.get(m["workload"])
     if spec is None or m["metric"] != "throughput":
         return None
@@ -195,11 +237,18 @@ def build_rows(measurements: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             lim = limit_of(m, idx)
             if lim is not None and lim["median"] > 0:
                 row["fraction_of_limit"] = m["median"] / lim["median"]
-                row["limit"] = f'{lim["system"]} {lim["workload"]}'
+                row["limit"] = f"{lim['system']} {lim['workload']}"
         rows.append(row)
     order = {k: i for i, k in enumerate(SYSTEMS)}
-    rows.sort(key=lambda r: (SYSTEMS.get(r["system"], {}).get("kind") == "limit",
-                             r["workload"], r.get("load", ""), r["metric"], order.get(r["system"], 99)))
+    rows.sort(
+        key=lambda r: (
+            SYSTEMS.get(r["system"], {}).get("kind") == "limit",
+            r["workload"],
+            r.get("load", ""),
+            r["metric"],
+            order.get(r["system"], 99),
+        )
+    )
     return rows
 
 
@@ -212,13 +261,19 @@ def fmt_num(x: float) -> str:
 
 
 def fmt_figure(m: dict[str, Any]) -> str:
-    return f'{fmt_num(m["median"])} {m["unit"]} ({fmt_num(m["min"])}–{fmt_num(m["max"])})'
+    return f"{fmt_num(m['median'])} {m['unit']} ({fmt_num(m['min'])}–{fmt_num(m['max'])})"
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The terminal table. Latency percentiles of one system at one load
     share a line (p50 / p99 / p999); its ratio is the p99 ratio."""
-    head = ("system", "workload", "figure: median (min–max)", "ratio to Celery", "fraction of limit")
+    head = (
+        "system",
+        "workload",
+        "figure: median (min–max)",
+        "ratio to Celery",
+        "fraction of limit",
+    )
     lines: list[tuple[str, str, str, str, str]] = []
     lat: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for r in rows:
@@ -229,8 +284,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
                 lines.append(("__latency__", key[0], key[1], "", ""))
             lat[key][r["metric"]] = r
             continue
-        ratio = "" if r["ratio_to_celery"] is None else f'{r["ratio_to_celery"]:.2f}×'
-        frac = "" if r["fraction_of_limit"] is None else f'{100 * r["fraction_of_limit"]:.0f}%'
+        ratio = "" if r["ratio_to_celery"] is None else f"{r['ratio_to_celery']:.2f}×"
+        frac = "" if r["fraction_of_limit"] is None else f"{100 * r['fraction_of_limit']:.0f}%"
         lines.append((r["system"], r["workload"], fmt_figure(r), ratio, frac))
     out_lines = []
     for ln in lines:
@@ -239,15 +294,27 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             continue
         system, load = ln[1], ln[2]
         ps = lat[(system, load)]
-        fig = " / ".join(f'{q} {fmt_num(ps[q]["median"])}' for q in ("p50", "p99", "p999") if q in ps) + " ms"
+        fig = (
+            " / ".join(f"{q} {fmt_num(ps[q]['median'])}" for q in ("p50", "p99", "p999") if q in ps)
+            + " ms"
+        )
         rate = next(iter(ps.values())).get("rate")
         wl = f"latency @{load}" + (f" ({rate:.0f}/s)" if rate else "")
         p99 = ps.get("p99")
-        ratio = "" if p99 is None or p99["ratio_to_celery"] is None else f'p99 {p99["ratio_to_celery"]:.2f}×'
+        ratio = (
+            ""
+            if p99 is None or p99["ratio_to_celery"] is None
+            else f"p99 {p99['ratio_to_celery']:.2f}×"
+        )
         out_lines.append((system, wl, fig, ratio, ""))
-    widths = [max(len(h), *(len(ln[i]) for ln in out_lines)) if out_lines else len(h) for i, h in enumerate(head)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(),
-           "  ".join("-" * w for w in widths)]
+    widths = [
+        max(len(h), *(len(ln[i]) for ln in out_lines)) if out_lines else len(h)
+        for i, h in enumerate(head)
+    ]
+    out = [
+        "  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(),
+        "  ".join("-" * w for w in widths),
+    ]
     for ln in out_lines:
         out.append("  ".join(c.ljust(w) for c, w in zip(ln, widths)).rstrip())
     return "\n".join(out)
@@ -255,11 +322,39 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 TARGETS = [
     # (name, description, function(rows) -> list of (system, value, met))
-    ("tiny ≥ 10× Celery", "tiny/batch and tiny/single jobs/s ÷ Celery reliable (same durability)", "tiny", "ratio", 10.0, ">="),
-    ("tiny ≥ 25% of JetStream", "tiny jobs/s ÷ raw JetStream publish+consume msgs/s (same sync mode)", "tiny", "fraction", 0.25, ">="),
-    ("latency p99 ≤ 1/5 of Celery", "Tandem p99 ÷ Celery p99 at Celery's offered load", "latency", "ratio", 0.2, "<="),
+    (
+        "tiny ≥ 10× Celery",
+        "tiny/batch and tiny/single jobs/s ÷ Celery reliable (same durability)",
+        "tiny",
+        "ratio",
+        10.0,
+        ">=",
+    ),
+    (
+        "tiny ≥ 25% of JetStream",
+        "tiny jobs/s ÷ raw JetStream publish+consume msgs/s (same sync mode)",
+        "tiny",
+        "fraction",
+        0.25,
+        ">=",
+    ),
+    (
+        "latency p99 ≤ 1/5 of Celery",
+        "Tandem p99 ÷ Celery p99 at Celery's offered load",
+        "latency",
+        "ratio",
+        0.2,
+        "<=",
+    ),
     ("thumbnails ≥ 1.5× Celery", "images/s ratio", "thumbnails", "ratio", 1.5, ">="),
-    ("thumbnails ≥ 70% of native", "images/s ÷ in-process native", "thumbnails", "fraction", 0.7, ">="),
+    (
+        "thumbnails ≥ 70% of native",
+        "images/s ÷ in-process native",
+        "thumbnails",
+        "fraction",
+        0.7,
+        ">=",
+    ),
     ("compress ≥ 1.5× Celery", "MB/s ratio", "compress", "ratio", 1.5, ">="),
     ("compress ≥ 70% of native", "MB/s ÷ in-process native", "compress", "fraction", 0.7, ">="),
 ]
@@ -281,18 +376,30 @@ def check_targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             if value is None:
                 continue
             met = value >= bound if op == ">=" else value <= bound
-            out.append({"target": name, "description": desc, "system": r["system"],
-                        "workload": r["workload"], "load": r.get("load", ""),
-                        "value": value, "bound": bound, "op": op, "met": met})
+            out.append(
+                {
+                    "target": name,
+                    "description": desc,
+                    "system": r["system"],
+                    "workload": r["workload"],
+                    "load": r.get("load", ""),
+                    "value": value,
+                    "bound": bound,
+                    "op": op,
+                    "met": met,
+                }
+            )
     return out
 
 
 def format_targets(checks: Sequence[dict[str, Any]]) -> str:
     lines = []
     for c in checks:
-        where = c["workload"] + (f' @{c["load"]}' if c["load"] else "")
-        lines.append(f'{"met   " if c["met"] else "MISSED"}  {c["target"]:<30} {c["system"]:<16} {where:<28} '
-                     f'{c["value"]:.2f} (goal {c["op"]} {c["bound"]})')
+        where = c["workload"] + (f" @{c['load']}" if c["load"] else "")
+        lines.append(
+            f"{'met   ' if c['met'] else 'MISSED'}  {c['target']:<30} {c['system']:<16} {where:<28} "
+            f"{c['value']:.2f} (goal {c['op']} {c['bound']})"
+        )
     return "\n".join(lines)
 
 
@@ -306,10 +413,13 @@ def format_markdown(doc: dict[str, Any]) -> str:
     for line in text[2:]:
         out.append("| " + " | ".join(c.strip() for c in _split_cols(line, text[1])) + " |")
     m = doc.get("machine", {})
-    out += ["", f'Machine: {m.get("cpu", "?")}, {m.get("cores", "?")} cores, {m.get("memory_gib", "?")} GiB; '
-            f'{m.get("redis_server", "")}; {m.get("nats_server", "")}; {m.get("celery", "")}. '
-            f'Run {doc.get("started", "?")}, {doc.get("seconds", "?")} s, `{doc.get("command", "")}`, '
-            f'median of {doc.get("settings", {}).get("repeats", "?")} runs (min–max).']
+    out += [
+        "",
+        f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('memory_gib', '?')} GiB; "
+        f"{m.get('redis_server', '')}; {m.get('nats_server', '')}; {m.get('celery', '')}. "
+        f"Run {doc.get('started', '?')}, {doc.get('seconds', '?')} s, `{doc.get('command', '')}`, "
+        f"median of {doc.get('settings', {}).get('repeats', '?')} runs (min–max).",
+    ]
     checks = doc.get("targets") or check_targets(rows)
     if checks:
         out += ["", "```", format_targets(checks), "```"]
@@ -320,7 +430,7 @@ def _split_cols(line: str, rule: str) -> list[str]:
     """Cuts a fixed-width table line at the column positions of its rule line."""
     cols, pos = [], 0
     for dashes in rule.split("  "):
-        cols.append(line[pos:pos + len(dashes)])
+        cols.append(line[pos : pos + len(dashes)])
         pos += len(dashes) + 2
     return cols
 

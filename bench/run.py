@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,7 +86,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         # Fewer than a few thousand messages measure JetStream's start-up
         # (file creation) more than its rate.
         jetstream_msgs=max(counts["tiny"], 3000 if args.quick else 20000),
-        celery_fast_workloads=("tiny",) if args.celery_fast == "tiny" else (() if args.celery_fast == "off" else ("tiny", "thumbnails", "compress")),
+        celery_fast_workloads=("tiny",)
+        if args.celery_fast == "tiny"
+        else (() if args.celery_fast == "off" else ("tiny", "thumbnails", "compress")),
         workloads=only,
     )
 
@@ -124,8 +127,12 @@ def ensure_jsbench() -> str:
     if os.path.exists(JSBENCH_BIN) and os.path.getmtime(JSBENCH_BIN) >= newest:
         return JSBENCH_BIN
     log("building bench/jsbench (Go, nats.go)")
-    subprocess.run(["go", "build", "-o", JSBENCH_BIN, "."], cwd=src, check=True,
-                   env=dict(os.environ, GOFLAGS="-mod=readonly -buildvcs=false"))
+    subprocess.run(
+        ["go", "build", "-o", JSBENCH_BIN, "."],
+        cwd=src,
+        check=True,
+        env=dict(os.environ, GOFLAGS="-mod=readonly -buildvcs=false"),
+    )
     return JSBENCH_BIN
 
 
@@ -141,7 +148,15 @@ def generate_workloads(st: Settings) -> dict[str, dict[str, Any]]:
     for w in ("thumbnails", "compress"):
         if w in st.workloads or "limits" in st.workloads:
             names.add(w)
-    cmd = [BENCH_PY, os.path.join(HERE, "workloads.py"), "generate", "--out", CACHE, "--only", *sorted(names)]
+    cmd = [
+        BENCH_PY,
+        os.path.join(HERE, "workloads.py"),
+        "generate",
+        "--out",
+        CACHE,
+        "--only",
+        *sorted(names),
+    ]
     for k in sorted(names):
         cmd += ["--count", f"{k}={st.counts[k]}"]
     log(f"generating workloads {sorted(names)} (cached under bench/.venv/cache)")
@@ -154,7 +169,11 @@ def generate_workloads(st: Settings) -> dict[str, dict[str, Any]]:
 
 
 def machine_description() -> dict[str, Any]:
-    d: dict[str, Any] = {"cores": CORES, "platform": platform.platform(), "python": platform.python_version()}
+    d: dict[str, Any] = {
+        "cores": CORES,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
@@ -177,14 +196,27 @@ def machine_description() -> dict[str, Any]:
     d["go"] = version(["go", "version"])
     d["redis_server"] = version([shutil.which("redis-server") or "redis-server", "--version"])
     d["nats_server"] = version([binary("TANDEM_NATS_SERVER_BIN", "bin/nats-server"), "--version"])
-    d["celery"] = version([BENCH_PY, "-c", "import celery, kombu, redis; print('celery', celery.__version__, 'kombu', kombu.__version__, 'redis-py', redis.__version__)"])
+    d["celery"] = version(
+        [
+            BENCH_PY,
+            "-c",
+            "import celery, kombu, redis; print('celery', celery.__version__, 'kombu', kombu.__version__, 'redis-py', redis.__version__)",
+        ]
+    )
     d["grpcio"] = version([sys.executable, "-c", "import grpc; print(grpc.__version__)"])
-    for name, env, default in (("tandem_compute", "TANDEM_COMPUTE_BIN", "compute-rs/target/release/tandem-compute"),
-                               ("tandem_orchestrator", "TANDEM_ORCHESTRATOR_BIN", "bin/tandem-orchestrator")):
+    for name, env, default in (
+        ("tandem_compute", "TANDEM_COMPUTE_BIN", "compute-rs/target/release/tandem-compute"),
+        ("tandem_orchestrator", "TANDEM_ORCHESTRATOR_BIN", "bin/tandem-orchestrator"),
+    ):
         p = binary(env, default)
         if os.path.exists(p):
-            d[name] = {"path": os.path.relpath(p, ROOT), "sha256": sha256_file(p)[:16],
-                       "built": dt.datetime.fromtimestamp(os.path.getmtime(p), dt.timezone.utc).isoformat(timespec="seconds")}
+            d[name] = {
+                "path": os.path.relpath(p, ROOT),
+                "sha256": sha256_file(p)[:16],
+                "built": dt.datetime.fromtimestamp(os.path.getmtime(p), dt.timezone.utc).isoformat(
+                    timespec="seconds"
+                ),
+            }
     return d
 
 
@@ -205,8 +237,9 @@ class Bench:
 
     # -- helpers
 
-    def driver(self, system: str, label: str, cmd: list[str], timeout: float,
-               record: bool = True) -> dict[str, Any] | None:
+    def driver(
+        self, system: str, label: str, cmd: list[str], timeout: float, record: bool = True
+    ) -> dict[str, Any] | None:
         """Runs one driver process; its parsed result, or None (recorded as a failure)."""
         t0 = time.monotonic()
         try:
@@ -215,9 +248,15 @@ class Bench:
                 raise RuntimeError(f"exit {r.returncode}: {(r.stderr or r.stdout).strip()[-1500:]}")
             res = report.parse_driver_output(r.stdout)
             if res.get("errors") or res.get("timed_out"):
-                raise RuntimeError(f"{res.get('errors')} errors, timed out: {res.get('timed_out')}; {res.get('note')}")
+                raise RuntimeError(
+                    f"{res.get('errors')} errors, timed out: {res.get('timed_out')}; {res.get('note')}"
+                )
         except Exception as e:  # noqa: BLE001 - one failed run must not stop the others
-            msg = str(e) if not isinstance(e, subprocess.TimeoutExpired) else f"timed out after {timeout:.0f}s"
+            msg = (
+                str(e)
+                if not isinstance(e, subprocess.TimeoutExpired)
+                else f"timed out after {timeout:.0f}s"
+            )
             log(f"  FAILED {system} {label}: {msg[:400]}")
             self.failures.append({"system": system, "workload": label, "error": msg})
             return None
@@ -231,7 +270,9 @@ class Bench:
             self.runs.append(stored)
         return res
 
-    def repeat(self, system: str, label: str, cmd: list[str], timeout: float) -> list[dict[str, Any]]:
+    def repeat(
+        self, system: str, label: str, cmd: list[str], timeout: float
+    ) -> list[dict[str, Any]]:
         out = []
         for i in range(self.st.repeats):
             res = self.driver(system, label, cmd, timeout)
@@ -239,7 +280,9 @@ class Bench:
                 out.append(res)
         return out
 
-    def add_throughput(self, system: str, workload: str, results: list[dict[str, Any]], unit: str) -> None:
+    def add_throughput(
+        self, system: str, workload: str, results: list[dict[str, Any]], unit: str
+    ) -> None:
         if not results:
             return
         if unit == "MB/s":
@@ -256,11 +299,21 @@ class Bench:
         sums = [report.latency_summary(r["latencies"]) for r in results]
         rate = results[0]["rate"]
         for metric in ("p50", "p99", "p999"):
-            m = report.measurement(system, "latency", metric, "ms", [s[metric] for s in sums],
-                                   load=load, rate=rate, jobs=int(sums[0]["count"]))
+            m = report.measurement(
+                system,
+                "latency",
+                metric,
+                "ms",
+                [s[metric] for s in sums],
+                load=load,
+                rate=rate,
+                jobs=int(sums[0]["count"]),
+            )
             self.measurements.append(m)
-        log(f"  {system:<28} latency @{load} ({rate:.0f}/s): p50 {report.fmt_num(self.measurements[-3]['median'])} ms, "
-            f"p99 {report.fmt_num(self.measurements[-2]['median'])} ms, p999 {report.fmt_num(self.measurements[-1]['median'])} ms")
+        log(
+            f"  {system:<28} latency @{load} ({rate:.0f}/s): p50 {report.fmt_num(self.measurements[-3]['median'])} ms, "
+            f"p99 {report.fmt_num(self.measurements[-2]['median'])} ms, p999 {report.fmt_num(self.measurements[-1]['median'])} ms"
+        )
 
     def latency_count(self, rate: float) -> int:
         n = int(rate * self.st.latency_seconds)
@@ -282,17 +335,26 @@ class Bench:
         target = 4.0 if self.st.quick else self.TARGET_SECONDS[workload]
         if full <= min_count or self.st.quick:
             return full
-        res = self.driver(system, f"{workload}/probe", base + ["--workload", workload, "--limit", str(probe)],
-                          self.timeout_for(workload), record=False)
+        res = self.driver(
+            system,
+            f"{workload}/probe",
+            base + ["--workload", workload, "--limit", str(probe)],
+            self.timeout_for(workload),
+            record=False,
+        )
         if res is None:
             return min(full, min_count)
         n = report.calibrated_count(res["jobs"] / res["elapsed_seconds"], full, target, min_count)
         if n < full:
-            log(f"  {system} {workload}: {n} of {full} inputs per run (probe: {res['jobs'] / res['elapsed_seconds']:.1f}/s)")
+            log(
+                f"  {system} {workload}: {n} of {full} inputs per run (probe: {res['jobs'] / res['elapsed_seconds']:.1f}/s)"
+            )
         return n
 
     def unit_of(self, workload: str) -> str:
-        return {"jobs": "jobs/s", "images": "images/s", "MB": "MB/s"}[workloads.plan()[workload].unit]
+        return {"jobs": "jobs/s", "images": "images/s", "MB": "MB/s"}[
+            workloads.plan()[workload].unit
+        ]
 
     def timeout_for(self, workload: str) -> float:
         return 90.0 if self.st.quick else 600.0
@@ -310,7 +372,13 @@ class Bench:
     def run_jetstream(self, sync: str) -> None:
         nats_bin = binary("TANDEM_NATS_SERVER_BIN", "bin/nats-server")
         if not os.path.exists(nats_bin):
-            self.failures.append({"system": f"jetstream/{sync}", "workload": "limits", "error": f"no nats-server at {nats_bin}"})
+            self.failures.append(
+                {
+                    "system": f"jetstream/{sync}",
+                    "workload": "limits",
+                    "error": f"no nats-server at {nats_bin}",
+                }
+            )
             log(f"  skipping the JetStream limit: no nats-server at {nats_bin}")
             return
         jsb = ensure_jsbench()
@@ -320,21 +388,31 @@ class Bench:
         conf = os.path.join(d, "nats.conf")
         with open(conf, "w") as f:
             f.write(svc.nats_conf(port, os.path.join(d, "store"), sync))
-        p = self.services.start(f"nats-{sync}", [nats_bin, "-c", conf])
+        p = self.services.start(
+            f"nats-{sync}", [nats_bin, "-c", conf], ready=svc.tcp_ready(port), ready_timeout=20
+        )
         try:
-            svc.wait_until(lambda: svc.tcp_open(port), 20, "nats-server", p)
             # sync always runs at ~1–4k msgs/s here: fewer messages keep
             # the three phases within ~15 s, still far past start-up.
-            msgs = self.st.jetstream_msgs if sync == "interval" else \
-                min(self.st.jetstream_msgs, 2000 if self.st.quick else 6000)
+            msgs = (
+                self.st.jetstream_msgs
+                if sync == "interval"
+                else min(self.st.jetstream_msgs, 2000 if self.st.quick else 6000)
+            )
             cmd = [jsb, "-url", f"nats://127.0.0.1:{port}", "-msgs", str(msgs), "-sync", sync]
             res = self.repeat(system, "jetstream", cmd, 600)
         finally:
             self.services.stop(p)
         for key in ("pub", "consume", "pubsub"):
             if res:
-                m = report.measurement(system, f"jetstream/{key}", "throughput", "msgs/s", [r[key] for r in res],
-                                       jobs=res[0]["msgs"])
+                m = report.measurement(
+                    system,
+                    f"jetstream/{key}",
+                    "throughput",
+                    "msgs/s",
+                    [r[key] for r in res],
+                    jobs=res[0]["msgs"],
+                )
                 self.measurements.append(m)
                 log(f"  {system:<28} {'jetstream/' + key:<18} {report.fmt_figure(m)}")
 
@@ -343,8 +421,16 @@ class Bench:
         for w in ("tiny", "thumbnails", "compress"):
             if w not in self.manifests:
                 continue
-            cmd = [sys.executable, os.path.join(HERE, "native_driver.py"), "--data", CACHE, "--workload", w,
-                   "--threads", str(CORES)]
+            cmd = [
+                sys.executable,
+                os.path.join(HERE, "native_driver.py"),
+                "--data",
+                CACHE,
+                "--workload",
+                w,
+                "--threads",
+                str(CORES),
+            ]
             self.add_throughput("native", w, self.repeat("native", w, cmd, 600), self.unit_of(w))
 
     # -- Celery
@@ -354,9 +440,13 @@ class Bench:
         for persistence in self.st.redis_persistence:
             port = svc.free_port()
             d = tempfile.mkdtemp(prefix=f"redis-{persistence}-", dir=self.work)
-            rp = self.services.start(f"redis-{persistence}", [redis_bin, *svc.redis_args(persistence, port, d)])
+            rp = self.services.start(
+                f"redis-{persistence}",
+                [redis_bin, *svc.redis_args(persistence, port, d)],
+                ready=svc.redis_ready(port),
+                ready_timeout=20,
+            )
             try:
-                svc.wait_until(lambda: svc.redis_ping(port), 20, "redis-server", rp)
                 url = f"redis://127.0.0.1:{port}/0"
                 for mode in ("reliable", "fast"):
                     if mode == "fast" and not self.st.celery_fast_workloads:
@@ -369,12 +459,42 @@ class Bench:
         log(f"{system}: starting Redis-backed Celery worker ({CORES} prefork processes)")
         celery_bin = os.path.join(BENCH_VENV, "bin", "celery")
         env = {"BENCH_REDIS_URL": url, "BENCH_CELERY_MODE": mode, "BENCH_CONCURRENCY": str(CORES)}
-        wp = self.services.start(system.replace("/", "-"), [
-            celery_bin, "-A", "celery_app", "worker", "-Q", QUEUE, "--pool", "prefork", "--concurrency", str(CORES),
-            "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "WARNING"], env=env, cwd=HERE)
+        wp = self.services.start(
+            system.replace("/", "-"),
+            [
+                celery_bin,
+                "-A",
+                "celery_app",
+                "worker",
+                "-Q",
+                QUEUE,
+                "--pool",
+                "prefork",
+                "--concurrency",
+                str(CORES),
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--loglevel",
+                "WARNING",
+            ],
+            env=env,
+            cwd=HERE,
+        )
         try:
-            base = [BENCH_PY, os.path.join(HERE, "celery_driver.py"), "--redis-url", url, "--data", CACHE]
-            wanted = self.st.workloads if mode == "reliable" else tuple(w for w in self.st.workloads if w in self.st.celery_fast_workloads)
+            base = [
+                BENCH_PY,
+                os.path.join(HERE, "celery_driver.py"),
+                "--redis-url",
+                url,
+                "--data",
+                CACHE,
+            ]
+            wanted = (
+                self.st.workloads
+                if mode == "reliable"
+                else tuple(w for w in self.st.workloads if w in self.st.celery_fast_workloads)
+            )
             self.run_workloads(system, base, wanted, celery=True)
         finally:
             self.services.stop(wp)
@@ -386,7 +506,9 @@ class Bench:
         orch_bin = binary("TANDEM_ORCHESTRATOR_BIN", "bin/tandem-orchestrator")
         for b in (compute_bin, orch_bin):
             if not os.path.exists(b):
-                self.failures.append({"system": "tandem", "workload": "all", "error": f"missing binary {b}"})
+                self.failures.append(
+                    {"system": "tandem", "workload": "all", "error": f"missing binary {b}"}
+                )
                 log(f"skipping Tandem: missing binary {b}")
                 if self.jetstream_with_tandem:
                     for sync in self.st.tandem_durability:
@@ -397,40 +519,95 @@ class Bench:
             if self.jetstream_with_tandem:
                 log(f"limit: raw JetStream, sync {durability}")
                 self.run_jetstream(durability)
-            log(f"{system}: starting tandem-compute ({CORES} workers) and tandem-orchestrator (--durability {durability})")
+            log(
+                f"{system}: starting tandem-compute ({CORES} workers) and tandem-orchestrator (--durability {durability})"
+            )
             d = tempfile.mkdtemp(prefix=f"tandem-{durability}-", dir=self.work)
             cport, oport = svc.free_port(), svc.free_port()
             cfg = os.path.join(d, "queues.toml")
             with open(cfg, "w") as f:
-                f.write(svc.tandem_queue_toml(QUEUE, self.st.extra.get("tandem_min_workers", 4),
-                                              self.st.extra.get("tandem_max_workers", 16), 1_000_000))
-            cp = self.services.start(f"compute-{durability}", [
-                compute_bin, "--listen", f"127.0.0.1:{cport}", "--metrics-listen", f"127.0.0.1:{svc.free_port()}",
-                "--workers", str(CORES), "--queue-depth", str(self.st.extra.get("compute_queue_depth", 64)),
-                "--log-level", "warn"])
+                f.write(
+                    svc.tandem_queue_toml(
+                        QUEUE,
+                        self.st.extra.get("tandem_min_workers", 4),
+                        self.st.extra.get("tandem_max_workers", 16),
+                        1_000_000,
+                    )
+                )
+            cp = None
             op = None
             try:
-                svc.wait_until(lambda: svc.grpc_healthy(f"127.0.0.1:{cport}"), 30, "tandem-compute health", cp)
-                op = self.services.start(f"orchestrator-{durability}", [
-                    orch_bin, "--listen", f"127.0.0.1:{oport}", "--compute", f"127.0.0.1:{cport}",
-                    "--nats-listen", f"127.0.0.1:{svc.free_port()}", "--data-dir", os.path.join(d, "data"),
-                    "--config", cfg, "--durability", durability,
-                    "--metrics-listen", f"127.0.0.1:{svc.free_port()}", "--log-level", "warn"])
-                svc.wait_until(lambda: svc.grpc_healthy(f"127.0.0.1:{oport}"), 60, "tandem-orchestrator health", op)
-                base = [sys.executable, os.path.join(HERE, "tandem_driver.py"), "--address", f"127.0.0.1:{oport}",
-                        "--compute-address", f"127.0.0.1:{cport}", "--queue", QUEUE, "--data", CACHE]
+                cp = self.services.start(
+                    f"compute-{durability}",
+                    [
+                        compute_bin,
+                        "--listen",
+                        f"127.0.0.1:{cport}",
+                        "--metrics-listen",
+                        f"127.0.0.1:{svc.free_port()}",
+                        "--workers",
+                        str(CORES),
+                        "--queue-depth",
+                        str(self.st.extra.get("compute_queue_depth", 64)),
+                        "--log-level",
+                        "warn",
+                    ],
+                    ready=svc.grpc_ready(f"127.0.0.1:{cport}"),
+                    ready_timeout=30,
+                )
+                op = self.services.start(
+                    f"orchestrator-{durability}",
+                    [
+                        orch_bin,
+                        "--listen",
+                        f"127.0.0.1:{oport}",
+                        "--compute",
+                        f"127.0.0.1:{cport}",
+                        "--nats-listen",
+                        f"127.0.0.1:{svc.free_port()}",
+                        "--data-dir",
+                        os.path.join(d, "data"),
+                        "--config",
+                        cfg,
+                        "--durability",
+                        durability,
+                        "--metrics-listen",
+                        f"127.0.0.1:{svc.free_port()}",
+                        "--log-level",
+                        "warn",
+                    ],
+                    ready=svc.grpc_ready(f"127.0.0.1:{oport}"),
+                    ready_timeout=60,
+                )
+                base = [
+                    sys.executable,
+                    os.path.join(HERE, "tandem_driver.py"),
+                    "--address",
+                    f"127.0.0.1:{oport}",
+                    "--compute-address",
+                    f"127.0.0.1:{cport}",
+                    "--queue",
+                    QUEUE,
+                    "--data",
+                    CACHE,
+                ]
                 self.run_workloads(system, base, self.st.workloads, celery=False)
             except Exception as e:  # noqa: BLE001
                 log(f"  FAILED {system}: {e}")
-                self.failures.append({"system": system, "workload": "start", "error": str(e)[-3000:]})
+                self.failures.append(
+                    {"system": system, "workload": "start", "error": str(e)[-3000:]}
+                )
             finally:
                 if op is not None:
                     self.services.stop(op, timeout=40)
-                self.services.stop(cp)
+                if cp is not None:
+                    self.services.stop(cp)
 
     # -- workloads common to both systems
 
-    def run_workloads(self, system: str, base: list[str], wanted: tuple[str, ...], celery: bool) -> None:
+    def run_workloads(
+        self, system: str, base: list[str], wanted: tuple[str, ...], celery: bool
+    ) -> None:
         if "tiny" in wanted or "latency" in wanted:
             n = self.sized(system, base, "tiny")
             for submit in ("single", "batch"):
@@ -440,21 +617,38 @@ class Bench:
                 res = self.repeat(system, f"tiny/{submit}", cmd, self.timeout_for("tiny"))
                 self.add_throughput(system, f"tiny/{submit}", res, "jobs/s")
                 if submit == "single" and res:
-                    self.tiny_max[system] = report.summarize([r["jobs"] / r["elapsed_seconds"] for r in res])["median"]
+                    self.tiny_max[system] = report.summarize(
+                        [r["jobs"] / r["elapsed_seconds"] for r in res]
+                    )["median"]
         if "latency" in wanted and system in self.tiny_max and not system.startswith("celery-fast"):
-            loads: list[tuple[str, float]] = [(f"{p}%", self.tiny_max[system] * p / 100) for p in (25, 50)]
+            loads: list[tuple[str, float]] = [
+                (f"{p}%", self.tiny_max[system] * p / 100) for p in (25, 50)
+            ]
             if not celery:
                 d = report.SYSTEMS[system]["durability"]
                 ref = report.CELERY_REFERENCE[d]
                 if ref in self.tiny_max:
                     loads += [(f"celery {p}%", self.tiny_max[ref] * p / 100) for p in (25, 50)]
             for load, rate in loads:
-                cmd = base + ["--workload", "latency", "--rate", f"{rate:.3f}", "--count", str(self.latency_count(rate))]
-                self.add_latency(system, load, self.repeat(system, f"latency@{load}", cmd, self.timeout_for("latency")))
+                cmd = base + [
+                    "--workload",
+                    "latency",
+                    "--rate",
+                    f"{rate:.3f}",
+                    "--count",
+                    str(self.latency_count(rate)),
+                ]
+                self.add_latency(
+                    system,
+                    load,
+                    self.repeat(system, f"latency@{load}", cmd, self.timeout_for("latency")),
+                )
         for w in ("thumbnails", "compress"):
             if w in wanted:
                 cmd = base + ["--workload", w, "--limit", str(self.sized(system, base, w))]
-                self.add_throughput(system, w, self.repeat(system, w, cmd, self.timeout_for(w)), self.unit_of(w))
+                self.add_throughput(
+                    system, w, self.repeat(system, w, cmd, self.timeout_for(w)), self.unit_of(w)
+                )
 
 
 def write_outputs(doc: dict[str, Any], names: list[str]) -> list[str]:
@@ -471,7 +665,11 @@ def write_outputs(doc: dict[str, Any], names: list[str]) -> list[str]:
     json_path = written[0]
     for name in names:
         png = os.path.join(RESULTS, f"{name}.png")
-        r = subprocess.run([BENCH_PY, os.path.join(HERE, "chart.py"), json_path, png], capture_output=True, text=True)
+        r = subprocess.run(
+            [BENCH_PY, os.path.join(HERE, "chart.py"), json_path, png],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
             log(f"chart failed: {r.stderr.strip()[-800:]}")
         else:
@@ -480,18 +678,43 @@ def write_outputs(doc: dict[str, Any], names: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: small sizes, under 2 minutes")
-    ap.add_argument("--only", action="append", choices=ALL_WORKLOADS, help="run only this workload (repeatable)")
+    ap.add_argument(
+        "--only", action="append", choices=ALL_WORKLOADS, help="run only this workload (repeatable)"
+    )
     ap.add_argument("--repeats", type=int, default=0, help="runs per figure (default 3)")
-    ap.add_argument("--count", action="append", metavar="WORKLOAD=N", help="override a workload's job count")
-    ap.add_argument("--latency-seconds", type=float, default=0.0, help="target length of each latency run")
-    ap.add_argument("--celery-fast", choices=["tiny", "all", "off"], default="tiny",
-                    help="workloads also run with Celery's fast settings (default: tiny)")
-    ap.add_argument("--systems", default="celery,tandem", help="comma list of celery, tandem (limits always run with --only limits or all)")
-    ap.add_argument("--tandem-max-workers", type=int, default=16, help="the bench queue's max_workers")
-    ap.add_argument("--tandem-min-workers", type=int, default=0, help="the bench queue's min_workers (default: max)")
-    ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, data) after the run")
+    ap.add_argument(
+        "--count", action="append", metavar="WORKLOAD=N", help="override a workload's job count"
+    )
+    ap.add_argument(
+        "--latency-seconds", type=float, default=0.0, help="target length of each latency run"
+    )
+    ap.add_argument(
+        "--celery-fast",
+        choices=["tiny", "all", "off"],
+        default="tiny",
+        help="workloads also run with Celery's fast settings (default: tiny)",
+    )
+    ap.add_argument(
+        "--systems",
+        default="celery,tandem",
+        help="comma list of celery, tandem (limits always run with --only limits or all)",
+    )
+    ap.add_argument(
+        "--tandem-max-workers", type=int, default=16, help="the bench queue's max_workers"
+    )
+    ap.add_argument(
+        "--tandem-min-workers",
+        type=int,
+        default=0,
+        help="the bench queue's min_workers (default: max)",
+    )
+    ap.add_argument(
+        "--keep", action="store_true", help="keep the work dir (logs, data) after the run"
+    )
     args = ap.parse_args(argv)
     if args.repeats and args.repeats < 1:
         raise SystemExit("--repeats must be >= 1")
@@ -510,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
         ensure_bench_venv()
         manifests = generate_workloads(st)
         bench = Bench(st, work, manifests)
-        parts = []
+        parts: list[tuple[str, Callable[[], None]]] = []
         tandem_runs = "tandem" in systems and bool(set(st.workloads) - {"limits"})
         bench.jetstream_with_tandem = "limits" in st.workloads and tandem_runs
         if "limits" in st.workloads:
@@ -523,7 +746,10 @@ def main(argv: list[str] | None = None) -> int:
             parts.append(("tandem", bench.run_tandem))
         for name, part in parts:
             if name == "limits":
-                log("limits: tandem._native in-process" + ("" if tandem_runs else ", raw JetStream (both sync modes)"))
+                log(
+                    "limits: tandem._native in-process"
+                    + ("" if tandem_runs else ", raw JetStream (both sync modes)")
+                )
             try:
                 part()
             except Exception as e:  # noqa: BLE001 - report it, run the rest
@@ -545,8 +771,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # "full" only for the run the README reports: every workload and system,
     # default sizes and repeats; anything narrower is "custom" (latest.* only).
-    custom = bool(args.only or args.count or args.repeats or args.latency_seconds
-                  or systems != {"celery", "tandem"} or args.celery_fast != "tiny")
+    custom = bool(
+        args.only
+        or args.count
+        or args.repeats
+        or args.latency_seconds
+        or systems != {"celery", "tandem"}
+        or args.celery_fast != "tiny"
+    )
     mode = "quick" if st.quick else ("custom" if custom else "full")
     rows = report.build_rows(bench.measurements)
     checks = report.check_targets(rows)
@@ -557,10 +789,19 @@ def main(argv: list[str] | None = None) -> int:
         "started": started.isoformat(timespec="seconds"),
         "seconds": round(time.monotonic() - t_start, 1),
         "machine": machine_description(),
-        "settings": {"repeats": st.repeats, "counts": st.counts, "latency_seconds": st.latency_seconds,
-                     "jetstream_msgs": st.jetstream_msgs, "workloads": st.workloads,
-                     "celery_fast_workloads": st.celery_fast_workloads, "cores": CORES, **st.extra},
-        "workloads": {k: {kk: vv for kk, vv in m.items() if kk != "sizes"} for k, m in bench.manifests.items()},
+        "settings": {
+            "repeats": st.repeats,
+            "counts": st.counts,
+            "latency_seconds": st.latency_seconds,
+            "jetstream_msgs": st.jetstream_msgs,
+            "workloads": st.workloads,
+            "celery_fast_workloads": st.celery_fast_workloads,
+            "cores": CORES,
+            **st.extra,
+        },
+        "workloads": {
+            k: {kk: vv for kk, vv in m.items() if kk != "sizes"} for k, m in bench.manifests.items()
+        },
         "systems": report.SYSTEMS,
         "measurements": bench.measurements,
         "rows": rows,
@@ -582,8 +823,10 @@ def main(argv: list[str] | None = None) -> int:
     if bench.failures:
         print(f"\n{len(bench.failures)} run(s) failed:")
         for f in bench.failures:
-            print(f'  {f["system"]} {f["workload"]}: {f["error"][:300]}')
-    print(f"\nwrote {', '.join(os.path.relpath(p, ROOT) for p in written)} in {doc['seconds']:.0f}s")
+            print(f"  {f['system']} {f['workload']}: {f['error'][:300]}")
+    print(
+        f"\nwrote {', '.join(os.path.relpath(p, ROOT) for p in written)} in {doc['seconds']:.0f}s"
+    )
     if interrupted:
         return 130
     return 1 if bench.failures else 0

@@ -34,12 +34,24 @@ except ImportError:  # not installed yet: the generated code is plain Python
     from tandem.v1 import compute_pb2, compute_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 import grpc  # noqa: E402
+from tandem._errors import from_rpc_error  # noqa: E402
 
 MAX_MSG = 256 << 20
-CHANNEL_OPTIONS = [("grpc.max_send_message_length", MAX_MSG), ("grpc.max_receive_message_length", MAX_MSG)]
-TERMINAL = {jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_DEAD,
-            jobs_pb2.JOB_STATE_CANCELLED}
-RETRYABLE = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MSG),
+    ("grpc.max_receive_message_length", MAX_MSG),
+]
+TERMINAL = {
+    jobs_pb2.JOB_STATE_SUCCEEDED,
+    jobs_pb2.JOB_STATE_FAILED,
+    jobs_pb2.JOB_STATE_DEAD,
+    jobs_pb2.JOB_STATE_CANCELLED,
+}
+
+
+def retryable(e: grpc.RpcError) -> bool:
+    """Whether to send again: the error catalogue's word, as for the client's own retries."""
+    return from_rpc_error(e).retryable
 
 
 def declared_params(compute_address: str) -> dict[str, set[str]] | None:
@@ -47,7 +59,9 @@ def declared_params(compute_address: str) -> dict[str, set[str]] | None:
     if not compute_address:
         return None
     with grpc.insecure_channel(compute_address) as ch:
-        resp = compute_pb2_grpc.ComputeServiceStub(ch).ListOps(compute_pb2.ListOpsRequest(), timeout=10)
+        resp = compute_pb2_grpc.ComputeServiceStub(ch).ListOps(
+            compute_pb2.ListOpsRequest(), timeout=10
+        )
     return {op.name: {p.name for p in op.params} for op in resp.ops}
 
 
@@ -69,7 +83,9 @@ class Collector:
     GROUP = 256  # ids per job-id watch (throughput runs)
     FLUSH = 0.005  # seconds a partial group waits for more ids
 
-    def __init__(self, stub: Any, queue: str, timeout: float, use_queue_watch: bool, group: int = GROUP) -> None:
+    def __init__(
+        self, stub: Any, queue: str, timeout: float, use_queue_watch: bool, group: int = GROUP
+    ) -> None:
         self.group_size = group
         self.stub = stub
         self.queue = queue
@@ -106,8 +122,10 @@ class Collector:
         if self.use_queue_watch:
             # With a deadline: the orchestrator (as of this writing) refuses
             # a watch without one ("context requires a deadline").
-            self.call = self.stub.WatchJobs(jobs_pb2.WatchJobsRequest(queue=self.queue, include_result=True),
-                                            timeout=self.timeout)
+            self.call = self.stub.WatchJobs(
+                jobs_pb2.WatchJobsRequest(queue=self.queue, include_result=True),
+                timeout=self.timeout,
+            )
             await self.call.initial_metadata()  # sent once the server's subscription is live
             self.spawn(self._read_queue())
             self.spawn(self._sweep())
@@ -128,8 +146,10 @@ class Collector:
         delay = 0.02
         while remaining:
             try:
-                call = self.stub.WatchJobs(jobs_pb2.WatchJobsRequest(job_ids=sorted(remaining), include_result=True),
-                                           timeout=self.timeout)
+                call = self.stub.WatchJobs(
+                    jobs_pb2.WatchJobsRequest(job_ids=sorted(remaining), include_result=True),
+                    timeout=self.timeout,
+                )
                 async for ev in call:
                     j = ev.job
                     if j.state in TERMINAL and j.id in remaining:
@@ -143,7 +163,7 @@ class Collector:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 1.0)
             except grpc.aio.AioRpcError as e:
-                if e.code() not in RETRYABLE and e.code() != grpc.StatusCode.INTERNAL:
+                if not retryable(e) and e.code() != grpc.StatusCode.INTERNAL:
                     self.error = e
                     self.finished.set()
                     return
@@ -168,12 +188,16 @@ class Collector:
         while True:
             await asyncio.sleep(0.5)
             now = time.perf_counter()
-            late = [i for i in self.pending if i not in self.swept and now - self.submitted_at.get(i, now) > 2.0]
+            late = [
+                i
+                for i in self.pending
+                if i not in self.swept and now - self.submitted_at.get(i, now) > 2.0
+            ]
             if late:
                 self.swept.update(late)
                 self.missed += len(late)
                 for s in range(0, len(late), self.GROUP):
-                    self.spawn(self._watch_ids(late[s:s + self.GROUP]))
+                    self.spawn(self._watch_ids(late[s : s + self.GROUP]))
 
     def submitted(self, job_id: str) -> None:
         if job_id in self.done:
@@ -233,7 +257,7 @@ class Submitter:
                 resp = await self.stub.SubmitJob(req, timeout=60)
                 return str(resp.job.id)
             except grpc.aio.AioRpcError as e:
-                if e.code() not in RETRYABLE:
+                if not retryable(e):
                     raise
                 self.retries += 1
                 await asyncio.sleep(delay)
@@ -249,7 +273,7 @@ class Submitter:
             try:
                 resp = await self.stub.SubmitJobs(req, timeout=120)
             except grpc.aio.AioRpcError as e:
-                if e.code() not in RETRYABLE:
+                if not retryable(e):
                     raise
                 self.retries += 1
                 await asyncio.sleep(delay)
@@ -271,7 +295,9 @@ class Submitter:
         return [i for i in ids if i is not None]
 
 
-def verify(workload: str, payloads: list[bytes], ids: list[str], done: dict[str, tuple[float, Any]]) -> tuple[int, str, int]:
+def verify(
+    workload: str, payloads: list[bytes], ids: list[str], done: dict[str, tuple[float, Any]]
+) -> tuple[int, str, int]:
     """(errors, note, result bytes): all SUCCEEDED, digests equal for tiny,
     a sample checked for the others (with tandem._native when present)."""
     errors = 0
@@ -319,7 +345,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     source = "tiny" if args.workload == "latency" else args.workload
     _, payloads = workloads.load_workload(args.data, source)
     if args.limit:
-        payloads = payloads[:args.limit]
+        payloads = payloads[: args.limit]
     spec = workloads.plan()[source]
     steps = workloads.resolve_steps(spec.steps_as_dicts(), declared_params(args.compute_address))
     pb_steps = to_proto_steps(steps)
@@ -327,8 +353,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     ch = grpc.aio.insecure_channel(args.address, options=CHANNEL_OPTIONS)
     stub = jobs_pb2_grpc.JobServiceStub(ch)
     sub = Submitter(stub, args.queue, pb_steps)
-    col = Collector(stub, args.queue, args.timeout + 300, use_queue_watch=args.collect == "queue" or (args.collect == "auto" and args.workload == "latency"),
-                    group=args.group)
+    col = Collector(
+        stub,
+        args.queue,
+        args.timeout + 300,
+        use_queue_watch=args.collect == "queue"
+        or (args.collect == "auto" and args.workload == "latency"),
+        group=args.group,
+    )
     try:
         await col.start()
         # Warm-up, which also proves the watch stream is live before timing.
@@ -339,7 +371,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 await asyncio.wait_for(col.finished.wait(), 60)
             except asyncio.TimeoutError:
-                raise SystemExit("tandem warm-up: WatchJobs delivered no terminal state within 60s") from None
+                raise SystemExit(
+                    "tandem warm-up: WatchJobs delivered no terminal state within 60s"
+                ) from None
             if col.error:
                 raise SystemExit(f"tandem warm-up: WatchJobs failed: {col.error}")
             col.reset()
@@ -390,7 +424,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
                 await asyncio.gather(*(worker() for _ in range(args.window)))
             else:
-                chunks = [list(range(s, min(n, s + args.batch_size))) for s in range(0, n, args.batch_size)]
+                chunks = [
+                    list(range(s, min(n, s + args.batch_size)))
+                    for s in range(0, n, args.batch_size)
+                ]
                 cit = iter(chunks)
                 ids = [""] * n
 
@@ -398,7 +435,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     for chunk in cit:
                         got = await sub.many([payloads[i] for i in chunk])
                         if len(got) != len(chunk):
-                            raise SystemExit(f"tandem batch submit rejected items: {sub.rejected[:3]}")
+                            raise SystemExit(
+                                f"tandem batch submit rejected items: {sub.rejected[:3]}"
+                            )
                         for i, jid in zip(chunk, got):
                             ids[i] = jid
                             col.submitted(jid)
@@ -423,33 +462,56 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if col.error is not None:
         note = f"WatchJobs failed: {col.error}; " + note
     out: dict[str, Any] = {
-        "bench_result": 1, "driver": "tandem", "workload": args.workload, "submit": args.submit,
-        "jobs": n, "errors": errors, "note": note, "timed_out": timed_out, "submit_retries": sub.retries,
+        "bench_result": 1,
+        "driver": "tandem",
+        "workload": args.workload,
+        "submit": args.submit,
+        "jobs": n,
+        "errors": errors,
+        "note": note,
+        "timed_out": timed_out,
+        "submit_retries": sub.retries,
         "watch_missed": col.missed,
-        "submit_seconds": submit_done - t0, "elapsed_seconds": t_end - t0, "result_bytes": result_bytes,
-        "input_bytes": sum(len(payloads[i % len(payloads)]) for i in range(n)), "steps": steps,
+        "submit_seconds": submit_done - t0,
+        "elapsed_seconds": t_end - t0,
+        "result_bytes": result_bytes,
+        "input_bytes": sum(len(payloads[i % len(payloads)]) for i in range(n)),
+        "steps": steps,
     }
     if args.workload == "latency":
-        out.update({"rate": args.rate, "send_lag_max": lag_max,
-                    "latencies": [done[j][0] - sends[i] for i, j in enumerate(ids) if j in done]})
+        out.update(
+            {
+                "rate": args.rate,
+                "send_lag_max": lag_max,
+                "latencies": [done[j][0] - sends[i] for i, j in enumerate(ids) if j in done],
+            }
+        )
     return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--address", required=True, help="orchestrator host:port")
-    ap.add_argument("--compute-address", default="", help="compute host:port (ListOps, for param names)")
+    ap.add_argument(
+        "--compute-address", default="", help="compute host:port (ListOps, for param names)"
+    )
     ap.add_argument("--queue", default="bench")
     ap.add_argument("--data", required=True)
-    ap.add_argument("--workload", required=True, choices=["tiny", "thumbnails", "compress", "latency"])
+    ap.add_argument(
+        "--workload", required=True, choices=["tiny", "thumbnails", "compress", "latency"]
+    )
     ap.add_argument("--submit", default="single", choices=["single", "batch"])
     ap.add_argument("--window", type=int, default=64, help="single submits in flight")
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--batch-window", type=int, default=2, help="batch submits in flight")
     ap.add_argument("--group", type=int, default=Collector.GROUP, help="ids per job-id watch")
-    ap.add_argument("--collect", choices=["auto", "ids", "queue"], default="auto",
-                    help="how results are learnt: job-id watches, or the queue watch with an id-watch sweep "
-                         "(auto: queue for latency, ids otherwise)")
+    ap.add_argument(
+        "--collect",
+        choices=["auto", "ids", "queue"],
+        default="auto",
+        help="how results are learnt: job-id watches, or the queue watch with an id-watch sweep "
+        "(auto: queue for latency, ids otherwise)",
+    )
     ap.add_argument("--rate", type=float, default=0.0)
     ap.add_argument("--count", type=int, default=0)
     ap.add_argument("--limit", type=int, default=0, help="use only the first N inputs")

@@ -56,7 +56,9 @@ class Workload:
         return [{"op": op, "params": dict(params)} for op, params in self.steps]
 
 
-def _steps(*items: tuple[str, dict[str, str]]) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+def _steps(
+    *items: tuple[str, dict[str, str]],
+) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
     return tuple((op, tuple(sorted(p.items()))) for op, p in items)
 
 
@@ -75,7 +77,12 @@ def plan(quick: bool = False) -> dict[str, Workload]:
             count=12 if quick else 500,
             # Param names are resolved against the server's ListOps by the
             # Tandem driver (tandem_driver.resolve_thumbnail_params).
-            steps=_steps(("image.thumbnail", {"width": str(THUMB_BOX), "height": str(THUMB_BOX), "format": "png"})),
+            steps=_steps(
+                (
+                    "image.thumbnail",
+                    {"width": str(THUMB_BOX), "height": str(THUMB_BOX), "format": "png"},
+                )
+            ),
             celery_task="bench.thumbnail",
             celery_kwargs={"box": THUMB_BOX, "fmt": "png"},
             unit="images",
@@ -119,7 +126,9 @@ def resolve_params(params: dict[str, str], declared: "set[str] | None") -> dict[
     return out
 
 
-def resolve_steps(steps: list[dict[str, Any]], declared: "dict[str, set[str]] | None") -> list[dict[str, Any]]:
+def resolve_steps(
+    steps: list[dict[str, Any]], declared: "dict[str, set[str]] | None"
+) -> list[dict[str, Any]]:
     """resolve_params for each step; declared maps op name to param names."""
     out = []
     for s in steps:
@@ -212,8 +221,15 @@ def image_recipe(index: int, seed: int = DEFAULT_SEED) -> dict[str, Any]:
         x1, y1 = x0 + rng.randint(-500, 500), y0 + rng.randint(-300, 300)
         colour = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
         extra = [(rng.randrange(IMAGE_WIDTH), rng.randrange(IMAGE_HEIGHT)) for _ in range(3)]
-        shapes.append({"kind": kind, "box": (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)),
-                       "colour": colour, "width": rng.randint(1, 12), "points": extra})
+        shapes.append(
+            {
+                "kind": kind,
+                "box": (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)),
+                "colour": colour,
+                "width": rng.randint(1, 12),
+                "points": extra,
+            }
+        )
     return {
         "field": rng.randbytes(48 * 27 * 3),  # 48x27 RGB, upscaled to full size
         "grain": rng.randbytes(480 * 270),  # 480x270 L, upscaled, blended 12%
@@ -228,7 +244,9 @@ def render_jpeg(index: int, seed: int = DEFAULT_SEED) -> bytes:
     from PIL import Image, ImageDraw  # bench venv only
 
     r = image_recipe(index, seed)
-    img = Image.frombytes("RGB", (48, 27), r["field"]).resize((IMAGE_WIDTH, IMAGE_HEIGHT), Image.Resampling.BICUBIC)
+    img = Image.frombytes("RGB", (48, 27), r["field"]).resize(
+        (IMAGE_WIDTH, IMAGE_HEIGHT), Image.Resampling.BICUBIC
+    )
     draw = ImageDraw.Draw(img)
     for s in r["shapes"]:
         box, colour = s["box"], tuple(s["colour"])
@@ -240,7 +258,9 @@ def render_jpeg(index: int, seed: int = DEFAULT_SEED) -> bytes:
             draw.line(box, fill=colour, width=s["width"])
         else:
             draw.polygon([tuple(p) for p in s["points"]], fill=colour)
-    grain = Image.frombytes("L", (480, 270), r["grain"]).resize((IMAGE_WIDTH, IMAGE_HEIGHT), Image.Resampling.BILINEAR)
+    grain = Image.frombytes("L", (480, 270), r["grain"]).resize(
+        (IMAGE_WIDTH, IMAGE_HEIGHT), Image.Resampling.BILINEAR
+    )
     img = Image.blend(img, Image.merge("RGB", (grain, grain, grain)), 0.12)
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=r["quality"])
@@ -281,7 +301,7 @@ def _write(d: str, name: str, count: int, seed: int) -> dict[str, Any]:
     mpath = os.path.join(d, "manifest.json")
     try:
         with open(mpath) as f:
-            m = json.load(f)
+            m: dict[str, Any] = json.load(f)
         if (m.get("version"), m.get("count"), m.get("seed")) == (GENERATOR_VERSION, count, seed):
             return m
     except (OSError, ValueError):
@@ -297,8 +317,15 @@ def _write(d: str, name: str, count: int, seed: int) -> dict[str, Any]:
             h.update(len(blob).to_bytes(8, "little"))
             h.update(blob)
     os.replace(data_path + ".part", data_path)
-    m = {"name": name, "count": count, "seed": seed, "version": GENERATOR_VERSION,
-         "sizes": sizes, "total_bytes": sum(sizes), "sha256": h.hexdigest()}
+    m = {
+        "name": name,
+        "count": count,
+        "seed": seed,
+        "version": GENERATOR_VERSION,
+        "sizes": sizes,
+        "total_bytes": sum(sizes),
+        "sha256": h.hexdigest(),
+    }
     with open(mpath + ".part", "w") as f:
         json.dump(m, f)
     os.replace(mpath + ".part", mpath)
@@ -335,14 +362,18 @@ def poisson_schedule(rate: float, count: int, seed: int = DEFAULT_SEED) -> list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate")
     g.add_argument("--out", required=True)
     g.add_argument("--quick", action="store_true")
     g.add_argument("--seed", type=int, default=DEFAULT_SEED)
     g.add_argument("--only", nargs="*", default=None)
-    g.add_argument("--count", action="append", default=[], metavar="NAME=N", help="override a count")
+    g.add_argument(
+        "--count", action="append", default=[], metavar="NAME=N", help="override a count"
+    )
     args = ap.parse_args(argv)
     counts = {k: w.count for k, w in plan(args.quick).items()}
     for kv in args.count:
@@ -352,7 +383,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         # One cached set per (name, count), so quick and full runs keep theirs;
         # DIR/<name> is a symlink to the set in use (what the drivers read).
-        m = _write(os.path.join(args.out, "sets", f"{name}-{counts[name]}-{args.seed}"), name, counts[name], args.seed)
+        m = _write(
+            os.path.join(args.out, "sets", f"{name}-{counts[name]}-{args.seed}"),
+            name,
+            counts[name],
+            args.seed,
+        )
         link = os.path.join(args.out, name)
         if os.path.islink(link) or os.path.exists(link):
             if os.path.isdir(link) and not os.path.islink(link):

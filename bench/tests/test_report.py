@@ -1,13 +1,16 @@
 """Statistics, result parsing, ratios, fractions, the table and targets."""
 
+from __future__ import annotations
+
 import json
+from typing import Any
 
 import pytest
 
 import report
 
 
-def test_percentile_interpolates():
+def test_percentile_interpolates() -> None:
     v = list(range(1, 101))  # 1..100
     assert report.percentile(v, 0) == 1
     assert report.percentile(v, 100) == 100
@@ -20,7 +23,7 @@ def test_percentile_interpolates():
         report.percentile([1], 101)
 
 
-def test_latency_summary_in_ms():
+def test_latency_summary_in_ms() -> None:
     s = report.latency_summary([0.001] * 990 + [0.1] * 10)
     assert s["p50"] == pytest.approx(1.0)
     assert s["p999"] == pytest.approx(100.0)
@@ -28,14 +31,14 @@ def test_latency_summary_in_ms():
     assert s["count"] == 1000
 
 
-def test_summarize_median_min_max():
+def test_summarize_median_min_max() -> None:
     assert report.summarize([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0}
     assert report.summarize([1.0, 2.0, 3.0, 4.0])["median"] == 2.5
     with pytest.raises(ValueError):
         report.summarize([])
 
 
-def test_calibrated_count():
+def test_calibrated_count() -> None:
     assert report.calibrated_count(5000.0, 20000, 12.0, 1000) == 20000
     assert report.calibrated_count(80.0, 20000, 12.0, 1000) == 1000
     assert report.calibrated_count(500.0, 20000, 12.0, 1000) == 6000
@@ -43,27 +46,45 @@ def test_calibrated_count():
     assert report.calibrated_count(1.0, 50, 12.0, 100) == 50
 
 
-def test_parse_driver_output_takes_last_result_line():
-    text = "progress...\n" + json.dumps({"bench_result": 1, "jobs": 1}) + "\nnoise {not json\n" + \
-        json.dumps({"bench_result": 1, "jobs": 2}) + "\n"
+def test_parse_driver_output_takes_last_result_line() -> None:
+    text = (
+        "progress...\n"
+        + json.dumps({"bench_result": 1, "jobs": 1})
+        + "\nnoise {not json\n"
+        + json.dumps({"bench_result": 1, "jobs": 2})
+        + "\n"
+    )
     assert report.parse_driver_output(text)["jobs"] == 2
     with pytest.raises(ValueError):
-        report.parse_driver_output("nothing here\n{\"other\": 1}\n")
+        report.parse_driver_output('nothing here\n{"other": 1}\n')
 
 
-def test_parse_jsbench():
-    line = json.dumps({"bench_result": 1, "pub": 4031.0, "consume": 4291.7, "pubsub": 2103.0, "sync": "always"})
+def test_parse_jsbench() -> None:
+    line = json.dumps(
+        {"bench_result": 1, "pub": 4031.0, "consume": 4291.7, "pubsub": 2103.0, "sync": "always"}
+    )
     assert report.parse_jsbench(line) == {"pub": 4031.0, "consume": 4291.7, "pubsub": 2103.0}
     with pytest.raises(ValueError, match="pubsub"):
-        report.parse_jsbench(json.dumps({"bench_result": 1, "pub": 1.0, "consume": 1.0, "pubsub": 0}))
+        report.parse_jsbench(
+            json.dumps({"bench_result": 1, "pub": 1.0, "consume": 1.0, "pubsub": 0})
+        )
 
 
-def _m(system, workload, median, metric="throughput", unit="jobs/s", load=""):
+def _m(
+    system: str,
+    workload: str,
+    median: float,
+    metric: str = "throughput",
+    unit: str = "jobs/s",
+    load: str = "",
+) -> dict[str, Any]:
     extra = {"load": load} if load else {}
-    return report.measurement(system, workload, metric, unit, [median * 0.9, median, median * 1.1], **extra)
+    return report.measurement(
+        system, workload, metric, unit, [median * 0.9, median, median * 1.1], **extra
+    )
 
 
-def sample():
+def sample() -> list[dict[str, Any]]:
     return [
         _m("tandem/always", "tiny/batch", 1500.0),
         _m("tandem/interval", "tiny/batch", 9000.0),
@@ -81,20 +102,33 @@ def sample():
     ]
 
 
-def row(rows, system, workload, metric="throughput", load=""):
-    [r] = [r for r in rows if (r["system"], r["workload"], r["metric"], r.get("load", "")) == (system, workload, metric, load)]
+def row(
+    rows: list[dict[str, Any]],
+    system: str,
+    workload: str,
+    metric: str = "throughput",
+    load: str = "",
+) -> dict[str, Any]:
+    [r] = [
+        r
+        for r in rows
+        if (r["system"], r["workload"], r["metric"], r.get("load", ""))
+        == (system, workload, metric, load)
+    ]
     return r
 
 
-def test_ratios_pair_equal_durability_with_reliable_celery():
+def test_ratios_pair_equal_durability_with_reliable_celery() -> None:
     rows = report.build_rows(sample())
     assert row(rows, "tandem/always", "tiny/batch")["ratio_to_celery"] == pytest.approx(20.0)
     assert row(rows, "tandem/interval", "tiny/batch")["ratio_to_celery"] == pytest.approx(15.0)
     assert row(rows, "celery-fast/default", "tiny/batch")["ratio_to_celery"] == pytest.approx(1.5)
-    assert row(rows, "celery-reliable/default", "tiny/batch")["ratio_to_celery"] == pytest.approx(1.0)
+    assert row(rows, "celery-reliable/default", "tiny/batch")["ratio_to_celery"] == pytest.approx(
+        1.0
+    )
 
 
-def test_fractions_of_limits():
+def test_fractions_of_limits() -> None:
     rows = report.build_rows(sample())
     assert row(rows, "tandem/always", "tiny/batch")["fraction_of_limit"] == pytest.approx(0.75)
     assert row(rows, "tandem/interval", "tiny/batch")["fraction_of_limit"] == pytest.approx(0.18)
@@ -104,19 +138,23 @@ def test_fractions_of_limits():
     assert lim["ratio_to_celery"] is None and lim["fraction_of_limit"] is None
 
 
-def test_latency_compares_equal_offered_load_only():
+def test_latency_compares_equal_offered_load_only() -> None:
     rows = report.build_rows(sample())
-    assert row(rows, "tandem/always", "latency", "p99", "celery 50%")["ratio_to_celery"] == pytest.approx(0.025)
+    assert row(rows, "tandem/always", "latency", "p99", "celery 50%")[
+        "ratio_to_celery"
+    ] == pytest.approx(0.025)
     assert row(rows, "tandem/always", "latency", "p99", "50%")["ratio_to_celery"] is None
-    assert row(rows, "celery-reliable/aof-always", "latency", "p99", "50%")["ratio_to_celery"] is None
+    assert (
+        row(rows, "celery-reliable/aof-always", "latency", "p99", "50%")["ratio_to_celery"] is None
+    )
 
 
-def test_missing_reference_gives_none():
+def test_missing_reference_gives_none() -> None:
     rows = report.build_rows([_m("tandem/always", "compress", 100.0, unit="MB/s")])
     assert rows[0]["ratio_to_celery"] is None and rows[0]["fraction_of_limit"] is None
 
 
-def test_table_lists_every_row_with_ratio_and_fraction():
+def test_table_lists_every_row_with_ratio_and_fraction() -> None:
     rows = report.build_rows(sample())
     text = report.format_table(rows)
     lines = text.splitlines()
@@ -128,7 +166,7 @@ def test_table_lists_every_row_with_ratio_and_fraction():
     assert lines[-1].startswith(("jetstream", "native"))
 
 
-def test_targets_are_checked_not_asserted():
+def test_targets_are_checked_not_asserted() -> None:
     checks = report.check_targets(report.build_rows(sample()))
     by = {(c["target"], c["system"]): c for c in checks}
     assert by[("tiny ≥ 10× Celery", "tandem/always")]["met"] is True
@@ -139,9 +177,11 @@ def test_targets_are_checked_not_asserted():
     assert "MISSED" in text and "met" in text
 
 
-def test_latency_percentiles_share_one_line():
-    ms = [_m("tandem/always", "latency", v, metric=q, unit="ms", load="celery 50%")
-          for q, v in (("p50", 2.0), ("p99", 4.0), ("p999", 9.0))]
+def test_latency_percentiles_share_one_line() -> None:
+    ms = [
+        _m("tandem/always", "latency", v, metric=q, unit="ms", load="celery 50%")
+        for q, v in (("p50", 2.0), ("p99", 4.0), ("p999", 9.0))
+    ]
     ms += [_m("celery-reliable/aof-always", "latency", 160.0, metric="p99", unit="ms", load="50%")]
     text = report.format_table(report.build_rows(ms))
     [line] = [ln for ln in text.splitlines() if ln.startswith("tandem/always")]
@@ -149,10 +189,15 @@ def test_latency_percentiles_share_one_line():
     assert "p99 0.03×" in line
 
 
-def test_markdown_section():
+def test_markdown_section() -> None:
     ms = sample()
-    doc = {"measurements": ms, "machine": {"cpu": "X", "cores": 2}, "settings": {"repeats": 3},
-           "command": "python bench/run.py", "started": "t"}
+    doc = {
+        "measurements": ms,
+        "machine": {"cpu": "X", "cores": 2},
+        "settings": {"repeats": 3},
+        "command": "python bench/run.py",
+        "started": "t",
+    }
     md = report.format_markdown(doc)
     lines = md.splitlines()
     assert lines[0].startswith("| system | workload |")

@@ -187,7 +187,10 @@ def source_env_vars(prefix: str) -> set[str]:
 def service_binary(prefix: str) -> Path | None:
     """The built binary, where the Makefile puts it, if it was built."""
     if prefix == "TANDEM_ORCH_":
-        cands = [os.environ.get("TANDEM_ORCHESTRATOR_BIN"), str(ROOT / "bin" / "tandem-orchestrator")]
+        cands = [
+            os.environ.get("TANDEM_ORCHESTRATOR_BIN"),
+            str(ROOT / "bin" / "tandem-orchestrator"),
+        ]
     else:
         cands = [
             os.environ.get("TANDEM_COMPUTE_BIN"),
@@ -200,7 +203,11 @@ def service_binary(prefix: str) -> Path | None:
 
 
 def nats_server_binary() -> Path | None:
-    for c in (os.environ.get("TANDEM_NATS_SERVER_BIN"), str(ROOT / "bin" / "nats-server"), shutil.which("nats-server")):
+    for c in (
+        os.environ.get("TANDEM_NATS_SERVER_BIN"),
+        str(ROOT / "bin" / "nats-server"),
+        shutil.which("nats-server"),
+    ):
         if c and Path(c).is_file() and os.access(c, os.X_OK):
             return Path(c)
     return None
@@ -328,8 +335,11 @@ class DockerIgnore:
         return result
 
     def _may_reinclude_below(self, rel: str) -> bool:
-        return any(neg and (text.startswith(rel + "/") or "*" in text) for neg, text, _ in self.rules
-                   if neg and text != rel)
+        return any(
+            neg and (text.startswith(rel + "/") or "*" in text)
+            for neg, text, _ in self.rules
+            if neg and text != rel
+        )
 
     def included_files(self, rel: str) -> Iterator[str]:
         """The files under rel (a file or folder) that reach the build context."""

@@ -23,10 +23,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tandem._stack import Process, free_port, grpc_ready, http_ready
 
 import _support as s
 
@@ -37,34 +38,6 @@ STACKS = {
 }
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _grpc_serving(address: str) -> bool:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(address) as ch:
-        try:
-            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-        except grpc.RpcError:
-            return False
-    return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            return int(r.status) == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 class LocalStack:
     def __init__(self, stack: str = "default", workdir: Path | None = None) -> None:
         self.names = STACKS[stack]
@@ -72,7 +45,7 @@ class LocalStack:
         self.svcs = s.services(self.compose)
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="tandem-localstack-")
         self.dir = workdir or Path(self._tmp.name)  # type: ignore[union-attr]
-        self.procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+        self.procs: list[Process] = []
         # compose service name -> (host, port) it is reached at here
         self.ports: dict[str, dict[int, int]] = {}
 
@@ -81,7 +54,7 @@ class LocalStack:
     def _config_file(self, svc: dict[str, Any], target: str) -> Path:
         for c in svc.get("configs") or []:
             if c["target"] == target:
-                return s.ROOT / self.compose["configs"][c["source"]]["file"]
+                return s.ROOT / str(self.compose["configs"][c["source"]]["file"])
         raise KeyError(f"no config mounted at {target}")
 
     def _local(self, value: str) -> str:
@@ -95,26 +68,27 @@ class LocalStack:
 
         return re.sub(r"\b([a-z][a-z0-9-]*):(\d+)\b", sub, value)
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        log = self.dir / f"{name}.log"
+    def _run(
+        self, name: str, argv: list[str], env: dict[str, str], ready: Callable[[], bool]
+    ) -> None:
+        """Starts a service with exactly ``env`` (plus PATH, HOME, TMPDIR) and
+        waits until ``ready`` passes, as the compose health check would."""
         base = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR") if k in os.environ}
-        with log.open("wb") as f:
-            p = subprocess.Popen(argv, env={**base, **env}, stdout=f, stderr=subprocess.STDOUT, cwd=self.dir)
-        self.procs.append((name, p, log))
-
-    def _wait(self, name: str, ready: Any, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        proc = next(p for n, p, _ in self.procs if n == name)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}\n{self.logs()}")
-            if ready():
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"{name} not healthy after {timeout} s\n{self.logs()}")
+        p = Process(
+            name,
+            argv,
+            log_path=self.dir / f"{name}.log",
+            env={**base, **env},
+            inherit_env=False,
+            cwd=self.dir,
+            ready=ready,
+            ready_timeout=60,
+        )
+        self.procs.append(p)
+        p.start()
 
     def logs(self) -> str:
-        return "\n".join(f"--- {n}\n{log.read_text()[-4000:]}" for n, _, log in self.procs)
+        return "\n".join(f"--- {p.name}\n{p.log_text()[-4000:]}" for p in self.procs)
 
     # --------------------------------------------------------------- services
 
@@ -123,7 +97,7 @@ class LocalStack:
         nats = s.nats_server_binary()
         if nats is None:
             raise RuntimeError("nats-server not built (make bin/nats-server)")
-        client, http = _free_port(), _free_port()
+        client, http = free_port(), free_port()
         self.ports[name] = {4222: client, 8222: http}
         target = svc["command"][-1]
         conf = self._config_file(svc, target).read_text()
@@ -132,10 +106,9 @@ class LocalStack:
         conf = conf.replace("store_dir: /data", f"store_dir: {self.dir / name}")
         path = self.dir / f"{name}.conf"
         path.write_text(conf)
-        self._spawn(name, [str(nats), "--config", str(path)], s.env_of(svc))
         # The compose health check's URL, on this server's monitoring port.
         url = svc["healthcheck"]["test"][-1].replace("127.0.0.1:8222", f"127.0.0.1:{http}")
-        self._wait(name, lambda: _http_ok(url))
+        self._run(name, [str(nats), "--config", str(path)], s.env_of(svc), http_ready(url))
 
     def _start_grpc_service(self, name: str, prefix: str, port: int) -> None:
         svc = self.svcs[name]
@@ -143,7 +116,7 @@ class LocalStack:
         if binary is None:
             raise RuntimeError(f"{name}: binary not built (make build)")
         env = dict(s.env_of(svc))
-        listen, metrics = _free_port(), _free_port()
+        listen, metrics = free_port(), free_port()
         self.ports[name] = {port: listen}
         for key, value in list(env.items()):
             if key.endswith("_METRICS_LISTEN"):
@@ -157,10 +130,9 @@ class LocalStack:
                 env[key] = str(self.dir / name)
             elif key in ("TANDEM_ORCH_COMPUTE", "TANDEM_ORCH_NATS_URL"):
                 env[key] = self._local(value)
-        self._spawn(name, [str(binary)], env)
         # The compose health check probes 127.0.0.1:<port> with grpc-health-probe,
         # i.e. the standard health service's overall status; same check here.
-        self._wait(name, lambda: _grpc_serving(f"127.0.0.1:{listen}"))
+        self._run(name, [str(binary)], env, grpc_ready(f"127.0.0.1:{listen}"))
 
     def start(self) -> LocalStack:
         nats, compute, orchestrator = self.names
@@ -174,14 +146,8 @@ class LocalStack:
         return self
 
     def stop(self) -> None:
-        for _, p, _ in reversed(self.procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=40)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        for p in reversed(self.procs):
+            p.stop(timeout=40)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -205,9 +171,13 @@ class LocalStack:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--stack", choices=sorted(STACKS), default="test")
-    ap.add_argument("command", nargs="*", help="run with the tests service's environment (after --)")
+    ap.add_argument(
+        "command", nargs="*", help="run with the tests service's environment (after --)"
+    )
     args = ap.parse_args(argv)
     with LocalStack(args.stack) as stack:
         env = stack.tests_env()

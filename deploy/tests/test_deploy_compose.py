@@ -93,7 +93,9 @@ def test_every_service_has_a_healthcheck(svcs: dict[str, dict[str, Any]]) -> Non
             assert name in ONE_SHOT, f"{name}: only one-shot services may disable the healthcheck"
             continue
         test = hc.get("test")
-        assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL"), f"{name}: healthcheck test"
+        assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL"), (
+            f"{name}: healthcheck test"
+        )
         for key in ("interval", "timeout", "start_period"):
             assert key in hc, f"{name}: healthcheck {key}"
             s.duration_seconds(hc[key])
@@ -113,14 +115,18 @@ def test_depends_on_waits_for_health(svcs: dict[str, dict[str, Any]]) -> None:
             )
             if cond == "service_healthy":
                 hc = svcs[dep].get("healthcheck") or {}
-                assert hc and not hc.get("disable"), f"{name} waits for {dep}'s health, which has none"
+                assert hc and not hc.get("disable"), (
+                    f"{name} waits for {dep}'s health, which has none"
+                )
             # A service that is always on must not need one that a profile switches off.
             if not s.profiles_of(svc):
-                assert not s.profiles_of(svcs[dep]), f"{name} (no profile) depends on profiled {dep}"
-            else:
-                assert not s.profiles_of(svcs[dep]) or s.profiles_of(svcs[dep]) & s.profiles_of(svc), (
-                    f"{name} depends on {dep}, which is in none of its profiles"
+                assert not s.profiles_of(svcs[dep]), (
+                    f"{name} (no profile) depends on profiled {dep}"
                 )
+            else:
+                assert not s.profiles_of(svcs[dep]) or s.profiles_of(svcs[dep]) & s.profiles_of(
+                    svc
+                ), f"{name} depends on {dep}, which is in none of its profiles"
 
 
 def test_images_are_pinned(svcs: dict[str, dict[str, Any]]) -> None:
@@ -133,7 +139,9 @@ def test_images_are_pinned(svcs: dict[str, dict[str, Any]]) -> None:
         assert tag != "latest", f"{name}: image {image} uses latest"
         assert digest or re.search(r"\d", tag), f"{name}: tag of {image} names no version"
         if "build" not in svc:
-            assert re.match(r"^\d+\.\d+\.\d+", tag), f"{name}: external image {image} needs a full version"
+            assert re.match(r"^\d+\.\d+\.\d+", tag), (
+                f"{name}: external image {image} needs a full version"
+            )
 
 
 def test_built_images_build_from_the_repository_root(svcs: dict[str, dict[str, Any]]) -> None:
@@ -149,10 +157,14 @@ def test_ports_are_bound_to_loopback_only(svcs: dict[str, dict[str, Any]]) -> No
     for name, svc in svcs.items():
         for port in svc.get("ports") or []:
             if isinstance(port, dict):
-                assert port.get("host_ip") == "127.0.0.1", f"{name}: port {port} not bound to 127.0.0.1"
+                assert port.get("host_ip") == "127.0.0.1", (
+                    f"{name}: port {port} not bound to 127.0.0.1"
+                )
                 assert "published" in port, f"{name}: {port} publishes on a random host port"
             else:
-                assert str(port).startswith("127.0.0.1:"), f"{name}: port {port} not bound to 127.0.0.1"
+                assert str(port).startswith("127.0.0.1:"), (
+                    f"{name}: port {port} not bound to 127.0.0.1"
+                )
                 assert str(port).count(":") == 2, f"{name}: {port} publishes on a random host port"
         assert svc.get("network_mode") != "host", f"{name}: host networking exposes every port"
 
@@ -176,7 +188,9 @@ def test_services_are_scalable(svcs: dict[str, dict[str, Any]]) -> None:
             published = str(port["published"])
             assert "-" in published, f"{name}: one fixed host port {published} prevents scaling"
     for name in s.COMPUTES:
-        assert not svcs[name].get("ports"), f"{name} needs no host port (reached over the compose network)"
+        assert not svcs[name].get("ports"), (
+            f"{name} needs no host port (reached over the compose network)"
+        )
 
 
 def test_orchestrator_stops_after_draining(svcs: dict[str, dict[str, Any]]) -> None:
@@ -184,7 +198,9 @@ def test_orchestrator_stops_after_draining(svcs: dict[str, dict[str, Any]]) -> N
         svc = svcs[name]
         drain = s.duration_seconds(s.env_of(svc)["TANDEM_ORCH_DRAIN_TIMEOUT"])
         grace = s.duration_seconds(svc["stop_grace_period"])
-        assert grace >= drain + 10, f"{name}: stop_grace_period {grace}s leaves no time after a {drain}s drain"
+        assert grace >= drain + 10, (
+            f"{name}: stop_grace_period {grace}s leaves no time after a {drain}s drain"
+        )
 
 
 def test_config_files_exist(compose: dict[str, Any], svcs: dict[str, dict[str, Any]]) -> None:
@@ -234,7 +250,9 @@ def test_listen_ports_match_health_checks_and_clients(svcs: dict[str, dict[str, 
         assert env["TANDEM_ORCH_COMPUTE"] == f"dns:///{compute}:{compute_port[compute]}", name
         assert compute in svc["depends_on"], f"{name} must wait for {compute}"
         assert env["TANDEM_ORCH_CONFIG"] in [c["target"] for c in svc["configs"]]
-        assert "TANDEM_ORCH_NATS_URL" in env, f"{name} must use the compose NATS, not an embedded one"
+        assert "TANDEM_ORCH_NATS_URL" in env, (
+            f"{name} must use the compose NATS, not an embedded one"
+        )
         urls = env["TANDEM_ORCH_NATS_URL"].split(",")
         assert urls == [f"nats://{n}:4222" for n in nats], f"{name}: NATS URL"
         for n in nats:
@@ -247,7 +265,9 @@ def test_debug_ops_only_in_the_test_stack(svcs: dict[str, dict[str, Any]]) -> No
     assert s.env_of(svcs["compute-test"])["TANDEM_COMPUTE_ENABLE_DEBUG_OPS"] == "true"
 
 
-def test_tests_service_points_the_harness_at_the_test_stack(svcs: dict[str, dict[str, Any]]) -> None:
+def test_tests_service_points_the_harness_at_the_test_stack(
+    svcs: dict[str, dict[str, Any]],
+) -> None:
     t = svcs["tests"]
     assert s.profiles_of(t) == {"test"}
     env = s.env_of(t)
@@ -264,21 +284,31 @@ def test_tests_service_points_the_harness_at_the_test_stack(svcs: dict[str, dict
         assert s.profiles_of(svcs[dep]) == {"test"}, f"{dep}: part of the test profile only"
 
 
-def test_nats_services_use_the_checked_configs(compose: dict[str, Any], svcs: dict[str, dict[str, Any]]) -> None:
+def test_nats_services_use_the_checked_configs(
+    compose: dict[str, Any], svcs: dict[str, dict[str, Any]]
+) -> None:
     files = {k: v["file"] for k, v in compose["configs"].items()}
     for name, svc in svcs.items():
         if not name.startswith("nats"):
             continue
-        assert svc["image"].endswith("-alpine"), f"{name}: the alpine image carries wget for the health check"
+        assert svc["image"].endswith("-alpine"), (
+            f"{name}: the alpine image carries wget for the health check"
+        )
         [cfg] = svc["configs"]
         assert svc["command"] == ["nats-server", "--config", cfg["target"]]
         conf = (s.ROOT / files[cfg["source"]]).read_text()
         store = s.find(r"store_dir:\s*(\S+)", conf)
-        mounts = [str(v).split(":")[1] for v in svc.get("volumes") or []] + list(svc.get("tmpfs") or [])
-        assert mounts == [store], f"{name}: the store {store} must be a volume (or tmpfs for the test stack)"
+        mounts = [str(v).split(":")[1] for v in svc.get("volumes") or []] + list(
+            svc.get("tmpfs") or []
+        )
+        assert mounts == [store], (
+            f"{name}: the store {store} must be a volume (or tmpfs for the test stack)"
+        )
         if svc.get("tmpfs"):
             assert s.profiles_of(svc) == {"test"}, f"{name}: only the test stack may lose its data"
-        assert "http: 0.0.0.0:8222" in conf and "http://127.0.0.1:8222/healthz" in " ".join(svc["healthcheck"]["test"])
+        assert "http: 0.0.0.0:8222" in conf and "http://127.0.0.1:8222/healthz" in " ".join(
+            svc["healthcheck"]["test"]
+        )
         assert re.search(r"^\s*sync_interval:\s*always", conf, re.M), f"{name}: fsync before acking"
 
 
@@ -292,14 +322,20 @@ def test_nats_max_payload_matches_the_embedded_server() -> None:
     for conf in sorted((s.DEPLOY / "nats").glob("*.conf")):
         mm = re.search(r"^max_payload:\s*(\d+)MB\s*$", conf.read_text(), re.M)
         assert mm, f"{conf.name}: max_payload"
-        assert int(mm.group(1)) << 20 == embedded, f"{conf.name}: max_payload != embedded {embedded}"
+        assert int(mm.group(1)) << 20 == embedded, (
+            f"{conf.name}: max_payload != embedded {embedded}"
+        )
 
 
 # ------------------------------------------------------------------ cluster profile
 
 
-def test_cluster_profile_has_three_nats_nodes(compose: dict[str, Any], svcs: dict[str, dict[str, Any]]) -> None:
-    nodes = {n: v for n, v in svcs.items() if "cluster" in s.profiles_of(v) and n.startswith("nats")}
+def test_cluster_profile_has_three_nats_nodes(
+    compose: dict[str, Any], svcs: dict[str, dict[str, Any]]
+) -> None:
+    nodes = {
+        n: v for n, v in svcs.items() if "cluster" in s.profiles_of(v) and n.startswith("nats")
+    }
     assert sorted(nodes) == ["nats-1", "nats-2", "nats-3"]
     conf = (s.ROOT / compose["configs"]["nats-cluster"]["file"]).read_text()
     routes = re.findall(r"nats-route://([a-z0-9-]+):6222", conf)
@@ -315,12 +351,16 @@ def test_cluster_profile_has_three_nats_nodes(compose: dict[str, Any], svcs: dic
         )
 
 
-def test_cluster_orchestrator_uses_all_nodes_and_three_replicas(svcs: dict[str, dict[str, Any]]) -> None:
+def test_cluster_orchestrator_uses_all_nodes_and_three_replicas(
+    svcs: dict[str, dict[str, Any]],
+) -> None:
     env = s.env_of(svcs["orchestrator-cluster"])
     urls = env["TANDEM_ORCH_NATS_URL"].split(",")
     assert sorted(urls) == [f"nats://nats-{i}:4222" for i in (1, 2, 3)]
     assert env["TANDEM_ORCH_STREAM_REPLICAS"] == "3"
-    assert "TANDEM_ORCH_STREAM_REPLICAS" not in s.env_of(svcs["orchestrator"]), "one node: 1 replica"
+    assert "TANDEM_ORCH_STREAM_REPLICAS" not in s.env_of(svcs["orchestrator"]), (
+        "one node: 1 replica"
+    )
 
 
 # ------------------------------------------------------------------ queue config
@@ -359,7 +399,9 @@ def test_test_stack_loads_the_harness_queues(compose: dict[str, Any]) -> None:
     the file the harness gives the orchestrators it starts itself."""
     assert compose["configs"]["orchestrator-test-queues"]["file"] == "./tests/queues.toml"
     harness = (s.ROOT / "tests" / "harness.py").read_text()
-    assert re.search(r'QUEUES_TOML = .*"queues\.toml"', harness), "tests/harness.py no longer reads tests/queues.toml"
+    assert re.search(r'QUEUES_TOML = .*"queues\.toml"', harness), (
+        "tests/harness.py no longer reads tests/queues.toml"
+    )
 
 
 def test_compose_file_has_no_duplicate_keys() -> None:
@@ -372,7 +414,9 @@ def test_compose_file_has_no_duplicate_keys() -> None:
             return
         seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
-            keys = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode) and k.value != "<<"]
+            keys = [
+                k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode) and k.value != "<<"
+            ]
             dup = {k for k in keys if keys.count(k) > 1}
             assert not dup, f"duplicate keys {dup} at line {node.start_mark.line + 1}"
             for k, v in node.value:

@@ -35,7 +35,9 @@ def test_hadolint(dockerfile: Path) -> None:
     assert exe, "hadolint not installed: pip install -r tools/requirements-dev.txt"
     out = subprocess.run(
         [exe, "--no-color", "--config", str(HADOLINT_CONFIG), str(dockerfile)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -50,8 +52,12 @@ def test_base_images_are_pinned(dockerfile: Path) -> None:
         assert "$" not in ref, f"{dockerfile.name}: FROM {ref}: no build-arg images"
         name, _, tag = ref.partition(":")
         assert tag and tag != "latest", f"{dockerfile.name}: FROM {ref} is not pinned"
-        assert re.match(r"^\d+(\.\d+)*", tag), f"{dockerfile.name}: FROM {ref}: tag names no version"
-        assert "/" not in name or name.startswith("docker.io/"), f"{dockerfile.name}: {ref}: official images only"
+        assert re.match(r"^\d+(\.\d+)*", tag), (
+            f"{dockerfile.name}: FROM {ref}: tag names no version"
+        )
+        assert "/" not in name or name.startswith("docker.io/"), (
+            f"{dockerfile.name}: {ref}: official images only"
+        )
 
 
 @pytest.mark.parametrize("dockerfile", s.DOCKERFILES, ids=IDS)
@@ -61,11 +67,17 @@ def test_runtime_stage_runs_as_non_root(dockerfile: Path) -> None:
     assert users, f"{dockerfile.name}: the runtime stage sets no USER"
     user = users[-1].split(":")[0]
     assert user not in ("root", "0"), f"{dockerfile.name}: runs as root"
-    later = [i for i in final.instructions if i.keyword in ("RUN",) and i.line > max(
-        j.line for j in final.instructions if j.keyword == "USER")]
+    later = [
+        i
+        for i in final.instructions
+        if i.keyword in ("RUN",)
+        and i.line > max(j.line for j in final.instructions if j.keyword == "USER")
+    ]
     assert not later, f"{dockerfile.name}: RUN after USER runs unprivileged by surprise"
     entry = [i for i in final.instructions if i.keyword in ("ENTRYPOINT", "CMD")]
-    assert entry and entry[-1].args.startswith("["), f"{dockerfile.name}: exec-form ENTRYPOINT/CMD (signals reach the process)"
+    assert entry and entry[-1].args.startswith("["), (
+        f"{dockerfile.name}: exec-form ENTRYPOINT/CMD (signals reach the process)"
+    )
 
 
 @pytest.mark.parametrize("dockerfile", s.DOCKERFILES, ids=IDS)
@@ -73,15 +85,21 @@ def test_no_remote_add_no_secrets_apt_lists_cleaned(dockerfile: Path) -> None:
     for st in s.parse_dockerfile(dockerfile):
         for i in st.instructions:
             if i.keyword == "ADD":
-                pytest.fail(f"{dockerfile.name}:{i.line}: use COPY (ADD fetches URLs and unpacks archives)")
+                pytest.fail(
+                    f"{dockerfile.name}:{i.line}: use COPY (ADD fetches URLs and unpacks archives)"
+                )
             if i.keyword in ("ENV", "ARG"):
                 assert not re.search(r"(PASSWORD|SECRET|TOKEN|API_KEY)", i.args, re.I), (
                     f"{dockerfile.name}:{i.line}: secrets must not be baked into images"
                 )
             if i.keyword == "RUN" and "apt-get install" in i.args:
-                assert "apt-get update" in i.args, f"{dockerfile.name}:{i.line}: update in the same layer"
+                assert "apt-get update" in i.args, (
+                    f"{dockerfile.name}:{i.line}: update in the same layer"
+                )
                 assert "--no-install-recommends" in i.args
-                assert "rm -rf /var/lib/apt/lists/*" in i.args, f"{dockerfile.name}:{i.line}: apt lists left"
+                assert "rm -rf /var/lib/apt/lists/*" in i.args, (
+                    f"{dockerfile.name}:{i.line}: apt lists left"
+                )
 
 
 def _copies(dockerfile: Path) -> list[tuple[int, list[str], str]]:
@@ -102,14 +120,23 @@ def test_copied_paths_exist_and_reach_the_context(dockerfile: Path) -> None:
         for src in sources:
             rel = src.rstrip("/")
             assert (s.ROOT / rel).exists(), f"{dockerfile.name}:{line}: {src} does not exist"
-            assert next(ignore.included_files(rel), None), f"{dockerfile.name}:{line}: .dockerignore drops {src}"
+            assert next(ignore.included_files(rel), None), (
+                f"{dockerfile.name}:{line}: .dockerignore drops {src}"
+            )
 
 
 def test_dockerignore_keeps_build_outputs_and_local_state_out() -> None:
     ignore = s.DockerIgnore(s.ROOT / ".dockerignore")
-    for rel in ("compute-rs/target/release/tandem-compute", ".venv/bin/python", ".git/HEAD",
-                "bin/nats-server", "tools/node_modules/x", ".make/venv",
-                "pyclient/python/tandem/__pycache__/x.pyc", "pyclient/python/tandem/_native.abi3.so"):
+    for rel in (
+        "compute-rs/target/release/tandem-compute",
+        ".venv/bin/python",
+        ".git/HEAD",
+        "bin/nats-server",
+        "tools/node_modules/x",
+        ".make/venv",
+        "pyclient/python/tandem/__pycache__/x.pyc",
+        "pyclient/python/tandem/_native.abi3.so",
+    ):
         assert ignore.excluded(rel), f".dockerignore sends {rel}"
 
 
@@ -123,13 +150,27 @@ def _index(dockerfile: Path, pattern: str) -> int:
 @pytest.mark.parametrize(
     "dockerfile, manifest, sources",
     [
-        ("compute.Dockerfile", r"COPY compute-rs/Cargo.toml compute-rs/Cargo.lock", r"COPY compute-rs/ "),
-        ("orchestrator.Dockerfile", r"COPY orchestrator-go/go.mod orchestrator-go/go.sum", r"COPY orchestrator-go/ "),
-        ("tests.Dockerfile", r"COPY compute-rs/Cargo.toml compute-rs/Cargo.lock", r"COPY compute-rs/ "),
+        (
+            "compute.Dockerfile",
+            r"COPY compute-rs/Cargo.toml compute-rs/Cargo.lock",
+            r"COPY compute-rs/ ",
+        ),
+        (
+            "orchestrator.Dockerfile",
+            r"COPY orchestrator-go/go.mod orchestrator-go/go.sum",
+            r"COPY orchestrator-go/ ",
+        ),
+        (
+            "tests.Dockerfile",
+            r"COPY compute-rs/Cargo.toml compute-rs/Cargo.lock",
+            r"COPY compute-rs/ ",
+        ),
         ("tests.Dockerfile", r"COPY tools/requirements-dev.txt", r"COPY tests/ "),
     ],
 )
-def test_dependency_manifests_come_before_sources(dockerfile: str, manifest: str, sources: str) -> None:
+def test_dependency_manifests_come_before_sources(
+    dockerfile: str, manifest: str, sources: str
+) -> None:
     path = s.DEPLOY / dockerfile
     assert _index(path, manifest) < _index(path, sources)
 
@@ -144,7 +185,9 @@ def test_every_crate_is_in_the_dependency_stage(dockerfile: str) -> None:
     crates = sorted(p.parent.name for p in (s.ROOT / "compute-rs" / "crates").glob("*/Cargo.toml"))
     assert crates
     for c in crates:
-        assert f"COPY compute-rs/crates/{c}/Cargo.toml crates/{c}/" in text, f"{dockerfile}: crate {c}"
+        assert f"COPY compute-rs/crates/{c}/Cargo.toml crates/{c}/" in text, (
+            f"{dockerfile}: crate {c}"
+        )
     listed = re.findall(r"COPY compute-rs/crates/([^/]+)/Cargo.toml", text)
     assert sorted(listed) == crates, f"{dockerfile}: lists crates that do not exist"
 
@@ -152,7 +195,11 @@ def test_every_crate_is_in_the_dependency_stage(dockerfile: str) -> None:
 def test_lock_file_has_only_registry_sources() -> None:
     """The build stage gets the deps stage's registry only (no git checkouts)."""
     lock = tomllib.loads((s.ROOT / "compute-rs" / "Cargo.lock").read_text())
-    bad = [p["name"] for p in lock["package"] if p.get("source", "registry+").split("+")[0] != "registry"]
+    bad = [
+        p["name"]
+        for p in lock["package"]
+        if p.get("source", "registry+").split("+")[0] != "registry"
+    ]
     assert not bad, f"git or path sources in Cargo.lock need the Dockerfiles changed: {bad}"
 
 
@@ -172,9 +219,17 @@ def test_cargo_stubs_let_cargo_read_the_manifests(tmp_path: Path) -> None:
         shutil.copy(m, ws / m.relative_to(src))
     subprocess.run(["sh", str(s.DEPLOY / "cargo-stubs.sh")], cwd=ws, check=True, timeout=30)
     env = {**os.environ, "CARGO_TARGET_DIR": str(tmp_path / "target"), "CARGO_TERM_COLOR": "never"}
-    out = subprocess.run([cargo, "fetch", "--locked", "--offline"], cwd=ws, env=env,
-                         capture_output=True, text=True, timeout=60)
-    if out.returncode != 0 and re.search(r"offline|no matching package|failed to download", out.stderr):
+    out = subprocess.run(
+        [cargo, "fetch", "--locked", "--offline"],
+        cwd=ws,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if out.returncode != 0 and re.search(
+        r"offline|no matching package|failed to download", out.stderr
+    ):
         pytest.skip("crates not in the local cargo cache yet (run make test-rust first)")
     assert out.returncode == 0, out.stderr
 
@@ -188,7 +243,11 @@ def test_proto_path_matches_the_image_layout() -> None:
         text = (s.DEPLOY / name).read_text()
         assert "COPY proto/ /src/proto/" in text and "COPY compute-rs/ /src/compute-rs/" in text
     text = (s.DEPLOY / "tests.Dockerfile").read_text()
-    assert "WORKDIR /src" in text and "COPY proto/ proto/" in text and "COPY compute-rs/ compute-rs/" in text
+    assert (
+        "WORKDIR /src" in text
+        and "COPY proto/ proto/" in text
+        and "COPY compute-rs/ compute-rs/" in text
+    )
 
 
 def _image_version(dockerfile: str, image: str) -> tuple[int, ...]:
@@ -203,12 +262,16 @@ def test_toolchain_images_satisfy_the_sources() -> None:
     gomod = (s.ROOT / "orchestrator-go" / "go.mod").read_text()
     go_req = tuple(int(x) for x in s.find(r"^go (\d+(?:\.\d+)*)", gomod, re.M).split("."))
     for df in ("orchestrator.Dockerfile", "compute.Dockerfile"):
-        assert _image_version(df, "golang") >= go_req, f"{df}: golang image older than go.mod's go {go_req}"
+        assert _image_version(df, "golang") >= go_req, (
+            f"{df}: golang image older than go.mod's go {go_req}"
+        )
     ws = tomllib.loads((s.ROOT / "compute-rs" / "Cargo.toml").read_text())
     rust_req = tuple(int(x) for x in ws["workspace"]["package"]["rust-version"].split("."))
     for df in ("compute.Dockerfile", "tests.Dockerfile"):
         assert _image_version(df, "rust") >= rust_req, f"{df}: rust image older than rust-version"
-    py = tomllib.loads((s.ROOT / "pyclient" / "pyproject.toml").read_text())["project"]["requires-python"]
+    py = tomllib.loads((s.ROOT / "pyclient" / "pyproject.toml").read_text())["project"][
+        "requires-python"
+    ]
     low = tuple(int(x) for x in s.find(r"^>=\s*(\d+\.\d+)", py).split("."))
     assert _image_version("tests.Dockerfile", "python") >= low
     # The developers' interpreter: the pins in tools/requirements-dev.txt are
@@ -226,7 +289,9 @@ def test_probe_version_is_the_same_in_both_images() -> None:
 
 
 def test_entrypoints_are_the_built_binaries() -> None:
-    cargo = tomllib.loads((s.ROOT / "compute-rs" / "crates" / "tandem-compute" / "Cargo.toml").read_text())
+    cargo = tomllib.loads(
+        (s.ROOT / "compute-rs" / "crates" / "tandem-compute" / "Cargo.toml").read_text()
+    )
     assert "tandem-compute" in [b["name"] for b in cargo.get("bin", [])]
     assert "-p tandem-compute" in (s.DEPLOY / "compute.Dockerfile").read_text()
     assert (s.ROOT / "orchestrator-go" / "cmd" / "tandem-orchestrator").is_dir()

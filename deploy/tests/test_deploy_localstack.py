@@ -34,7 +34,9 @@ def test_stack_comes_up_healthy_with_the_compose_environment(stack: str, debug_o
         env = local.tests_env()
         ops = list_ops_raw(env["TANDEM_COMPUTE_ADDRESS"])
         assert b"hash.sha256" in ops
-        assert (b"debug.fail" in ops) == debug_ops, f"{stack}: debug ops {'off' if debug_ops else 'on'}"
+        assert (b"debug.fail" in ops) == debug_ops, (
+            f"{stack}: debug ops {'off' if debug_ops else 'on'}"
+        )
         assert env["TANDEM_TARGET"] == "compose"
         assert env["TANDEM_ADDRESS"].startswith("127.0.0.1:")
         assert env["TANDEM_NATS_URL"].startswith("nats://127.0.0.1:")
@@ -53,7 +55,13 @@ def test_harness_compose_mode_against_the_compose_test_stack() -> None:
     assert smoke.is_file()
     with LocalStack("test") as local:
         env = {**os.environ, **local.tests_env(), "PYTEST_ADDOPTS": "-p no:cacheprovider"}
-        out = subprocess.run([sys.executable, "-m", "pytest", "-q", str(smoke)], cwd=s.ROOT, env=env,
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", str(smoke)],
+            cwd=s.ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:] + local.logs()
         assert " passed" in out.stdout

@@ -11,17 +11,17 @@ those addresses and the store folder.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
-import socket
 import subprocess
 import time
-import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from tandem._stack import Process, free_port, http_ready
 
 import _support as s
 
@@ -32,35 +32,14 @@ SINGLE = s.DEPLOY / "nats" / "single.conf"
 CLUSTER = s.DEPLOY / "nats" / "cluster.conf"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def http_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as e:
-        return int(e.code)
-    except OSError:
-        return 0
-
-
-def wait_status(url: str, want: int, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    status = 0
-    while time.monotonic() < deadline:
-        status = http_status(url)
-        if status == want:
-            return status
-        time.sleep(0.2)
-    return status
-
-
-def localize(conf: str, store: Path, client: int, http: int, route: int | None = None,
-             routes: dict[str, int] | None = None) -> str:
+def localize(
+    conf: str,
+    store: Path,
+    client: int,
+    http: int,
+    route: int | None = None,
+    routes: dict[str, int] | None = None,
+) -> str:
     out = conf.replace("listen: 0.0.0.0:4222", f"listen: 127.0.0.1:{client}")
     out = out.replace("http: 0.0.0.0:8222", f"http: 127.0.0.1:{http}")
     out = out.replace("store_dir: /data", f"store_dir: {store}")
@@ -73,27 +52,28 @@ def localize(conf: str, store: Path, client: int, http: int, route: int | None =
 
 
 class Servers:
+    """The nats-servers of one test; each ready once its monitoring URL answers 200."""
+
     def __init__(self) -> None:
-        self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+        self.procs: list[Process] = []
 
-    def start(self, conf: Path, env: dict[str, str] | None = None) -> None:
-        log = conf.with_suffix(".log")
-        with log.open("wb") as f:
-            p = subprocess.Popen([str(NATS), "-c", str(conf)], stdout=f, stderr=subprocess.STDOUT,
-                                 env={**os.environ, **(env or {})})
-        self.procs.append((p, log))
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for _, log in self.procs)
+    def start(self, conf: Path, health_url: str, env: dict[str, str] | None = None) -> Process:
+        """Starts nats-server on ``conf`` without waiting (a cluster node is
+        healthy only once its peers are up): call ``wait_ready()``."""
+        p = Process(
+            conf.stem,
+            [str(NATS), "-c", str(conf)],
+            log_path=conf.with_suffix(".log"),
+            env=env,
+            ready=http_ready(health_url),
+            ready_timeout=25,
+        )
+        self.procs.append(p)
+        return p.start(wait=False)
 
     def stop(self) -> None:
-        for p, _ in self.procs:
-            p.terminate()
-        for p, _ in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        for p in self.procs:
+            p.stop(timeout=10)
 
 
 @pytest.fixture
@@ -106,10 +86,14 @@ def servers() -> Iterator[Servers]:
 
 
 def test_configs_parse() -> None:
-    ok = subprocess.run([str(NATS), "-t", "-c", str(SINGLE)], capture_output=True, text=True, timeout=20)
+    ok = subprocess.run(
+        [str(NATS), "-t", "-c", str(SINGLE)], capture_output=True, text=True, timeout=20
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     env = {**os.environ, "NATS_SERVER_NAME": "nats-1"}
-    ok = subprocess.run([str(NATS), "-t", "-c", str(CLUSTER)], capture_output=True, text=True, env=env, timeout=20)
+    ok = subprocess.run(
+        [str(NATS), "-t", "-c", str(CLUSTER)], capture_output=True, text=True, env=env, timeout=20
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
 
 
@@ -117,19 +101,17 @@ def test_single_server_passes_the_compose_health_check(tmp_path: Path, servers: 
     client, http = free_port(), free_port()
     conf = tmp_path / "single.conf"
     conf.write_text(localize(SINGLE.read_text(), tmp_path / "store", client, http))
-    servers.start(conf)
     # The URL of the compose health check, on this server's monitoring port.
-    url = f"http://127.0.0.1:{http}/healthz?js-enabled-only=true"
-    assert wait_status(url, 200, 15) == 200, servers.logs()
-    import json
-
+    servers.start(conf, f"http://127.0.0.1:{http}/healthz?js-enabled-only=true").wait_ready()
     with urllib.request.urlopen(f"http://127.0.0.1:{http}/varz", timeout=2) as r:
         varz = json.load(r)
     assert varz["max_payload"] == 8 << 20
     assert varz["jetstream"]["config"]["sync_always"] is True
 
 
-def test_cluster_forms_and_holds_a_stream_at_three_replicas(tmp_path: Path, servers: Servers) -> None:
+def test_cluster_forms_and_holds_a_stream_at_three_replicas(
+    tmp_path: Path, servers: Servers
+) -> None:
     names = ["nats-1", "nats-2", "nats-3"]
     ports = {n: (free_port(), free_port(), free_port()) for n in names}  # client, http, route
     routes = {n: p[2] for n, p in ports.items()}
@@ -137,18 +119,19 @@ def test_cluster_forms_and_holds_a_stream_at_three_replicas(tmp_path: Path, serv
         client, http, route = ports[n]
         conf = tmp_path / f"{n}.conf"
         conf.write_text(localize(CLUSTER.read_text(), tmp_path / n, client, http, route, routes))
-        servers.start(conf, {"NATS_SERVER_NAME": n})
-    # The compose health check of a cluster node: the full /healthz, which
-    # waits for a JetStream meta leader.
-    for n in names:
-        url = f"http://127.0.0.1:{ports[n][1]}/healthz"
-        assert wait_status(url, 200, 25) == 200, servers.logs()
+        # The compose health check of a cluster node: the full /healthz,
+        # which waits for a JetStream meta leader.
+        servers.start(conf, f"http://127.0.0.1:{http}/healthz", {"NATS_SERVER_NAME": n})
+    for p in servers.procs:
+        p.wait_ready()
 
     nats = pytest.importorskip("nats")
     from nats.js.api import StreamConfig
 
     async def replicate() -> tuple[int, set[str]]:
-        nc = await nats.connect([f"nats://127.0.0.1:{ports[n][0]}" for n in names], connect_timeout=5)
+        nc = await nats.connect(
+            [f"nats://127.0.0.1:{ports[n][0]}" for n in names], connect_timeout=5
+        )
         try:
             js = nc.jetstream()
             # Right after the meta leader is elected, peers may still be
@@ -157,7 +140,8 @@ def test_cluster_forms_and_holds_a_stream_at_three_replicas(tmp_path: Path, serv
             while True:
                 try:
                     info = await js.add_stream(
-                        StreamConfig(name="DEPLOY_CHECK", subjects=["deploy.check"], num_replicas=3))
+                        StreamConfig(name="DEPLOY_CHECK", subjects=["deploy.check"], num_replicas=3)
+                    )
                     break
                 except Exception:
                     if time.monotonic() > deadline:
@@ -173,7 +157,8 @@ def test_cluster_forms_and_holds_a_stream_at_three_replicas(tmp_path: Path, serv
     try:
         replicas, members = asyncio.run(asyncio.wait_for(replicate(), 30))
     except Exception as e:
-        pytest.fail(f"{e!r}\n{servers.logs()}")
+        logs = "\n".join(f"--- {p.name}\n{p.log_tail(40)}" for p in servers.procs)
+        pytest.fail(f"{e!r}\n{logs}")
     assert replicas == 3
     assert members == set(names)
     assert re.search(r"cluster_name|tandem", CLUSTER.read_text())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
@@ -26,19 +27,55 @@ def status_error(
     metadata: dict[str, str] | None = None,
     retry_after: float | None = None,
 ) -> grpc.Status:
-    info = error_details_pb2.ErrorInfo(reason=reason, domain="tandem.dev", metadata=metadata or {})
-    details = [any_pb2.Any()]
-    details[0].Pack(info)
+    """A status as a Tandem service sends it; ``reason=""``: a bare status
+    without an ErrorInfo (as gRPC itself or a proxy would fail a call)."""
+    details = []
+    if reason:
+        info = error_details_pb2.ErrorInfo(
+            reason=reason, domain="tandem.dev", metadata=metadata or {}
+        )
+        details.append(any_pb2.Any())
+        details[0].Pack(info)
     if retry_after is not None:
         retry = error_details_pb2.RetryInfo(
-            retry_delay=duration_pb2.Duration(seconds=int(retry_after),
-                                              nanos=int((retry_after % 1) * 1e9))
+            retry_delay=duration_pb2.Duration(
+                seconds=int(retry_after), nanos=int((retry_after % 1) * 1e9)
+            )
         )
         d = any_pb2.Any()
         d.Pack(retry)
         details.append(d)
     status = status_pb2.Status(code=code.value[0], message=message, details=details)
     return rpc_status.to_status(status)
+
+
+class RpcError(grpc.RpcError):
+    """A failed call as grpc reports it (code, details, trailing metadata),
+    for tests that need no server."""
+
+    def __init__(
+        self, code: grpc.StatusCode, reason: str, message: str = "msg", domain: str = "tandem.dev"
+    ) -> None:
+        details = []
+        if reason:
+            info = any_pb2.Any()
+            info.Pack(
+                error_details_pb2.ErrorInfo(reason=reason, domain=domain, metadata={"k": "v"})
+            )
+            details.append(info)
+        status = status_pb2.Status(code=code.value[0], message=message, details=details)
+        self._code = code
+        self._message = message
+        self._trailers = (("grpc-status-details-bin", status.SerializeToString()),)
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._message
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        return self._trailers
 
 
 class FakeJobs(jobs_pb2_grpc.JobServiceServicer, compute_pb2_grpc.ComputeServiceServicer):
@@ -65,6 +102,20 @@ class FakeJobs(jobs_pb2_grpc.JobServiceServicer, compute_pb2_grpc.ComputeService
         self.outcome: Callable[[jobs_pb2.Job, bytes], None] = self._succeed
         # Break the watch stream after this many messages (once).
         self.break_watch_after: int | None = None
+        # Fail a WatchJobs / GetJob call before it answers anything.
+        self.watch_script: Callable[[int, jobs_pb2.WatchJobsRequest], grpc.Status | None] = (
+            lambda n, r: None
+        )
+        self.get_script: Callable[[int, jobs_pb2.GetJobRequest], grpc.Status | None] = (
+            lambda n, r: None
+        )
+        self.get_calls = 0
+        # Watches of job ids leave out result bytes (the client must GetJob them).
+        self.watch_without_results = False
+        # A queue watch sends its headers, these events, then ends with this
+        # status (None: ends normally).
+        self.queue_events: list[jobs_pb2.Job] = []
+        self.queue_end: grpc.Status | None = None
 
     def _succeed(self, job: jobs_pb2.Job, payload: bytes) -> None:
         job.state = jobs_pb2.JOB_STATE_SUCCEEDED
@@ -75,13 +126,20 @@ class FakeJobs(jobs_pb2_grpc.JobServiceServicer, compute_pb2_grpc.ComputeService
     def _create(self, req: jobs_pb2.SubmitJobRequest) -> jobs_pb2.SubmitJobResponse:
         key = f"{req.queue}/{req.idempotency_key}"
         if req.idempotency_key and key in self.by_key:
-            return jobs_pb2.SubmitJobResponse(job=self._public(self.jobs[self.by_key[key]]),
-                                              deduplicated=True)
+            return jobs_pb2.SubmitJobResponse(
+                job=self._public(self.jobs[self.by_key[key]]), deduplicated=True
+            )
         job_id = f"job-{next(self.ids):04d}"
-        job = jobs_pb2.Job(id=job_id, queue=req.queue or "default", steps=req.steps,
-                           idempotency_key=req.idempotency_key, labels=req.labels,
-                           payload_size=len(req.payload), max_attempts=req.max_attempts or 5,
-                           state=jobs_pb2.JOB_STATE_QUEUED)
+        job = jobs_pb2.Job(
+            id=job_id,
+            queue=req.queue or "default",
+            steps=req.steps,
+            idempotency_key=req.idempotency_key,
+            labels=req.labels,
+            payload_size=len(req.payload),
+            max_attempts=req.max_attempts or 5,
+            state=jobs_pb2.JOB_STATE_QUEUED,
+        )
         job.created_at.GetCurrentTime()
         self.outcome(job, req.payload)
         self.jobs[job_id] = job
@@ -131,11 +189,20 @@ class FakeJobs(jobs_pb2_grpc.JobServiceServicer, compute_pb2_grpc.ComputeService
 
     def GetJob(self, request: Any, context: Any) -> Any:
         with self.lock:
+            self.get_calls += 1
+            st = self.get_script(self.get_calls, request)
             job = self.jobs.get(request.job_id)
+        if st is not None:
+            context.abort_with_status(st)
         if job is None:
-            context.abort_with_status(status_error(grpc.StatusCode.NOT_FOUND, "JOB_NOT_FOUND",
-                                                   f"no job {request.job_id}",
-                                                   {"job_id": request.job_id}))
+            context.abort_with_status(
+                status_error(
+                    grpc.StatusCode.NOT_FOUND,
+                    "JOB_NOT_FOUND",
+                    f"no job {request.job_id}",
+                    {"job_id": request.job_id},
+                )
+            )
         return jobs_pb2.GetJobResponse(job=self._public(job, request.include_result))
 
     def WatchJobs(self, request: Any, context: Any) -> Iterator[Any]:
@@ -143,35 +210,69 @@ class FakeJobs(jobs_pb2_grpc.JobServiceServicer, compute_pb2_grpc.ComputeService
             self.watch_calls += 1
             brk = self.break_watch_after
             self.break_watch_after = None
+            st = self.watch_script(self.watch_calls, request)
+        if st is not None:
+            context.abort_with_status(st)
+        if request.queue:
+            context.send_initial_metadata(())
+            for job in self.queue_events:
+                yield jobs_pb2.WatchJobsResponse(job=self._public(job))
+            if self.queue_end is not None:
+                # As in the orchestrator, the end comes well after the
+                # headers (back to back, the client could not tell them
+                # from a failed opening).
+                time.sleep(0.05)
+                context.abort_with_status(self.queue_end)
+            return
+        include_result = request.include_result and not self.watch_without_results
         if len(request.job_ids) > 1000:
-            context.abort_with_status(status_error(grpc.StatusCode.INVALID_ARGUMENT,
-                                                   "REQUEST_INVALID", "too many job ids"))
+            context.abort_with_status(
+                status_error(
+                    grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_INVALID", "too many job ids"
+                )
+            )
         sent = 0
         for job_id in request.job_ids:
             job = self.jobs.get(job_id)
             if job is None:
-                context.abort_with_status(status_error(grpc.StatusCode.NOT_FOUND, "JOB_NOT_FOUND",
-                                                       f"no job {job_id}"))
+                context.abort_with_status(
+                    status_error(grpc.StatusCode.NOT_FOUND, "JOB_NOT_FOUND", f"no job {job_id}")
+                )
             if brk is not None and sent >= brk:
-                context.abort_with_status(status_error(grpc.StatusCode.UNAVAILABLE,
-                                                       "SHUTTING_DOWN", "draining"))
-            yield jobs_pb2.WatchJobsResponse(job=self._public(job, request.include_result))
+                context.abort_with_status(
+                    status_error(grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN", "draining")
+                )
+            yield jobs_pb2.WatchJobsResponse(job=self._public(job, include_result))
             sent += 1
 
     def CancelJob(self, request: Any, context: Any) -> Any:
         job = self.jobs.get(request.job_id)
         if job is None:
-            context.abort_with_status(status_error(grpc.StatusCode.NOT_FOUND, "JOB_NOT_FOUND", "no job"))
+            context.abort_with_status(
+                status_error(grpc.StatusCode.NOT_FOUND, "JOB_NOT_FOUND", "no job")
+            )
         if job.state == jobs_pb2.JOB_STATE_SUCCEEDED:
-            context.abort_with_status(status_error(grpc.StatusCode.FAILED_PRECONDITION,
-                                                   "JOB_STATE_CONFLICT",
-                                                   f"job {job.id} already SUCCEEDED"))
+            context.abort_with_status(
+                status_error(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "JOB_STATE_CONFLICT",
+                    f"job {job.id} already SUCCEEDED",
+                )
+            )
         job.state = jobs_pb2.JOB_STATE_CANCELLED
         return jobs_pb2.CancelJobResponse(job=self._public(job))
 
     def ListQueues(self, request: Any, context: Any) -> Any:
-        q = jobs_pb2.QueueInfo(name="default", depth=3, in_flight=1, workers=2, min_workers=1,
-                               max_workers=4, max_attempts=5, max_depth=100)
+        q = jobs_pb2.QueueInfo(
+            name="default",
+            depth=3,
+            in_flight=1,
+            workers=2,
+            min_workers=1,
+            max_workers=4,
+            max_attempts=5,
+            max_depth=100,
+        )
         q.job_timeout.FromSeconds(60)
         return jobs_pb2.ListQueuesResponse(queues=[q])
 
@@ -180,15 +281,21 @@ class FakeJobs(jobs_pb2_grpc.JobServiceServicer, compute_pb2_grpc.ComputeService
         return jobs_pb2.ListDeadLettersResponse(jobs=dead[: request.limit or 100], total=len(dead))
 
     def RetryDeadLetters(self, request: Any, context: Any) -> Any:
-        ids = [j.id for j in self.jobs.values() if j.state == jobs_pb2.JOB_STATE_DEAD
-               and (request.all or j.id in request.job_ids)]
+        ids = [
+            j.id
+            for j in self.jobs.values()
+            if j.state == jobs_pb2.JOB_STATE_DEAD and (request.all or j.id in request.job_ids)
+        ]
         for i in ids:
             self._succeed(self.jobs[i], b"")
         return jobs_pb2.RetryDeadLettersResponse(retried_job_ids=ids)
 
     def PurgeDeadLetters(self, request: Any, context: Any) -> Any:
-        ids = [j.id for j in self.jobs.values() if j.state == jobs_pb2.JOB_STATE_DEAD
-               and (request.all or j.id in request.job_ids)]
+        ids = [
+            j.id
+            for j in self.jobs.values()
+            if j.state == jobs_pb2.JOB_STATE_DEAD and (request.all or j.id in request.job_ids)
+        ]
         for i in ids:
             del self.jobs[i]
         return jobs_pb2.PurgeDeadLettersResponse(purged=len(ids))
@@ -197,22 +304,40 @@ class FakeJobs(jobs_pb2_grpc.JobServiceServicer, compute_pb2_grpc.ComputeService
 
     def ListOps(self, request: Any, context: Any) -> Any:
         return compute_pb2.ListOpsResponse(
-            ops=[compute_pb2.OpSpec(
-                name="compress.zstd", description="zstd", output_content_type="application/zstd",
-                params=[compute_pb2.ParamSpec(name="level", type=compute_pb2.PARAM_TYPE_INT,
-                                              default_value="3", min=1, max=22)])],
+            ops=[
+                compute_pb2.OpSpec(
+                    name="compress.zstd",
+                    description="zstd",
+                    output_content_type="application/zstd",
+                    params=[
+                        compute_pb2.ParamSpec(
+                            name="level",
+                            type=compute_pb2.PARAM_TYPE_INT,
+                            default_value="3",
+                            min=1,
+                            max=22,
+                        )
+                    ],
+                )
+            ],
             limits=compute_pb2.Limits(max_request_bytes=64 << 20, max_steps=16),
         )
 
 
-def failed_outcome(reason: str, code: int = code_pb2.INVALID_ARGUMENT,
-                   state: int = jobs_pb2.JOB_STATE_FAILED) -> Callable[[jobs_pb2.Job, bytes], None]:
+def failed_outcome(
+    reason: str, code: int = code_pb2.INVALID_ARGUMENT, state: int = jobs_pb2.JOB_STATE_FAILED
+) -> Callable[[jobs_pb2.Job, bytes], None]:
     def outcome(job: jobs_pb2.Job, payload: bytes) -> None:
         job.state = state  # type: ignore[assignment]
         job.attempt = 3 if state == jobs_pb2.JOB_STATE_DEAD else 1
-        job.last_error.CopyFrom(errors_pb2.Error(
-            code=code, reason=errors_pb2.ErrorReason.Value(reason),
-            message=f"step 0 (image.thumbnail): {reason.lower()}", metadata={"step": "0"}))
+        job.last_error.CopyFrom(
+            errors_pb2.Error(
+                code=code,
+                reason=errors_pb2.ErrorReason.Value(reason),
+                message=f"step 0 (image.thumbnail): {reason.lower()}",
+                metadata={"step": "0"},
+            )
+        )
 
     return outcome
 

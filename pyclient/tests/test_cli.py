@@ -15,16 +15,33 @@ from tandem._types import Step
 
 def test_ops_and_params_build_a_pipeline() -> None:
     ns = cli.build_parser().parse_args(
-        ["submit", "--op", "decompress.gzip", "--op", "image.thumbnail", "-p", "max_width=64",
-         "-p", "format=png", "--op", "hash.blake3", "--data", "x"])
-    assert cli._steps(ns) == [Step("decompress.gzip"),
-                              Step("image.thumbnail", max_width="64", format="png"),
-                              Step("hash.blake3")]
+        [
+            "submit",
+            "--op",
+            "decompress.gzip",
+            "--op",
+            "image.thumbnail",
+            "-p",
+            "max_width=64",
+            "-p",
+            "format=png",
+            "--op",
+            "hash.blake3",
+            "--data",
+            "x",
+        ]
+    )
+    assert cli._steps(ns) == [
+        Step("decompress.gzip"),
+        Step("image.thumbnail", max_width="64", format="png"),
+        Step("hash.blake3"),
+    ]
 
 
 def test_steps_json() -> None:
     ns = cli.build_parser().parse_args(
-        ["local", "--steps", '[{"op": "compress.zstd", "params": {"level": 3}}]', "-d", "x"])
+        ["local", "--steps", '[{"op": "compress.zstd", "params": {"level": 3}}]', "-d", "x"]
+    )
     assert cli._steps(ns) == [Step("compress.zstd", level="3")]
 
 
@@ -44,21 +61,37 @@ def test_no_op_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "no op given" in capsys.readouterr().err
 
 
-def test_submit_wait_prints_hex_digest(fake: FakeServer, capsys: pytest.CaptureFixture[str],
-                                       tmp_path: Path) -> None:
+def test_submit_wait_prints_hex_digest(
+    fake: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     f = tmp_path / "in.txt"
     f.write_bytes(b"hello")
-    code = cli.run(["--address", fake.address, "submit", "--op", "hash.sha256", "--file", str(f),
-                    "--wait"])
+    code = cli.run(
+        ["--address", fake.address, "submit", "--op", "hash.sha256", "--file", str(f), "--wait"]
+    )
     assert code == cli.EXIT_OK
     assert capsys.readouterr().out.strip() == hashlib.sha256(b"hello").hexdigest()
 
 
-def test_submit_json_and_output_file(fake: FakeServer, capsys: pytest.CaptureFixture[str],
-                                     tmp_path: Path) -> None:
+def test_submit_json_and_output_file(
+    fake: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     out = tmp_path / "digest.bin"
-    code = cli.run(["submit", "--address", fake.address, "--json", "--op", "hash.sha256",
-                    "-d", "hello", "--wait", "-o", str(out)])
+    code = cli.run(
+        [
+            "submit",
+            "--address",
+            fake.address,
+            "--json",
+            "--op",
+            "hash.sha256",
+            "-d",
+            "hello",
+            "--wait",
+            "-o",
+            str(out),
+        ]
+    )
     assert code == cli.EXIT_OK
     doc = json.loads(capsys.readouterr().out)
     assert doc["state"] == "SUCCEEDED"
@@ -70,7 +103,9 @@ def test_submit_no_wait_prints_id(fake: FakeServer, capsys: pytest.CaptureFixtur
     assert capsys.readouterr().out.strip().startswith("job-")
 
 
-def test_failed_job_is_exit_1_with_one_line(fake: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_failed_job_is_exit_1_with_one_line(
+    fake: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     fake.service.outcome = failed_outcome("INPUT_CORRUPT")
     code = cli.run(["submit", "--address", fake.address, "--op", "image.info", "-d", "x", "--wait"])
     assert code == cli.EXIT_JOB_FAILED
@@ -85,15 +120,18 @@ def test_unavailable_is_exit_4(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().err.startswith("tandem: error:")
 
 
-def test_not_found_is_exit_3_and_json_error(fake: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_not_found_is_exit_3_and_json_error(
+    fake: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = cli.run(["get", "nope", "--address", fake.address, "--json"])
     assert code == cli.EXIT_REJECTED
     doc = json.loads(capsys.readouterr().err)
     assert doc["error"]["reason"] == "JOB_NOT_FOUND" and doc["error"]["type"] == "NotFound"
 
 
-def test_env_address(fake: FakeServer, capsys: pytest.CaptureFixture[str],
-                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_address(
+    fake: FakeServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TANDEM_ADDRESS", fake.address)
     assert cli.run(["queues", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["queues"][0]["name"] == "default"
@@ -119,12 +157,29 @@ def test_dlq_commands(fake: FakeServer, capsys: pytest.CaptureFixture[str]) -> N
     assert json.loads(capsys.readouterr().out) == {"retried_job_ids": [job_id]}
 
 
-def test_map_folder_summary(fake: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_map_folder_summary(
+    fake: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     for i in range(7):
         (tmp_path / f"f{i}.txt").write_bytes(str(i).encode())
     outdir = tmp_path / "out"
-    code = cli.run(["map", "--address", fake.address, "--json", "--op", "hash.sha256", str(tmp_path),
-                    "--glob", "*.txt", "--output-dir", str(outdir), "--window", "3"])
+    code = cli.run(
+        [
+            "map",
+            "--address",
+            fake.address,
+            "--json",
+            "--op",
+            "hash.sha256",
+            str(tmp_path),
+            "--glob",
+            "*.txt",
+            "--output-dir",
+            str(outdir),
+            "--window",
+            "3",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["count"] == 7 and summary["succeeded"] == 7 and summary["failed"] == 0
@@ -136,12 +191,14 @@ def test_exit_codes_are_documented() -> None:
         assert f"  {code} " in cli.EPILOG
 
 
-def test_map_where_every_submit_is_rejected(fake: FakeServer, capsys: pytest.CaptureFixture[str],
-                                            tmp_path: Path) -> None:
+def test_map_where_every_submit_is_rejected(
+    fake: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     from tandem.v1 import errors_pb2
 
     fake.service.item_script = lambda n, r: errors_pb2.Error(
-        code=3, reason=errors_pb2.UNKNOWN_OP, message="unknown op")
+        code=3, reason=errors_pb2.UNKNOWN_OP, message="unknown op"
+    )
     for i in range(3):
         (tmp_path / f"f{i}").write_bytes(b"x")
     code = cli.run(["map", "--address", fake.address, "--json", "--op", "nope", str(tmp_path)])
@@ -150,14 +207,26 @@ def test_map_where_every_submit_is_rejected(fake: FakeServer, capsys: pytest.Cap
     assert summary["failed"] == 3 and summary["succeeded"] == 0
 
 
-def test_map_windows_bounded_by_count_and_bytes(tmp_path: Path) -> None:
-    files = []
-    for i, size in enumerate([10, 10, 50, 10, 100, 10]):
-        f = tmp_path / f"f{i}"
-        f.write_bytes(b"x" * size)
-        files.append(f)
-    sizes = [[f.stat().st_size for f in w] for w in cli._windows(files, 3, 60)]
-    assert sizes == [[10, 10], [50, 10], [100], [10]]
+def test_queue_watch_goes_on_after_a_break_with_a_warning(
+    fake: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import grpc
+
+    from fake_server import status_error
+    from tandem.v1 import jobs_pb2
+
+    fake.service.queue_events = [jobs_pb2.Job(id="j1", state=jobs_pb2.JOB_STATE_RUNNING)]
+    fake.service.queue_end = status_error(
+        grpc.StatusCode.ABORTED, "BROKER_UNAVAILABLE", "the connection to NATS was lost"
+    )
+    code = cli.run(
+        ["watch", "--address", fake.address, "--queue", "default", "--wait-timeout", "0.5"]
+    )
+    assert code == cli.EXIT_UNAVAILABLE  # the --wait-timeout, not the break
+    captured = capsys.readouterr()
+    assert captured.out.count("j1  RUNNING") >= 2
+    assert "events since may be missing; watching again" in captured.err
+    assert "timed out" in captured.err
 
 
 def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,7 +6,15 @@ import grpc
 import pytest
 
 import tandem
-from tandem._errors import from_native_error, from_proto_error, make_error, status_code
+from fake_server import RpcError
+from tandem._errors import (
+    CATALOGUE,
+    from_native_error,
+    from_proto_error,
+    from_rpc_error,
+    make_error,
+    status_code,
+)
 from tandem.v1 import errors_pb2
 
 
@@ -30,13 +38,19 @@ from tandem.v1 import errors_pb2
         (grpc.StatusCode.INTERNAL, "INTERNAL_ERROR", tandem.InternalError),
         (grpc.StatusCode.UNAVAILABLE, "INJECTED_FAULT", tandem.Unavailable),
         (grpc.StatusCode.INVALID_ARGUMENT, "INJECTED_FAULT", tandem.InvalidJob),
-        # No code (a stored error without one): the reason decides.
+        # The reason decides whatever the code: a queue watch that lost NATS
+        # ends ABORTED, and is no conflict.
+        (grpc.StatusCode.ABORTED, "BROKER_UNAVAILABLE", tandem.Unavailable),
+        (grpc.StatusCode.UNKNOWN, "QUEUE_NOT_FOUND", tandem.NotFound),
         (None, "UNKNOWN_OP", tandem.InvalidJob),
         (None, "QUEUE_FULL", tandem.Overloaded),
+        # No catalogued reason: the code decides.
+        (grpc.StatusCode.ABORTED, "", tandem.Conflict),
+        (grpc.StatusCode.NOT_FOUND, "SOME_NEWER_REASON", tandem.NotFound),
         (None, "", tandem.TandemError),
     ],
 )
-def test_class_by_code_then_reason(code: grpc.StatusCode | None, reason: str, cls: type) -> None:
+def test_class_by_reason_then_code(code: grpc.StatusCode | None, reason: str, cls: type) -> None:
     err = make_error(code, reason, "msg", {"op": "x"})
     assert type(err) is cls
     assert err.reason == reason
@@ -45,8 +59,12 @@ def test_class_by_code_then_reason(code: grpc.StatusCode | None, reason: str, cl
 
 
 def test_overloaded_retry_after_from_metadata() -> None:
-    err = make_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "QUEUE_FULL", "full",
-                     {"retry_after_ms": "250", "queue": "q"})
+    err = make_error(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "QUEUE_FULL",
+        "full",
+        {"retry_after_ms": "250", "queue": "q"},
+    )
     assert isinstance(err, tandem.Overloaded)
     assert err.retry_after == pytest.approx(0.25)
     assert err.retryable
@@ -58,15 +76,20 @@ def test_timeout_is_also_builtin_timeout_error() -> None:
 
 
 def test_str_has_reason_and_message() -> None:
-    err = make_error(grpc.StatusCode.INVALID_ARGUMENT, "PARAM_OUT_OF_RANGE",
-                     'step 0 (compress.zstd): param "level" = 40 is out of range [1, 22]')
-    assert str(err) == ('PARAM_OUT_OF_RANGE: step 0 (compress.zstd): param "level" = 40 '
-                        "is out of range [1, 22]")
+    err = make_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "PARAM_OUT_OF_RANGE",
+        'step 0 (compress.zstd): param "level" = 40 is out of range [1, 22]',
+    )
+    assert str(err) == (
+        'PARAM_OUT_OF_RANGE: step 0 (compress.zstd): param "level" = 40 is out of range [1, 22]'
+    )
 
 
 def test_from_proto_error() -> None:
-    msg = errors_pb2.Error(code=3, reason=errors_pb2.INPUT_CORRUPT, message="bad png",
-                           metadata={"step": "0"})
+    msg = errors_pb2.Error(
+        code=3, reason=errors_pb2.INPUT_CORRUPT, message="bad png", metadata={"step": "0"}
+    )
     err = from_proto_error(msg)
     assert isinstance(err, tandem.InvalidJob)
     assert err.reason == "INPUT_CORRUPT"
@@ -103,9 +126,71 @@ def test_status_code_forms() -> None:
     assert status_code(None) is None
 
 
-def test_every_catalogue_reason_maps_to_a_specific_class() -> None:
-    from tandem._errors import _BY_REASON
+# The class each catalogue code stands for (a new code in errors.proto needs
+# its class here, and in tandem._errors).
+CLASS_OF_CODE: dict[grpc.StatusCode, type[tandem.TandemError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: tandem.InvalidJob,
+    grpc.StatusCode.NOT_FOUND: tandem.NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: tandem.Conflict,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: tandem.Overloaded,
+    grpc.StatusCode.UNAVAILABLE: tandem.Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: tandem.Timeout,
+    grpc.StatusCode.CANCELLED: tandem.Cancelled,
+    grpc.StatusCode.INTERNAL: tandem.InternalError,
+    grpc.StatusCode.UNKNOWN: tandem.InternalError,
+}
 
-    names = [n for n in errors_pb2.ErrorReason.keys() if n != "ERROR_REASON_UNSPECIFIED"]
-    missing = [n for n in names if n not in _BY_REASON and n != "INJECTED_FAULT"]
-    assert missing == []
+
+def test_every_reason_follows_the_catalogue() -> None:
+    """Walks the whole ErrorReason enum of errors.proto: each reason becomes
+    the class of the code its (reason) option names, whether the status
+    carries that code, another one or none (a stored error), and its
+    ``retryable`` (hence the client's retries) is the option's."""
+    specs = {
+        v.name: v.GetOptions().Extensions[errors_pb2.reason]
+        for v in errors_pb2.ErrorReason.DESCRIPTOR.values
+        if v.number != 0
+    }
+    assert set(specs) == set(CATALOGUE) and len(specs) > 15
+    policy = tandem.RetryPolicy()
+    codes = {grpc.StatusCode[spec.code] for spec in specs.values() if spec.code}
+    for name, spec in specs.items():
+        if not spec.code:
+            # Any code: the code decides the class, and retryability is that
+            # of the catalogue's reasons with that code.
+            for code in codes:
+                err = make_error(code, name, "m")
+                same_code = [s.retryable for s in specs.values() if s.code == code.name]
+                assert (type(err), err.retryable) == (CLASS_OF_CODE[code], all(same_code)), name
+            continue
+        code = grpc.StatusCode[spec.code]
+        cls = CLASS_OF_CODE[code]
+        errors = [make_error(sent, name, "m") for sent in (code, grpc.StatusCode.ABORTED, None)]
+        errors.append(from_rpc_error(RpcError(code, name)))
+        errors.append(
+            from_proto_error(
+                errors_pb2.Error(
+                    code=code.value[0], reason=errors_pb2.ErrorReason.Value(name), message="m"
+                )
+            )
+        )
+        for err in errors:
+            assert type(err) is cls, (name, err.code)
+            assert err.reason == name
+            assert err.retryable is spec.retryable, name
+            assert policy.should_retry(err, 1) is spec.retryable, name
+        assert errors[0].code is errors[-2].code is errors[-1].code is code
+        assert CATALOGUE[name].code is code
+
+
+def test_without_a_tandem_reason_the_code_decides() -> None:
+    # Another system's ErrorInfo is not read as one of ours.
+    err = from_rpc_error(RpcError(grpc.StatusCode.NOT_FOUND, "UNKNOWN_OP", domain="other.dev"))
+    assert type(err) is tandem.NotFound and err.reason == "" and err.metadata == {}
+    # A bare UNAVAILABLE is retryable; a bare RESOURCE_EXHAUSTED (the
+    # transport's size limit) or DEADLINE_EXCEEDED (the caller's deadline) is not.
+    assert make_error(grpc.StatusCode.UNAVAILABLE, "", "m").retryable
+    assert not make_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "", "m").retryable
+    assert make_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "", "m", retry_after=1.0).retryable
+    assert not make_error(grpc.StatusCode.DEADLINE_EXCEEDED, "", "m").retryable
+    assert not make_error(grpc.StatusCode.INTERNAL, "", "m").retryable

@@ -21,7 +21,10 @@ def test_step_forms() -> None:
     steps = to_steps(["decompress.gzip", tandem.Step("image.thumbnail", max_width=64, fit=True)])
     assert [s.op for s in steps] == ["decompress.gzip", "image.thumbnail"]
     assert steps[1].params == {"max_width": "64", "fit": "true"}
-    assert steps[1].to_dict() == {"op": "image.thumbnail", "params": {"max_width": "64", "fit": "true"}}
+    assert steps[1].to_dict() == {
+        "op": "image.thumbnail",
+        "params": {"max_width": "64", "fit": "true"},
+    }
 
 
 @pytest.mark.parametrize("bad", [[], [{"params": {}}], [42], 3.5])
@@ -53,8 +56,15 @@ def test_submit_request_generates_idempotency_key() -> None:
     a = submit_request("hash.sha256", b"x")
     b = submit_request("hash.sha256", b"x")
     assert a.idempotency_key and b.idempotency_key and a.idempotency_key != b.idempotency_key
-    c = submit_request("hash.sha256", b"x", idempotency_key="k1", timeout=1.5, max_attempts=2,
-                       labels={"a": "1"}, queue="q")
+    c = submit_request(
+        "hash.sha256",
+        b"x",
+        idempotency_key="k1",
+        timeout=1.5,
+        max_attempts=2,
+        labels={"a": "1"},
+        queue="q",
+    )
     assert c.idempotency_key == "k1"
     assert c.timeout.seconds == 1 and c.timeout.nanos == 500_000_000
     assert (c.max_attempts, c.queue, dict(c.labels)) == (2, "q", {"a": "1"})
@@ -70,8 +80,9 @@ def test_batches_bounded_by_items_and_bytes() -> None:
 
 def test_job_from_proto() -> None:
     msg = jobs_pb2.Job(id="j1", queue="q", state=jobs_pb2.JOB_STATE_DEAD, attempt=3, max_attempts=3)
-    msg.last_error.CopyFrom(errors_pb2.Error(code=14, reason=errors_pb2.COMPUTE_UNAVAILABLE,
-                                             message="down"))
+    msg.last_error.CopyFrom(
+        errors_pb2.Error(code=14, reason=errors_pb2.COMPUTE_UNAVAILABLE, message="down")
+    )
     a = msg.attempts.add(number=1)
     a.error.CopyFrom(errors_pb2.Error(code=14, reason=errors_pb2.COMPUTE_UNAVAILABLE))
     msg.attempts.add(number=2)
@@ -90,8 +101,12 @@ def test_job_from_proto() -> None:
 
 def test_job_states_terminal() -> None:
     terminal = {s for s in tandem.JobState if s.terminal}
-    assert terminal == {tandem.JobState.SUCCEEDED, tandem.JobState.FAILED,
-                        tandem.JobState.DEAD, tandem.JobState.CANCELLED}
+    assert terminal == {
+        tandem.JobState.SUCCEEDED,
+        tandem.JobState.FAILED,
+        tandem.JobState.DEAD,
+        tandem.JobState.CANCELLED,
+    }
 
 
 def test_retry_policy_backoff_bounds() -> None:

@@ -4,7 +4,7 @@ awaited I/O around the logic of :mod:`tandem._core`."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Generator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -13,7 +13,7 @@ import grpc.aio
 from tandem import _core as core
 from tandem._core import WATCH_MAX_IDS, job_outcome
 from tandem._errors import InternalError, TandemError, from_rpc_error
-from tandem._requests import JobSpec
+from tandem._requests import JobSpec, channel_options
 from tandem._types import DeadLetters, Job, Ops, Payload, QueueInfo, StepsLike
 from tandem.v1 import compute_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
@@ -81,8 +81,9 @@ class AsyncClient(core.ClientBase):
                 reply = None
                 continue
             method = getattr(stub or self._stub, step.method)
+            timeout = self.timeout if step.timeout is None else min(self.timeout, step.timeout)
             try:
-                reply = await method(step.request, timeout=self.timeout, metadata=step.metadata)
+                reply = await method(step.request, timeout=timeout, metadata=step.metadata)
             except grpc.RpcError as rpc_err:
                 reply = from_rpc_error(rpc_err)
 
@@ -103,15 +104,18 @@ class AsyncClient(core.ClientBase):
         labels: Mapping[str, str] | None = None,
     ) -> AsyncJobHandle:
         """See :meth:`tandem.Client.submit`."""
-        rpc = self._job_request(steps, payload, queue, idempotency_key, max_attempts,
-                                timeout, labels)
+        rpc = self._job_request(
+            steps, payload, queue, idempotency_key, max_attempts, timeout, labels
+        )
         return AsyncJobHandle(self, *await self._run(rpc))
 
     async def submit_many(
         self, jobs: Iterable[JobSpec | jobs_pb2.SubmitJobRequest], *, batch_size: int = 256
     ) -> list[AsyncJobHandle | TandemError]:
         """See :meth:`tandem.Client.submit_many`."""
-        plan = self._submit_many(jobs, batch_size, lambda job, dedup: AsyncJobHandle(self, job, dedup))
+        plan = self._submit_many(
+            jobs, batch_size, lambda job, dedup: AsyncJobHandle(self, job, dedup)
+        )
         return await self._drive(plan)
 
     async def get(self, job_id: str, *, include_result: bool = False) -> Job:
@@ -139,15 +143,19 @@ class AsyncClient(core.ClientBase):
         if len(ids) > WATCH_MAX_IDS:
             deadline = core.deadline_after(timeout)
             for group in core.id_groups(ids):
-                async for job in self.watch(group, include_result=include_result,
-                                            timeout=core.remaining(deadline)):
+                async for job in self.watch(
+                    group, include_result=include_result, timeout=core.remaining(deadline)
+                ):
                     yield job
             return
-        w = core.Watch(ids, queue, include_result, timeout, self._closed)
+        w = core.Watch(ids, queue, include_result, timeout, self._closed, self.retry)
         while True:
             req, rem = w.request()
             call = self._stub.WatchJobs(req, timeout=rem)
             try:
+                if w.wants_headers:
+                    await call.initial_metadata()
+                    w.opened(not call.done())
                 async for resp in call:
                     yield w.job(resp)
                     if w.finished:
@@ -160,19 +168,25 @@ class AsyncClient(core.ClientBase):
                 call.cancel()
             await asyncio.sleep(w.reconnect_delay())
 
+    async def _settle(
+        self, job_ids: Sequence[str], timeout: float | None, include_result: bool
+    ) -> AsyncIterator[Job]:
+        """See :meth:`tandem.Client._settle`."""
+        deadline = core.deadline_after(timeout)
+        async for job in self.watch(job_ids, include_result=include_result, timeout=timeout):
+            if job.done:
+                if core.lacks_result(job, include_result):
+                    job = await self._drive(self._unary(core.get_job(job.id, True), deadline))
+                yield job
+
     async def wait(
         self, job_ids: Sequence[str], *, timeout: float | None = None, include_result: bool = True
     ) -> dict[str, Job]:
         """See :meth:`tandem.Client.wait`."""
-        final: dict[str, Job] = {}
         want = core.wait_ids(job_ids)
-        if want:
-            async for job in self.watch(want, include_result=include_result, timeout=timeout):
-                if job.done:
-                    final[job.id] = job
-        for job_id in core.missing_results(final, include_result):
-            final[job_id] = await self.get(job_id, include_result=True)
-        return final
+        if not want:
+            return {}
+        return {job.id: job async for job in self._settle(want, timeout, include_result)}
 
     async def map(
         self,
@@ -180,24 +194,38 @@ class AsyncClient(core.ClientBase):
         inputs: Iterable[Payload],
         *,
         queue: str | None = None,
-        window: int = 512,
+        window: int = core.MAP_WINDOW,
+        max_bytes: int = core.MAP_WINDOW_BYTES,
         batch_size: int = 128,
         timeout: float | None = None,
         return_exceptions: bool = False,
+        on_result: Callable[[int, Job | TandemError], None] | None = None,
     ) -> AsyncIterator[Any]:
         """See :meth:`tandem.Client.map`."""
-        plan: core.MapPlan[AsyncJobHandle] = self._map(steps, inputs, queue, window, batch_size)
+        plan = self._map(steps, inputs, queue, window, max_bytes, batch_size)
 
         async def fill() -> None:
             for chunk in plan.chunks():
-                plan.submitted(await self.submit_many(chunk, batch_size=batch_size))
+                retries = self._retries(core.deadline_after(timeout), "map")
+                results = await self._drive(
+                    self._submit_many(chunk.specs, batch_size, lambda job, dedup: job, retries)
+                )
+                for index, err in plan.submitted(chunk, results):
+                    if on_result is not None:
+                        on_result(index, err)
 
         await fill()
         while plan.inflight:
-            chunk_results, ids = plan.next()
-            final = await self.wait(ids, timeout=timeout) if ids else {}
+            chunk = plan.next()
+            index_of = chunk.index_of()
+            final: dict[str, Job] = {}
+            if index_of:
+                async for job in self._settle(chunk.ids(), timeout, True):
+                    final[job.id] = job
+                    if on_result is not None:
+                        on_result(index_of[job.id], job)
             await fill()
-            for outcome in plan.outcomes(chunk_results, final, return_exceptions):
+            for outcome in plan.outcomes(chunk, final, return_exceptions):
                 yield outcome
 
     # ------------------------------------------------------------ catalogue and queues
@@ -210,7 +238,8 @@ class AsyncClient(core.ClientBase):
             )
         except InternalError as err:
             address = self._ops_fallback(err)
-        async with grpc.aio.insecure_channel(address) as channel:
+        options = channel_options(self.max_message_bytes)
+        async with grpc.aio.insecure_channel(address, options=options) as channel:
             return await self._run(core.list_ops(), compute_pb2_grpc.ComputeServiceStub(channel))
 
     async def queues(self) -> list[QueueInfo]:

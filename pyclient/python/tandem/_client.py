@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -11,7 +11,7 @@ import grpc
 from tandem import _core as core
 from tandem._core import WATCH_MAX_IDS, job_outcome
 from tandem._errors import InternalError, TandemError, from_rpc_error
-from tandem._requests import JobSpec
+from tandem._requests import JobSpec, channel_options
 from tandem._types import DeadLetters, Job, Ops, Payload, QueueInfo, StepsLike
 from tandem.v1 import compute_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
@@ -36,7 +36,10 @@ class JobHandle(core.HandleBase["Client"]):
 
     def wait(self, timeout: float | None = None) -> Job:
         """Waits until the job is terminal and returns its record (with the
-        result bytes when it SUCCEEDED). Raises :class:`tandem.Timeout`."""
+        result bytes when it SUCCEEDED); goes on through orchestrator
+        restarts and broker outages. Raises :class:`tandem.Timeout` after
+        ``timeout`` seconds (None: never), :class:`NotFound` for an unknown
+        job."""
         return self._client.wait([self.id], timeout=timeout)[self.id]
 
     def result(self, timeout: float | None = None) -> bytes:
@@ -46,6 +49,8 @@ class JobHandle(core.HandleBase["Client"]):
             JobFailed: the job ended FAILED or DEAD (``.error`` says why).
             Cancelled: the job was cancelled.
             Timeout: ``timeout`` seconds passed first (the job goes on).
+                Failures of the service or its broker before then are waited
+                out (see :meth:`Client.watch`), never raised.
         """
         return job_outcome(self.wait(timeout))
 
@@ -105,8 +110,9 @@ class Client(core.ClientBase):
                 reply = None
                 continue
             method = getattr(stub or self._stub, step.method)
+            timeout = self.timeout if step.timeout is None else min(self.timeout, step.timeout)
             try:
-                reply = method(step.request, timeout=self.timeout, metadata=step.metadata)
+                reply = method(step.request, timeout=timeout, metadata=step.metadata)
             except grpc.RpcError as rpc_err:
                 reply = from_rpc_error(rpc_err)
 
@@ -145,8 +151,9 @@ class Client(core.ClientBase):
             Overloaded: the queue is full (after the client's retries).
             Unavailable: the orchestrator cannot be reached (after retries).
         """
-        rpc = self._job_request(steps, payload, queue, idempotency_key, max_attempts,
-                                timeout, labels)
+        rpc = self._job_request(
+            steps, payload, queue, idempotency_key, max_attempts, timeout, labels
+        )
         return JobHandle(self, *self._run(rpc))
 
     def submit_many(
@@ -193,9 +200,25 @@ class Client(core.ClientBase):
         timeout: float | None = None,
     ) -> Iterator[Job]:
         """Yields state changes of the given jobs (current state first),
-        ending when all are terminal; or of every job of ``queue``
-        (endless). A broken stream is reopened (for job ids, only for those
-        not yet terminal) until ``timeout`` seconds have passed.
+        ending when all are terminal; or of every job of ``queue``.
+
+        Job ids: a broken stream is reopened, with backoff, for the ids not
+        yet terminal (each reopening sends their current state first, so no
+        final state is missed; intermediate ones may be): across orchestrator
+        restarts, broker (NATS) outages, and any retryable error or
+        server-side deadline. Ends the iterator with :class:`Timeout` once
+        ``timeout`` seconds (None: never) have passed, or with a permanent
+        error (:class:`NotFound` for an unknown id, :class:`InvalidJob`).
+
+        A queue: opening the stream is retried the same way, but once it is
+        live a break ends the iterator with the error, because events between
+        the break and a new watch are lost: :class:`Unavailable` (reason
+        BROKER_UNAVAILABLE with code ABORTED or UNAVAILABLE: the orchestrator
+        lost NATS; or no reason: the orchestrator went away) or
+        :class:`Overloaded` (reason OVERLOADED: the caller fell behind and
+        events were dropped). Their ``retryable`` is true: re-read the jobs
+        that matter (:meth:`get`) and watch again. Without a break a queue
+        watch runs until ``timeout`` (:class:`Timeout`).
 
         More than :data:`WATCH_MAX_IDS` ids are watched in consecutive
         groups, so later groups report their current state when their turn
@@ -205,14 +228,18 @@ class Client(core.ClientBase):
         if len(ids) > WATCH_MAX_IDS:
             deadline = core.deadline_after(timeout)
             for group in core.id_groups(ids):
-                yield from self.watch(group, include_result=include_result,
-                                      timeout=core.remaining(deadline))
+                yield from self.watch(
+                    group, include_result=include_result, timeout=core.remaining(deadline)
+                )
             return
-        w = core.Watch(ids, queue, include_result, timeout, self._closed)
+        w = core.Watch(ids, queue, include_result, timeout, self._closed, self.retry)
         while True:
             req, rem = w.request()
             call = self._stub.WatchJobs(req, timeout=rem)
             try:
+                if w.wants_headers:
+                    call.initial_metadata()
+                    w.opened(not call.done())
                 for resp in call:
                     yield w.job(resp)
                     if w.finished:
@@ -225,21 +252,28 @@ class Client(core.ClientBase):
                 call.cancel()
             time.sleep(w.reconnect_delay())
 
+    def _settle(
+        self, job_ids: Sequence[str], timeout: float | None, include_result: bool
+    ) -> Iterator[Job]:
+        """Each job's final record as it ends (with its result bytes when
+        asked), through broken streams and failing calls until ``timeout``."""
+        deadline = core.deadline_after(timeout)
+        for job in self.watch(job_ids, include_result=include_result, timeout=timeout):
+            if job.done:
+                if core.lacks_result(job, include_result):
+                    job = self._drive(self._unary(core.get_job(job.id, True), deadline))
+                yield job
+
     def wait(
         self, job_ids: Sequence[str], *, timeout: float | None = None, include_result: bool = True
     ) -> dict[str, Job]:
         """Waits until every job is terminal; returns their final records
-        keyed by id (with result bytes when asked). Survives orchestrator
-        restarts by reconnecting. Raises :class:`tandem.Timeout`."""
-        final: dict[str, Job] = {}
+        keyed by id (with result bytes when asked). Goes on through
+        orchestrator restarts and broker outages (see :meth:`watch`).
+        Raises :class:`tandem.Timeout` after ``timeout`` seconds (None:
+        never), or a permanent error (:class:`NotFound` for an unknown id)."""
         want = core.wait_ids(job_ids)
-        if want:
-            for job in self.watch(want, include_result=include_result, timeout=timeout):
-                if job.done:
-                    final[job.id] = job
-        for job_id in core.missing_results(final, include_result):
-            final[job_id] = self.get(job_id, include_result=True)
-        return final
+        return {job.id: job for job in self._settle(want, timeout, include_result)} if want else {}
 
     def map(
         self,
@@ -247,31 +281,52 @@ class Client(core.ClientBase):
         inputs: Iterable[Payload],
         *,
         queue: str | None = None,
-        window: int = 512,
+        window: int = core.MAP_WINDOW,
+        max_bytes: int = core.MAP_WINDOW_BYTES,
         batch_size: int = 128,
         timeout: float | None = None,
         return_exceptions: bool = False,
+        on_result: Callable[[int, Job | TandemError], None] | None = None,
     ) -> Iterator[Any]:
         """Runs one pipeline over many inputs; yields results in input order.
 
-        Keeps up to ``window`` jobs in flight, submitted in batches. A job
-        that fails raises its error (:class:`JobFailed`, :class:`Cancelled`,
-        or the submit's error) from the iterator, unless
-        ``return_exceptions`` is true, in which case the exception is
-        yielded in its place. ``timeout`` bounds the wait for each batch.
+        Keeps at most ``window`` jobs (default 256) and ``max_bytes``
+        payload bytes (default 128 MiB; one larger input goes alone) in
+        flight, submitted in batches of ``batch_size``; inputs are read only
+        when their batch is submitted. A job that fails raises its error
+        (:class:`JobFailed`, :class:`Cancelled`, or the submit's error) from
+        the iterator, unless ``return_exceptions`` is true, in which case the
+        exception is yielded in its place.
+
+        ``on_result(index, outcome)`` is called once per input as it settles
+        (for progress): with the job's final record (result bytes included),
+        or with the error that rejected its submit. ``timeout`` bounds the
+        submit and the wait of each batch (:class:`Timeout`); before it,
+        failures of the service or its broker are waited out, never raised.
         """
-        plan: core.MapPlan[JobHandle] = self._map(steps, inputs, queue, window, batch_size)
+        plan = self._map(steps, inputs, queue, window, max_bytes, batch_size)
 
         def fill() -> None:
             for chunk in plan.chunks():
-                plan.submitted(self.submit_many(chunk, batch_size=batch_size))
+                retries = self._retries(core.deadline_after(timeout), "map")
+                results = self._drive(
+                    self._submit_many(chunk.specs, batch_size, lambda job, dedup: job, retries)
+                )
+                for index, err in plan.submitted(chunk, results):
+                    if on_result is not None:
+                        on_result(index, err)
 
         fill()
         while plan.inflight:
-            chunk_results, ids = plan.next()
-            final = self.wait(ids, timeout=timeout) if ids else {}
+            chunk = plan.next()
+            index_of = chunk.index_of()
+            final: dict[str, Job] = {}
+            for job in self._settle(chunk.ids(), timeout, True) if index_of else ():
+                final[job.id] = job
+                if on_result is not None:
+                    on_result(index_of[job.id], job)
             fill()
-            yield from plan.outcomes(chunk_results, final, return_exceptions)
+            yield from plan.outcomes(chunk, final, return_exceptions)
 
     # ------------------------------------------------------------ catalogue and queues
 
@@ -286,7 +341,9 @@ class Client(core.ClientBase):
             return self._run(core.list_ops(), compute_pb2_grpc.ComputeServiceStub(self._channel))
         except InternalError as err:
             address = self._ops_fallback(err)
-        with grpc.insecure_channel(address) as channel:
+        with grpc.insecure_channel(
+            address, options=channel_options(self.max_message_bytes)
+        ) as channel:
             return self._run(core.list_ops(), compute_pb2_grpc.ComputeServiceStub(channel))
 
     def queues(self) -> list[QueueInfo]:

@@ -9,22 +9,22 @@ The two clients only perform what these say: blocking stub calls and
 from __future__ import annotations
 
 import os
-import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import grpc
 
 from tandem._errors import (
+    CATALOGUE,
     Cancelled,
     InternalError,
     JobFailed,
     TandemError,
     Timeout,
-    Unavailable,
     from_proto_error,
     from_rpc_error,
 )
@@ -50,6 +50,7 @@ from tandem._types import (
     QueueInfo,
     StepsLike,
     ops_from_proto,
+    read_payload,
 )
 from tandem.v1 import compute_pb2, jobs_pb2, jobs_pb2_grpc
 
@@ -59,10 +60,11 @@ C = TypeVar("C")
 #: The most job ids one WatchJobs call may name (the orchestrator's limit).
 WATCH_MAX_IDS = 1000
 
-# How long a waiter sleeps between reconnects of a broken watch stream; it
-# keeps waiting (until its own timeout) across orchestrator restarts.
-_RECONNECT_MIN = 0.05
-_RECONNECT_MAX = 2.0
+#: ``map``'s defaults: at most this many jobs in flight, and at most this many
+#: payload bytes in flight (read into memory for their submit, then held by
+#: the orchestrator until the job ends); one larger input still goes alone.
+MAP_WINDOW = 256
+MAP_WINDOW_BYTES = 128 * 1024 * 1024
 
 Metadata = tuple[tuple[str, str], ...]
 #: A submitted job as the server answered it: its record and whether the
@@ -86,8 +88,9 @@ def job_outcome(job: Job) -> bytes:
     if job.state is JobState.SUCCEEDED:
         return job.result if job.result is not None else b""
     if job.state is JobState.CANCELLED:
-        raise Cancelled(f"job {job.id} was cancelled", reason="CANCELLED",
-                        metadata={"job_id": job.id})
+        raise Cancelled(
+            f"job {job.id} was cancelled", reason="CANCELLED", metadata={"job_id": job.id}
+        )
     error = job.last_error or InternalError(
         f"job {job.id} ended {job.state.name} without an error", reason="INTERNAL_ERROR"
     )
@@ -105,11 +108,13 @@ def job_outcome(job: Job) -> bytes:
 
 @dataclass(frozen=True)
 class Send:
-    """One unary call: ``<stub>.<method>(request, timeout=client timeout, metadata=...)``."""
+    """One unary call: ``<stub>.<method>(request, timeout=..., metadata=...)``;
+    the timeout is the client's, or ``timeout`` when that is shorter."""
 
     method: str
     request: Any
     metadata: Metadata | None = None
+    timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -120,17 +125,87 @@ class Sleep:
 Plan = Generator[Send | Sleep, Any, R]
 
 
-def unary(rpc: Rpc[R], policy: RetryPolicy, closed: threading.Event) -> Plan[R]:
+class Retry(Protocol):
+    """When to retry a failed call, and after how long: a
+    :class:`~tandem.RetryPolicy`, or :class:`UntilDeadline`."""
+
+    def should_retry(self, error: TandemError, attempt: int) -> bool: ...
+
+    def backoff(self, error: TandemError | None, attempt: int) -> float: ...
+
+
+@dataclass(frozen=True)
+class UntilDeadline:
+    """The retries of a call made on behalf of a waiter (``wait``,
+    ``result``, ``map``): every retryable error, and any DEADLINE_EXCEEDED,
+    is retried with ``policy``'s backoff until the waiter's ``deadline``
+    (``time.monotonic()``; None: none) whatever ``policy.max_attempts``
+    says; no try outlasts the deadline. So a broker or orchestrator blip
+    shorter than the caller's timeout never reaches the caller."""
+
+    policy: RetryPolicy
+    deadline: float | None
+    #: What is waiting, for the Timeout's message ("wait", "map").
+    what: str = "wait"
+
+    @staticmethod
+    def _transient(error: TandemError) -> bool:
+        # A deadline that passed before the waiter's is not the waiter's:
+        # the server's own (a NATS call inside it), or one try's.
+        return error.retryable or isinstance(error, Timeout)
+
+    def should_retry(self, error: TandemError, attempt: int) -> bool:
+        rem = remaining(self.deadline)
+        return self._transient(error) and (rem is None or rem > 0)
+
+    def backoff(self, error: TandemError | None, attempt: int) -> float:
+        delay = self.policy.backoff(error, attempt)
+        rem = remaining(self.deadline)
+        return delay if rem is None else max(0.0, min(delay, rem))
+
+    def call_timeout(self) -> float | None:
+        rem = remaining(self.deadline)
+        return None if rem is None else max(0.0, rem)
+
+    def expired(self, error: TandemError) -> TandemError:
+        """What the waiter raises for ``error``: a :class:`Timeout` when it
+        was retryable and only the deadline stopped the retries."""
+        rem = remaining(self.deadline)
+        if self._transient(error) and rem is not None and rem <= 0:
+            return Timeout(
+                f"{self.what} timed out: {error}",
+                reason="TIMEOUT",
+                code=error.code,
+                metadata=error.metadata,
+                cause=error,
+            )
+        return error
+
+
+def _call_timeout(policy: Retry) -> float | None:
+    return policy.call_timeout() if isinstance(policy, UntilDeadline) else None
+
+
+def unary(rpc: Rpc[R], policy: Retry, closed: threading.Event) -> Plan[R]:
     """One unary call, retried under ``policy`` (not once the client is closed)."""
     attempt = 0
     while True:
         attempt += 1
-        reply = yield Send(rpc.method, rpc.request, rpc.metadata)
+        reply = yield Send(rpc.method, rpc.request, rpc.metadata, _call_timeout(policy))
         if not isinstance(reply, TandemError):
             return rpc.convert(reply)
         if not policy.should_retry(reply, attempt) or closed.is_set():
+            if isinstance(policy, UntilDeadline):
+                raise policy.expired(reply)
             raise reply
         yield Sleep(policy.backoff(reply, attempt))
+
+
+class _NotWaiting:
+    """The deadline of a call made for no waiter: the client's policy rules."""
+
+
+NOT_WAITING = _NotWaiting()
 
 
 # ---------------------------------------------------------------- the clients' common state
@@ -194,26 +269,48 @@ class ClientBase:
         check_size(req, self.max_message_bytes)
         return Rpc("SubmitJob", req, _submitted, traceparent())
 
-    def _unary(self, rpc: Rpc[R]) -> Plan[R]:
-        return unary(rpc, self.retry, self._closed)
+    def _unary(self, rpc: Rpc[R], deadline: float | None | _NotWaiting = NOT_WAITING) -> Plan[R]:
+        """The plan of one call: retried under the client's policy, or, when
+        made for a waiter, until the waiter's ``deadline``."""
+        return unary(rpc, self._retries(deadline), self._closed)
+
+    def _retries(self, deadline: float | None | _NotWaiting, what: str = "wait") -> Retry:
+        if isinstance(deadline, _NotWaiting):
+            return self.retry
+        return UntilDeadline(self.retry, deadline, what)
 
     def _submit_many(
-        self, jobs: Iterable[JobSpec | jobs_pb2.SubmitJobRequest], batch_size: int,
+        self,
+        jobs: Iterable[JobSpec | jobs_pb2.SubmitJobRequest],
+        batch_size: int,
         handle: Callable[[Job, bool], R],
+        policy: Retry | None = None,
     ) -> Plan[list[R | TandemError]]:
         plan = SubmitMany(
             [spec_request(j, self.queue) for j in jobs],
             max_message_bytes=self.max_message_bytes,
             batch_size=batch_size,
-            policy=self.retry,
+            policy=policy or self.retry,
         )
         return plan.run(handle)
 
     def _map(
-        self, steps: StepsLike, inputs: Iterable[Payload], queue: str | None,
-        window: int, batch_size: int,
-    ) -> MapPlan[Any]:
-        return MapPlan(steps, inputs, self.queue if queue is None else queue, window, batch_size)
+        self,
+        steps: StepsLike,
+        inputs: Iterable[Payload],
+        queue: str | None,
+        window: int,
+        max_bytes: int,
+        batch_size: int,
+    ) -> MapPlan:
+        return MapPlan(
+            steps,
+            inputs,
+            self.queue if queue is None else queue,
+            window=window,
+            max_bytes=max_bytes,
+            batch_size=batch_size,
+        )
 
     def _ops_fallback(self, err: InternalError) -> str:
         """The compute address to ask ListOps when the orchestrator failed
@@ -224,7 +321,9 @@ class ClientBase:
             raise TandemError(
                 f"the orchestrator at {self.address} does not serve ListOps: give the "
                 "compute service's address (compute_address=, $TANDEM_COMPUTE_ADDRESS)",
-                reason=err.reason, code=err.code, cause=err,
+                reason=err.reason,
+                code=err.code,
+                cause=err,
             ) from err
         return self.compute_address
 
@@ -277,8 +376,11 @@ def cancel_job(job_id: str) -> Rpc[Job]:
 
 
 def list_queues() -> Rpc[list[QueueInfo]]:
-    return Rpc("ListQueues", jobs_pb2.ListQueuesRequest(),
-               lambda resp: [QueueInfo.from_proto(q) for q in resp.queues])
+    return Rpc(
+        "ListQueues",
+        jobs_pb2.ListQueuesRequest(),
+        lambda resp: [QueueInfo.from_proto(q) for q in resp.queues],
+    )
 
 
 def pause_queue(queue: str) -> Rpc[QueueInfo]:
@@ -346,7 +448,7 @@ class SubmitMany:
         *,
         max_message_bytes: int,
         batch_size: int,
-        policy: RetryPolicy,
+        policy: Retry,
     ) -> None:
         self.results: list[Submitted | TandemError | None] = [None] * len(requests)
         self.pending: Batch = []
@@ -413,7 +515,9 @@ class SubmitMany:
         """The whole submit_many as a plan."""
         while self.pending:
             for batch in self.round():
-                reply = yield Send("SubmitJobs", self.request(batch), self.trace)
+                reply = yield Send(
+                    "SubmitJobs", self.request(batch), self.trace, _call_timeout(self.policy)
+                )
                 if isinstance(reply, TandemError):
                     self.failed(batch, reply)
                 else:
@@ -424,10 +528,15 @@ class SubmitMany:
         return self.outcome(handle)
 
     def outcome(self, handle: Callable[[Job, bool], R]) -> list[R | TandemError]:
-        """One entry per job, in order: ``handle(job, deduplicated)`` or the error."""
+        """One entry per job, in order: ``handle(job, deduplicated)`` or the
+        error (for a waiter's submit, :class:`Timeout` when only its deadline
+        stopped the retries)."""
+        expired = self.policy.expired if isinstance(self.policy, UntilDeadline) else None
         return [
-            r if isinstance(r, TandemError)
-            else handle(*r) if r is not None
+            (expired(r) if expired else r)
+            if isinstance(r, TandemError)
+            else handle(*r)
+            if r is not None
             else InternalError("no result")
             for r in self.results
         ]
@@ -445,7 +554,34 @@ def watch_ids(job_ids: Sequence[str] | str | None, queue: str | None) -> list[st
 
 def id_groups(ids: list[str]) -> list[list[str]]:
     """``ids`` cut into groups one WatchJobs call may name."""
-    return [ids[start:start + WATCH_MAX_IDS] for start in range(0, len(ids), WATCH_MAX_IDS)]
+    return [ids[start : start + WATCH_MAX_IDS] for start in range(0, len(ids), WATCH_MAX_IDS)]
+
+
+# Status codes on which a watch stream breaks although the same call would
+# not fail again: the server's own deadline for a NATS call (not the
+# caller's: that is checked first), a reset stream (INTERNAL, UNKNOWN), a
+# cancel or ABORTED from the server side.
+_STREAM_BREAKS = frozenset(
+    {
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.ABORTED,
+    }
+)
+
+
+def resumable(err: TandemError) -> bool:
+    """Whether reopening a broken watch stream may help: a retryable error
+    (per the catalogue), or a break of the stream that is not a permanent
+    answer of the catalogue (NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION)."""
+    if err.retryable:
+        return True
+    if err.code not in _STREAM_BREAKS:
+        return False
+    entry = CATALOGUE.get(err.reason)
+    return entry is None or entry.code is None or entry.code in _STREAM_BREAKS
 
 
 @dataclass
@@ -454,9 +590,11 @@ class Watch:
     (or of a queue): which ids are still open, the deadline, whether a broken
     stream is to be reopened and after how long.
 
-    The driver loops: ``req, timeout = w.request()``; opens the stream; passes
-    each message to :meth:`job` and yields it, stopping when :attr:`finished`;
-    at the stream's end stops when :meth:`ended` says so; on an ``RpcError``
+    The driver loops: ``req, timeout = w.request()``; opens the stream; for
+    a queue watch (:attr:`wants_headers`) waits for the response headers and
+    calls :meth:`opened` with whether the stream is still live; passes each
+    message to :meth:`job` and yields it, stopping when :attr:`finished`; at
+    the stream's end stops when :meth:`ended` says so; on an ``RpcError``
     calls :meth:`broken` (which raises when it is final); then sleeps
     :meth:`reconnect_delay` seconds and loops.
     """
@@ -466,17 +604,31 @@ class Watch:
     include_result: bool
     timeout: float | None
     closed: threading.Event
+    #: The backoff between reopenings (not its max_attempts: a watch goes on
+    #: until its deadline).
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
     deadline: float | None = field(init=False)
     open_ids: set[str] = field(init=False)
     finished: bool = field(init=False, default=False)
-    _sleep: float = field(init=False, default=_RECONNECT_MIN)
+    #: A queue watch is live once the server has subscribed (it sends its
+    #: headers then) or an event came: from then on a break may lose events.
+    live: bool = field(init=False, default=False)
+    _failures: int = field(init=False, default=0)
+    _last_error: TandemError | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.deadline = deadline_after(self.timeout)
         self.open_ids = set(self.ids)
 
+    @property
+    def wants_headers(self) -> bool:
+        return not self.ids
+
     def _timed_out(self) -> Timeout:
         return Timeout(f"watch timed out after {self.timeout} s", reason="TIMEOUT")
+
+    def _past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     def request(self) -> tuple[jobs_pb2.WatchJobsRequest, float | None]:
         """The next WatchJobs request and its call timeout; raises Timeout
@@ -491,9 +643,14 @@ class Watch:
         )
         return req, rem
 
+    def opened(self, live: bool) -> None:
+        """The response headers came (``live``), or the call ended without any."""
+        self.live = self.live or live
+
     def job(self, resp: jobs_pb2.WatchJobsResponse) -> Job:
         job = Job.from_proto(resp.job)
-        self._sleep = _RECONNECT_MIN
+        self._failures = 0
+        self.live = True
         if self.ids and job.done:
             self.open_ids.discard(job.id)
             self.finished = not self.open_ids
@@ -505,19 +662,31 @@ class Watch:
         return not self.ids
 
     def broken(self, rpc_err: grpc.RpcError) -> None:
-        """The stream failed: returns to reconnect, raises when final."""
+        """The stream failed: returns to reconnect, raises when final.
+
+        Final are: the client closed; the caller's deadline; an error that
+        reopening cannot cure (:func:`resumable`); and any break of a live
+        queue watch, whose events in between are lost (the error is raised
+        as it came, e.g. :class:`Unavailable` with reason BROKER_UNAVAILABLE).
+        """
         err = from_rpc_error(rpc_err)
-        if isinstance(err, Timeout) and self.deadline is not None \
-                and time.monotonic() >= self.deadline:
+        self._failures += 1
+        self._last_error = err
+        if self.closed.is_set():
+            raise err from rpc_err
+        if self._past_deadline():
             raise self._timed_out() from rpc_err
-        if not isinstance(err, (Unavailable, InternalError, Cancelled)) or self.closed.is_set():
+        if not self.ids and self.live:
+            raise err from rpc_err
+        if not resumable(err):
             raise err from rpc_err
 
     def reconnect_delay(self) -> float:
+        """Seconds to wait before reopening: the policy's backoff for the
+        breaks in a row (reset by an event), never past the deadline."""
+        delay = self.policy.backoff(self._last_error, max(1, self._failures))
         rem = remaining(self.deadline)
-        delay = min(self._sleep, max(0.0, rem if rem is not None else self._sleep))
-        self._sleep = min(_RECONNECT_MAX, self._sleep * 2 * random.uniform(0.8, 1.2))
-        return delay
+        return delay if rem is None else max(0.0, min(delay, rem))
 
 
 def wait_ids(job_ids: Sequence[str]) -> list[str]:
@@ -525,77 +694,143 @@ def wait_ids(job_ids: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(job_ids))
 
 
-def missing_results(final: Mapping[str, Job], include_result: bool) -> list[str]:
-    """The SUCCEEDED jobs of a finished ``wait`` whose result bytes must be
-    fetched with GetJob (the watch did not carry them)."""
-    if not include_result:
-        return []
-    return [job_id for job_id, job in final.items()
-            if job.state is JobState.SUCCEEDED and job.result is None]
+def lacks_result(job: Job, include_result: bool) -> bool:
+    """Whether a finished job of a ``wait`` needs a GetJob for its result
+    bytes (the watch did not carry them)."""
+    return include_result and job.state is JobState.SUCCEEDED and job.result is None
 
 
 # ---------------------------------------------------------------- map
 
 
-H = TypeVar("H", bound="HandleBase[Any]")
+def payload_size(payload: Payload) -> int:
+    """A payload's size in bytes without reading it (a path: its file's size)."""
+    if isinstance(payload, memoryview):
+        return payload.nbytes
+    if isinstance(payload, (bytes, bytearray)):
+        return len(payload)
+    if isinstance(payload, os.PathLike):
+        return os.stat(payload).st_size
+    raise TypeError(f"no size for a payload of type {type(payload).__name__}")
 
 
 @dataclass
-class MapPlan(Generic[H]):
-    """The bookkeeping of one ``map``: cuts the inputs into submit_many chunks
-    while fewer than ``window`` jobs are in flight, and turns each settled
-    chunk into outcomes in input order.
+class MapChunk:
+    """Inputs of a ``map`` submitted together: their positions, jobs, payload
+    bytes, and (once submitted) each one's job or rejection."""
 
-    The driver submits every chunk of :meth:`chunks` and passes the handles
+    indexes: list[int] = field(default_factory=list)
+    specs: list[JobSpec] = field(default_factory=list)
+    size: int = 0
+    results: list[Job | TandemError] = field(default_factory=list)
+
+    def ids(self) -> list[str]:
+        return [r.id for r in self.results if not isinstance(r, TandemError)]
+
+    def index_of(self) -> dict[str, int]:
+        return {
+            r.id: i for i, r in zip(self.indexes, self.results) if not isinstance(r, TandemError)
+        }
+
+
+class MapPlan:
+    """The bookkeeping of one ``map``: cuts the inputs, in order, into
+    submit_many chunks (at most ``batch_size`` inputs) while fewer than
+    ``window`` jobs and ``max_bytes`` payload bytes are in flight, and
+    turns each settled chunk into outcomes in input order.
+
+    The driver submits every chunk of :meth:`chunks` and passes its results
     to :meth:`submitted`; then, while :attr:`inflight`, takes :meth:`next`,
     waits for its ids, fills again, and yields :meth:`outcomes`.
     """
 
-    steps: StepsLike
-    inputs: Iterable[Payload]
-    queue: str
-    window: int
-    batch_size: int
-    inflight: list[list[H | TandemError]] = field(init=False, default_factory=list)
-    _count: int = field(init=False, default=0)
-    _exhausted: bool = field(init=False, default=False)
+    def __init__(
+        self,
+        steps: StepsLike,
+        inputs: Iterable[Payload],
+        queue: str,
+        *,
+        window: int = MAP_WINDOW,
+        max_bytes: int = MAP_WINDOW_BYTES,
+        batch_size: int = 128,
+    ) -> None:
+        if window < 1 or max_bytes < 1 or batch_size < 1:
+            raise ValueError("map: window, max_bytes and batch_size must be at least 1")
+        self.steps = steps
+        self.queue = queue
+        self.window = window
+        self.max_bytes = max_bytes
+        self.batch_size = batch_size
+        self.inflight: deque[MapChunk] = deque()
+        self._jobs = 0
+        self._bytes = 0
+        self._inputs = enumerate(inputs)
+        self._ahead: tuple[int, Payload, int] | None = None
 
-    def __post_init__(self) -> None:
-        self._it = iter(self.inputs)
+    def _peek(self) -> tuple[int, Payload, int] | None:
+        if self._ahead is None:
+            try:
+                index, payload = next(self._inputs)
+            except StopIteration:
+                return None
+            if not isinstance(payload, (bytes, bytearray, memoryview, os.PathLike)):
+                payload = read_payload(payload)  # a file object: its size is its bytes'
+            self._ahead = (index, payload, payload_size(payload))
+        return self._ahead
 
-    def chunks(self) -> Iterator[list[JobSpec]]:
+    def _fits(self, chunk: MapChunk, size: int) -> bool:
+        jobs = self._jobs + len(chunk.indexes)
+        if jobs == 0:
+            return True  # one input always goes, however large
+        return jobs < self.window and self._bytes + chunk.size + size <= self.max_bytes
+
+    def chunks(self) -> Iterator[MapChunk]:
         """The next chunks to submit (call :meth:`submitted` after each)."""
-        while not self._exhausted and self._count < self.window:
-            chunk: list[JobSpec] = []
-            for payload in self._it:
-                chunk.append(JobSpec(steps=self.steps, payload=payload, queue=self.queue))
-                if len(chunk) >= self.batch_size:
+        while True:
+            chunk = MapChunk()
+            while len(chunk.indexes) < self.batch_size:
+                item = self._peek()
+                if item is None or not self._fits(chunk, item[2]):
                     break
-            if len(chunk) < self.batch_size:
-                self._exhausted = True
-            if chunk:
-                yield chunk
+                index, payload, size = item
+                self._ahead = None
+                chunk.indexes.append(index)
+                chunk.specs.append(JobSpec(steps=self.steps, payload=payload, queue=self.queue))
+                chunk.size += size
+            if not chunk.indexes:
+                return
+            yield chunk
 
-    def submitted(self, results: list[H | TandemError]) -> None:
-        self.inflight.append(results)
-        self._count += len(results)
+    def submitted(
+        self, chunk: MapChunk, results: Sequence[Job | TandemError]
+    ) -> list[tuple[int, TandemError]]:
+        """Records a chunk's submit; returns the rejected inputs (position, error)."""
+        chunk.results = list(results)
+        chunk.specs = []  # the payloads are the server's now
+        self.inflight.append(chunk)
+        self._jobs += len(chunk.results)
+        self._bytes += chunk.size
+        return [(i, r) for i, r in zip(chunk.indexes, chunk.results) if isinstance(r, TandemError)]
 
-    def next(self) -> tuple[list[H | TandemError], list[str]]:
-        """The oldest chunk in flight and the ids of its submitted jobs."""
-        chunk = self.inflight.pop(0)
-        self._count -= len(chunk)
-        return chunk, [r.id for r in chunk if not isinstance(r, TandemError)]
+    def next(self) -> MapChunk:
+        """The oldest chunk in flight, which is no longer counted as such."""
+        chunk = self.inflight.popleft()
+        self._jobs -= len(chunk.results)
+        self._bytes -= chunk.size
+        return chunk
 
     @staticmethod
     def outcomes(
-        chunk: list[H | TandemError], final: Mapping[str, Job], return_exceptions: bool
+        chunk: MapChunk, final: Mapping[str, Job], return_exceptions: bool
     ) -> Iterator[Any]:
-        """Each job's result bytes, or its error (raised unless
+        """Each input's result bytes, or its error (raised unless
         ``return_exceptions``)."""
-        for r in chunk:
+        for r in chunk.results:
             outcome: Any
             if isinstance(r, TandemError):
                 outcome = r
+            elif r.id not in final:
+                outcome = InternalError(f"map: no final state of job {r.id}")
             else:
                 try:
                     outcome = job_outcome(final[r.id])

@@ -1,17 +1,27 @@
 """Tandem's exception tree and the one mapping from gRPC statuses to it.
 
-Every Tandem service error carries a ``google.rpc.ErrorInfo`` detail whose
-``reason`` is an ``ErrorReason`` name from ``proto/tandem/v1/errors.proto``.
-This module is the only place in the client that turns a ``grpc.RpcError``
-(sync or asyncio), a stored ``tandem.v1.Error`` or a native
-``TransformError`` into a typed exception. Nothing else reads status details
-and nothing parses messages.
+Every Tandem service error carries a ``google.rpc.ErrorInfo`` detail (domain
+``tandem.dev``) whose ``reason`` is an ``ErrorReason`` name from
+``proto/tandem/v1/errors.proto``. That enum is the error catalogue: each
+value's ``(tandem.v1.reason)`` option names the gRPC code the reason travels
+with and whether it is retryable. :data:`CATALOGUE` is read from those
+options at import time, so the exception class of a reason (the class of its
+code) and its :attr:`TandemError.retryable` cannot drift from the services'.
+
+The reason decides the class; the status code decides it only when there is
+no catalogued reason (a transport failure, a foreign server). This module is
+the only place in the client that turns a ``grpc.RpcError`` (sync or
+asyncio), a stored ``tandem.v1.Error`` or a native ``TransformError`` into a
+typed exception. Nothing else reads status details and nothing parses
+messages.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -32,6 +42,8 @@ __all__ = [
     "InternalError",
     "JobFailed",
     "ERROR_DOMAIN",
+    "CATALOGUE",
+    "ReasonEntry",
 ]
 
 #: The ``ErrorInfo.domain`` Tandem services put on their errors.
@@ -83,10 +95,29 @@ class TandemError(Exception):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(reason={self.reason!r}, message={self.message!r})"
 
+    #: :attr:`retryable` of an error with neither a catalogued reason nor a
+    #: status code (one the client raises itself).
+    _retryable_default: ClassVar[bool] = False
+
     @property
     def retryable(self) -> bool:
-        """Whether retrying the same call later may succeed."""
-        return False
+        """Whether the same call, or reopening the same watch, may succeed later.
+
+        The catalogue's word for the reason (its ``retryable``); for a
+        reason catalogued with any code (``INJECTED_FAULT``), that of the
+        catalogue's reasons of this error's code. Without a catalogued reason
+        the failure did not come from a Tandem service's own mapping (the
+        connection, a proxy, the transport's limits): only UNAVAILABLE is
+        retryable then.
+        """
+        entry = CATALOGUE.get(self.reason)
+        if entry is not None:
+            if entry.code is not None:
+                return entry.retryable
+            return self.code is not None and _CODE_RETRYABLE.get(self.code, False)
+        if self.code is not None:
+            return self.code is grpc.StatusCode.UNAVAILABLE
+        return self._retryable_default
 
 
 class InvalidJob(TandemError):
@@ -114,24 +145,23 @@ class Overloaded(TandemError):
             retrying, or ``None`` when it gave no hint.
     """
 
-    def __init__(
-        self, message: str, *, retry_after: float | None = None, **kwargs: Any
-    ) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.retry_after = retry_after
 
     @property
     def retryable(self) -> bool:
-        return True
+        # A bare RESOURCE_EXHAUSTED (no reason) comes from the gRPC transport
+        # (a message over a size limit): sending it again cannot help, unless
+        # the server asked for a retry with a delay.
+        return super().retryable or bool(self.retry_after)
 
 
 class Unavailable(TandemError):
     """The service cannot be reached, is draining, or cannot reach its own
     dependencies (UNAVAILABLE)."""
 
-    @property
-    def retryable(self) -> bool:
-        return True
+    _retryable_default = True
 
 
 class Timeout(TandemError, TimeoutError):
@@ -158,51 +188,30 @@ class JobFailed(TandemError):
         job: the final job record (a :class:`tandem.Job`).
     """
 
-    def __init__(
-        self, job: Job, error: TandemError, *, message: str | None = None
-    ) -> None:
+    def __init__(self, job: Job, error: TandemError, *, message: str | None = None) -> None:
         state = job.state.name
         attempts = int(job.attempt)
         text = message or (
-            f"job {job.id} {state} after {attempts} attempt"
-            f"{'' if attempts == 1 else 's'}: {error}"
+            f"job {job.id} {state} after {attempts} attempt{'' if attempts == 1 else 's'}: {error}"
         )
-        super().__init__(
-            text, reason=error.reason, code=error.code, metadata=error.metadata
-        )
+        super().__init__(text, reason=error.reason, code=error.code, metadata=error.metadata)
         self.job = job
         self.job_id: str = job.id
         self.state: str = state
         self.error = error
         self.attempts = attempts
 
+    @property
+    def retryable(self) -> bool:
+        # The job is over: asking for its result again gives the same answer
+        # (``.error.retryable`` says whether the job's own failure was transient).
+        return False
 
-# ---------------------------------------------------------------- mapping
 
-# Reasons whose class does not follow from the status code alone.
-_BY_REASON: dict[str, type[TandemError]] = {
-    "UNKNOWN_OP": InvalidJob,
-    "PARAM_INVALID": InvalidJob,
-    "PARAM_OUT_OF_RANGE": InvalidJob,
-    "PAYLOAD_TOO_LARGE": InvalidJob,
-    "INPUT_CORRUPT": InvalidJob,
-    "OUTPUT_TOO_LARGE": InvalidJob,
-    "REQUEST_INVALID": InvalidJob,
-    "QUEUE_NOT_FOUND": NotFound,
-    "JOB_NOT_FOUND": NotFound,
-    "DEAD_LETTER_NOT_FOUND": NotFound,
-    "QUEUE_FULL": Overloaded,
-    "OVERLOADED": Overloaded,
-    "JOB_STATE_CONFLICT": Conflict,
-    "IDEMPOTENCY_CONFLICT": Conflict,
-    "COMPUTE_UNAVAILABLE": Unavailable,
-    "BROKER_UNAVAILABLE": Unavailable,
-    "SHUTTING_DOWN": Unavailable,
-    "TIMEOUT": Timeout,
-    "CANCELLED": Cancelled,
-    "INTERNAL_ERROR": InternalError,
-}
+# ---------------------------------------------------------------- the catalogue
 
+# The class of each status code: of a reason, through the code the catalogue
+# gives it; of a status without a catalogued reason, directly.
 _BY_CODE: dict[grpc.StatusCode, type[TandemError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidJob,
     grpc.StatusCode.OUT_OF_RANGE: InvalidJob,
@@ -219,6 +228,71 @@ _BY_CODE: dict[grpc.StatusCode, type[TandemError]] = {
     grpc.StatusCode.DATA_LOSS: InternalError,
     grpc.StatusCode.UNIMPLEMENTED: InternalError,
 }
+
+
+@dataclass(frozen=True)
+class ReasonEntry:
+    """One ``ErrorReason`` of the catalogue (its ``(tandem.v1.reason)`` option).
+
+    Attributes:
+        name: the reason, e.g. ``"QUEUE_FULL"``.
+        code: the gRPC code every service answers it with; ``None``: any
+            code (the code then decides class and retryability).
+        retryable: whether the failure is transient.
+    """
+
+    name: str
+    code: grpc.StatusCode | None
+    retryable: bool
+
+
+def _read_catalogue() -> dict[str, ReasonEntry]:
+    """The catalogue from the descriptor options of ``tandem.v1.ErrorReason``;
+    refuses (at import) an entry the client could not map."""
+    from tandem.v1 import errors_pb2
+
+    entries: dict[str, ReasonEntry] = {}
+    for value in errors_pb2.ErrorReason.DESCRIPTOR.values:
+        if value.number == 0:
+            continue  # ERROR_REASON_UNSPECIFIED: no reason
+        options = value.GetOptions()
+        if not options.HasExtension(errors_pb2.reason):
+            raise RuntimeError(f"errors.proto: ErrorReason {value.name} has no (reason) option")
+        spec = options.Extensions[errors_pb2.reason]
+        code: grpc.StatusCode | None = None
+        if spec.code:
+            code = getattr(grpc.StatusCode, spec.code, None)
+            if code not in _BY_CODE:
+                raise RuntimeError(
+                    f"errors.proto: ErrorReason {value.name} names code {spec.code!r}, "
+                    "which is no gRPC error code the client maps"
+                )
+        entries[value.name] = ReasonEntry(value.name, code, bool(spec.retryable))
+    return entries
+
+
+#: Every ``ErrorReason`` name (but UNSPECIFIED) → its catalogue entry.
+CATALOGUE: Mapping[str, ReasonEntry] = MappingProxyType(_read_catalogue())
+
+_BY_REASON: dict[str, type[TandemError]] = {
+    e.name: _BY_CODE[e.code] for e in CATALOGUE.values() if e.code is not None
+}
+
+
+def _code_retryable() -> dict[grpc.StatusCode, bool]:
+    """Retryability of a code for a reason catalogued with any code: a code
+    is retryable when every reason the catalogue gives it is."""
+    out: dict[grpc.StatusCode, bool] = {}
+    for entry in CATALOGUE.values():
+        if entry.code is not None:
+            out[entry.code] = out.get(entry.code, True) and entry.retryable
+    return out
+
+
+_CODE_RETRYABLE = _code_retryable()
+
+
+# ---------------------------------------------------------------- mapping
 
 _CODE_BY_NUMBER: dict[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode}
 
@@ -248,18 +322,16 @@ def make_error(
 ) -> TandemError:
     """Builds the typed error for a code and a reason.
 
-    The status code decides the class; the reason decides it only where the
-    code does not (no code, OK or UNKNOWN), so that a server that sends an
-    unusual code for a reason still gets the class its code implies.
+    A catalogued reason decides the class (that of the code the catalogue
+    gives it), whatever code the status carries: so a reason always reads
+    the same (``BROKER_UNAVAILABLE`` is :class:`Unavailable` under ABORTED
+    too). The code decides only for a reason catalogued with any code
+    (``INJECTED_FAULT``), for an unknown reason, and without one.
     """
     md = dict(metadata or {})
-    cls: type[TandemError] | None = None
-    if code is not None and code not in (grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN):
-        cls = _BY_CODE.get(code)
+    cls = _BY_REASON.get(reason) or (_BY_CODE.get(code) if code is not None else None)
     if cls is None:
-        cls = _BY_REASON.get(reason) or (
-            _BY_CODE.get(code) if code is not None else None
-        ) or TandemError
+        cls = TandemError
     if cls is Overloaded:
         if retry_after is None and "retry_after_ms" in md:
             try:
@@ -290,8 +362,14 @@ def _details_from_trailers(trailers: Iterable[Any] | None) -> status_pb2.Status 
 
 def from_rpc_error(err: grpc.RpcError) -> TandemError:
     """Maps a ``grpc.RpcError`` (sync call or ``grpc.aio.AioRpcError``) to a
-    :class:`TandemError`, reading the ``ErrorInfo`` and ``RetryInfo``
-    details from the status."""
+    :class:`TandemError`, reading the ``ErrorInfo`` (domain ``tandem.dev``)
+    and ``RetryInfo`` details from the status.
+
+    The details travel in trailing metadata: the channel options of
+    :func:`tandem._requests.channel_options` raise gRPC's metadata limits so
+    a status with a long message or metadata still arrives whole (beyond
+    them gRPC drops the status and reports RESOURCE_EXHAUSTED).
+    """
     code_fn = getattr(err, "code", None)
     code = code_fn() if callable(code_fn) else None
     details_fn = getattr(err, "details", None)
@@ -309,6 +387,8 @@ def from_rpc_error(err: grpc.RpcError) -> TandemError:
             if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
                 info = error_details_pb2.ErrorInfo()
                 detail.Unpack(info)
+                if info.domain != ERROR_DOMAIN:
+                    continue  # another system's reason: not in our catalogue
                 reason = info.reason
                 metadata.update(info.metadata)
             elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):

@@ -25,6 +25,13 @@ _I = TypeVar("_I")
 # server, not the client, is the one that names the limit in its error.
 MAX_MESSAGE_BYTES = 80 * 1024 * 1024
 
+# Largest response metadata the client accepts. A status (code, message,
+# ErrorInfo metadata) travels in trailing metadata, where gRPC's default limits
+# (8 KiB soft, 16 KiB hard) drop a status with a long message and answer
+# RESOURCE_EXHAUSTED instead, which would read as overload. 16 MiB holds a
+# 1 MiB message twice over (header and details) even when percent-encoded.
+MAX_METADATA_BYTES = 16 * 1024 * 1024
+
 # SubmitJobs batches stay below this many payload bytes so a batch fits the
 # orchestrator's gRPC message limit; a payload larger than this goes alone.
 BATCH_BYTES = 3 * 1024 * 1024
@@ -75,6 +82,8 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+        ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
         # Keep idle streams (WatchJobs) alive through NAT/proxies and notice
         # a dead peer within ~30 s.
         ("grpc.keepalive_time_ms", 20_000),
@@ -160,7 +169,9 @@ def check_size(req: jobs_pb2.SubmitJobRequest, max_message_bytes: int) -> None:
         )
 
 
-def spec_request(spec: JobSpec | jobs_pb2.SubmitJobRequest, default_queue: str) -> jobs_pb2.SubmitJobRequest:
+def spec_request(
+    spec: JobSpec | jobs_pb2.SubmitJobRequest, default_queue: str
+) -> jobs_pb2.SubmitJobRequest:
     if isinstance(spec, jobs_pb2.SubmitJobRequest):
         if not spec.idempotency_key:
             spec.idempotency_key = new_idempotency_key()

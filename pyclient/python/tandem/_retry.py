@@ -5,19 +5,26 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from tandem._errors import Overloaded, TandemError, Unavailable
+from tandem._errors import Overloaded, TandemError
 
 __all__ = ["RetryPolicy", "NO_RETRY"]
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How the client retries calls that failed with UNAVAILABLE or
-    RESOURCE_EXHAUSTED.
+    """How the client retries a call that failed with a retryable error:
+    one whose :attr:`TandemError.retryable` is true, as the error catalogue
+    (``proto/tandem/v1/errors.proto``) says of its reason (QUEUE_FULL,
+    OVERLOADED, COMPUTE_UNAVAILABLE, BROKER_UNAVAILABLE, SHUTTING_DOWN,
+    TIMEOUT, INTERNAL_ERROR), or a bare UNAVAILABLE.
 
     Retrying a submit is safe because every submit carries an idempotency
     key (one is generated when the caller gives none), so a retried submit
     whose first try did reach the server returns the same job.
+
+    The policy governs single calls. Waiting (``watch``, ``wait``,
+    ``JobHandle.result``, ``map``) goes on through retryable failures with
+    this policy's backoff until the caller's own timeout instead.
 
     The n-th retry waits a random time in ``[0, min(max_backoff,
     initial_backoff * multiplier**n)]`` (full jitter), and at least the
@@ -43,19 +50,14 @@ class RetryPolicy:
 
     def should_retry(self, error: TandemError, attempt: int) -> bool:
         """Whether to retry after ``error`` on try number ``attempt`` (1-based)."""
-        if attempt >= self.max_attempts:
-            return False
-        if isinstance(error, Overloaded):
-            # Tandem's own overload answers carry a reason (QUEUE_FULL,
-            # OVERLOADED) or a retry hint. A bare RESOURCE_EXHAUSTED comes from
-            # the gRPC transport (a message over the server's size limit):
-            # sending it again cannot help.
-            return bool(error.reason or error.retry_after)
-        return isinstance(error, Unavailable)
+        return attempt < self.max_attempts and error.retryable
 
     def backoff(self, error: TandemError | None, attempt: int) -> float:
         """Seconds to wait before try ``attempt + 1``."""
-        cap = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
+        # The exponent stops growing once the cap is reached (waiters retry
+        # without an attempt limit, and a float power overflows).
+        growth = self.multiplier ** min(attempt - 1, 64)
+        cap = min(self.max_backoff, self.initial_backoff * growth)
         delay = random.uniform(0, cap)
         if isinstance(error, Overloaded) and error.retry_after:
             delay = max(delay, min(error.retry_after, self.max_backoff * 4))

@@ -1,9 +1,12 @@
 """Starting and stopping Tandem's processes on loopback.
 
-Used by ``python -m tandem.demo`` and by the integration harness in
-``tests/``. Each process runs in its own process group with its output in a
-log file, so it can be SIGKILLed, SIGTERMed and restarted, and its log shown
-when something fails.
+The one copy of these helpers: ``python -m tandem.demo``, the integration
+harness in ``tests/``, the benchmark (``bench/services.py``) and the deploy
+checks (``deploy/tests``) all use it. Each process runs in its own process
+group with its output in a log file, so it can be SIGKILLed, SIGTERMed and
+restarted, and its log shown when something fails. Readiness probes:
+:func:`grpc_ready` (gRPC health SERVING), :func:`http_ready` (HTTP 200),
+:func:`tcp_ready` (a port accepts connections).
 """
 
 from __future__ import annotations
@@ -21,7 +24,16 @@ from pathlib import Path
 
 from tandem._health import check_address
 
-__all__ = ["free_port", "Process", "wait_for", "StackError"]
+__all__ = [
+    "free_port",
+    "Process",
+    "wait_for",
+    "StackError",
+    "grpc_ready",
+    "http_ready",
+    "tcp_ready",
+    "which",
+]
 
 
 # Every Process started by this interpreter, so that none outlives it even
@@ -63,6 +75,17 @@ def grpc_ready(address: str, service: str = "") -> Callable[[], bool]:
     return lambda: check_address(address, service, timeout=1.0)
 
 
+def tcp_ready(port: int, host: str = "127.0.0.1") -> Callable[[], bool]:
+    """A readiness probe: ``host:port`` accepts a TCP connection."""
+
+    def probe() -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            return s.connect_ex((host, port)) == 0
+
+    return probe
+
+
 def http_ready(url: str) -> Callable[[], bool]:
     """A readiness probe: HTTP 200 from ``url``."""
 
@@ -79,7 +102,11 @@ def http_ready(url: str) -> Callable[[], bool]:
 class Process:
     """One service process: start, wait until ready, SIGKILL/SIGTERM, restart.
 
-    ``ready`` is a probe that returns True once the process serves.
+    ``ready`` is a probe that returns True once the process serves. ``env``
+    is added to this process's environment, or with ``inherit_env=False`` is
+    the whole environment. ``group=True`` sends every signal to the process
+    group (a service that forks workers, e.g. Celery's prefork pool), and a
+    kill also reaps what is left of the group after its leader exited.
     """
 
     def __init__(
@@ -87,11 +114,14 @@ class Process:
         name: str,
         argv: Sequence[str],
         *,
-        log_path: Path,
+        log_path: str | os.PathLike[str],
         ready: Callable[[], bool] | None = None,
         env: Mapping[str, str] | None = None,
         ready_timeout: float = 30.0,
         address: str = "",
+        cwd: str | os.PathLike[str] | None = None,
+        inherit_env: bool = True,
+        group: bool = False,
     ) -> None:
         self.name = name
         #: The address it serves on, for callers' convenience.
@@ -101,6 +131,9 @@ class Process:
         self.ready = ready
         self.env = dict(env) if env is not None else None
         self.ready_timeout = ready_timeout
+        self.cwd = cwd
+        self.inherit_env = inherit_env
+        self.group = group
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -126,7 +159,9 @@ class Process:
             log.flush()
             env = None
             if self.env is not None:
-                env = {**os.environ, **self.env}
+                env = {**os.environ, **self.env} if self.inherit_env else dict(self.env)
+            elif not self.inherit_env:
+                env = {}
             try:
                 self.proc = subprocess.Popen(
                     self.argv,
@@ -134,6 +169,7 @@ class Process:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=env,
+                    cwd=self.cwd,
                     start_new_session=True,
                 )
             except OSError as err:
@@ -167,20 +203,29 @@ class Process:
             raise StackError(f"{err}; log:\n{self.log_tail()}") from None
 
     def signal(self, sig: int) -> None:
-        """Sends ``sig`` to the process (not its group: the service
-        handles its own children)."""
+        """Sends ``sig`` to the process (to its group with ``group=True``;
+        else the service handles its own children)."""
         if self.proc is not None and self.proc.poll() is None:
-            try:
+            self._send(sig)
+
+    def _send(self, sig: int) -> None:
+        assert self.proc is not None
+        try:
+            if self.group:
+                os.killpg(self.proc.pid, sig)  # its own session: group id = pid
+            else:
                 os.kill(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def kill(self) -> None:
-        """SIGKILL and reap."""
+        """SIGKILL and reap (with ``group=True``, the whole group)."""
         if self.proc is None:
             return
         self.signal(signal.SIGKILL)
         self.proc.wait()
+        if self.group:
+            self._send(signal.SIGKILL)  # children left behind by the leader
 
     def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM, wait up to ``timeout`` seconds (then SIGKILL); returns
@@ -189,10 +234,13 @@ class Process:
             return 0
         self.signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             return self.proc.returncode
+        if self.group:
+            self._send(signal.SIGKILL)  # children left behind by the leader
+        return code
 
     def wait_exit(self, timeout: float) -> int:
         """Waits for the process to exit by itself; returns its code."""
@@ -209,6 +257,8 @@ class Process:
         """Graceful stop for clean-up: SIGTERM, then SIGKILL."""
         if self.running:
             self.terminate(timeout)
+        elif self.group and self.proc is not None:
+            self._send(signal.SIGKILL)  # the leader is gone; its children may not be
 
     def log_text(self) -> str:
         try:

@@ -59,9 +59,7 @@ class JobState(enum.IntEnum):
         return self.name
 
 
-_TERMINAL = frozenset(
-    {JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD, JobState.CANCELLED}
-)
+_TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD, JobState.CANCELLED})
 
 
 def _param_str(value: object) -> str:
@@ -133,7 +131,9 @@ def to_steps(steps: StepsLike) -> list[Step]:
     elif isinstance(steps, Iterable):
         result = [to_step(s) for s in steps]
     else:
-        raise TypeError(f"steps must be an op name, a Step or a list of them, not {type(steps).__name__}")
+        raise TypeError(
+            f"steps must be an op name, a Step or a list of them, not {type(steps).__name__}"
+        )
     if not result:
         raise ValueError("a pipeline needs at least one step")
     return result
@@ -175,8 +175,11 @@ def _ts(msg: Any, name: str) -> _dt.datetime | None:
 def _same_fields(cls: type[_D], msg: Any, **overrides: Any) -> _D:
     """``cls`` with each field copied from ``msg``'s field of the same name,
     but for ``overrides``."""
-    values = {f.name: getattr(msg, f.name) for f in fields(cls)  # type: ignore[arg-type]
-              if f.name not in overrides}
+    values = {
+        f.name: getattr(msg, f.name)
+        for f in fields(cls)  # type: ignore[arg-type]
+        if f.name not in overrides
+    }
     return cls(**values, **overrides)
 
 
@@ -231,7 +234,11 @@ class Job:
 
     @classmethod
     def from_proto(cls, msg: jobs_pb2.Job) -> Job:
-        state = JobState(msg.state) if msg.state in JobState._value2member_map_ else JobState.UNSPECIFIED
+        state = (
+            JobState(msg.state)
+            if msg.state in JobState._value2member_map_
+            else JobState.UNSPECIFIED
+        )
         return cls(
             id=msg.id,
             queue=msg.queue,
@@ -259,7 +266,9 @@ class Job:
             ],
             result_size=msg.result_size,
             result_content_type=msg.result_content_type,
-            result=bytes(msg.result) if msg.result or (state is JobState.SUCCEEDED and msg.result_size == 0) else None,
+            result=bytes(msg.result)
+            if msg.result or (state is JobState.SUCCEEDED and msg.result_size == 0)
+            else None,
             timeout=_dur(msg, "timeout"),
         )
 
@@ -272,8 +281,12 @@ class Job:
         def err(e: TandemError | None) -> dict[str, Any] | None:
             if e is None:
                 return None
-            return {"reason": e.reason, "code": e.code.name if e.code else None,
-                    "message": e.message, "metadata": e.metadata}
+            return {
+                "reason": e.reason,
+                "code": e.code.name if e.code else None,
+                "message": e.message,
+                "metadata": e.metadata,
+            }
 
         return {
             "id": self.id,
@@ -291,8 +304,13 @@ class Job:
             "finished_at": iso(self.finished_at),
             "last_error": err(self.last_error),
             "attempts": [
-                {"number": a.number, "started_at": iso(a.started_at),
-                 "finished_at": iso(a.finished_at), "error": err(a.error), "worker": a.worker}
+                {
+                    "number": a.number,
+                    "started_at": iso(a.started_at),
+                    "finished_at": iso(a.finished_at),
+                    "error": err(a.error),
+                    "worker": a.worker,
+                }
                 for a in self.attempts
             ],
             "result_size": self.result_size,

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from tandem._client import Client, JobHandle
-from tandem._core import job_outcome
+from tandem._core import MAP_WINDOW, job_outcome
 from tandem._errors import (
     Cancelled,
     Conflict,
@@ -40,11 +40,19 @@ from tandem._errors import (
     Timeout,
     Unavailable,
 )
-from tandem._requests import DEFAULT_ADDRESS, JobSpec, bounded_groups
+from tandem._requests import DEFAULT_ADDRESS
 from tandem._types import Job, JobState, Step
 
-__all__ = ["main", "EXIT_OK", "EXIT_JOB_FAILED", "EXIT_USAGE", "EXIT_REJECTED",
-           "EXIT_UNAVAILABLE", "EXIT_ERROR", "EXIT_INTERRUPTED"]
+__all__ = [
+    "main",
+    "EXIT_OK",
+    "EXIT_JOB_FAILED",
+    "EXIT_USAGE",
+    "EXIT_REJECTED",
+    "EXIT_UNAVAILABLE",
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+]
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -99,16 +107,26 @@ class _OpAction(argparse.Action):
     """``--op NAME`` appends a step; ``-p KEY=VALUE`` sets a param on the
     last step given before it."""
 
-    def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        ns: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         steps = list(getattr(ns, "steps", None) or [])
         steps.append({"op": str(values), "params": {}})
         ns.steps = steps
 
 
 class _ParamAction(argparse.Action):
-    def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        ns: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         text = str(values)
         if "=" not in text:
             parser.error(f"{option_string} expects KEY=VALUE, got {text!r}")
@@ -122,12 +140,25 @@ class _ParamAction(argparse.Action):
 
 def _add_steps(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pipeline")
-    g.add_argument("--op", action=_OpAction, metavar="OP",
-                   help="an op; repeat for a pipeline (each --op runs on the previous output)")
-    g.add_argument("-p", "--param", action=_ParamAction, metavar="KEY=VALUE",
-                   help="a parameter of the --op before it; repeatable")
-    g.add_argument("--steps", dest="steps_json", metavar="JSON",
-                   help='the pipeline as JSON: [{"op": "...", "params": {...}}, ...]')
+    g.add_argument(
+        "--op",
+        action=_OpAction,
+        metavar="OP",
+        help="an op; repeat for a pipeline (each --op runs on the previous output)",
+    )
+    g.add_argument(
+        "-p",
+        "--param",
+        action=_ParamAction,
+        metavar="KEY=VALUE",
+        help="a parameter of the --op before it; repeatable",
+    )
+    g.add_argument(
+        "--steps",
+        dest="steps_json",
+        metavar="JSON",
+        help='the pipeline as JSON: [{"op": "...", "params": {...}}, ...]',
+    )
 
 
 def _steps(ns: argparse.Namespace) -> list[Step]:
@@ -145,7 +176,7 @@ def _steps(ns: argparse.Namespace) -> list[Step]:
         out = []
         for item in raw:
             if not isinstance(item, dict) or "op" not in item:
-                raise UsageError("--steps items need an \"op\"")
+                raise UsageError('--steps items need an "op"')
             out.append(Step(str(item["op"]), item.get("params") or {}))
         return out
     steps = getattr(ns, "steps", None)
@@ -244,7 +275,11 @@ def _print_result(out: Out, data: bytes, content_type: str, output: str | None) 
 
 def _job_line(job: Job) -> str:
     parts = [job.id, job.state.name, f"attempt {job.attempt}/{job.max_attempts}", job.queue or "-"]
-    if job.last_error is not None and job.state in (JobState.FAILED, JobState.DEAD, JobState.RETRYING):
+    if job.last_error is not None and job.state in (
+        JobState.FAILED,
+        JobState.DEAD,
+        JobState.RETRYING,
+    ):
         parts.append(str(job.last_error))
     return "  ".join(parts)
 
@@ -271,8 +306,13 @@ def cmd_submit(ns: argparse.Namespace, out: Out) -> int:
     labels = dict(_kv(ns.label or [], "--label"))
     with _client(ns) as client:
         handle = client.submit(
-            steps, payload, queue=ns.queue, idempotency_key=ns.key,
-            max_attempts=ns.max_attempts, timeout=ns.job_timeout, labels=labels,
+            steps,
+            payload,
+            queue=ns.queue,
+            idempotency_key=ns.key,
+            max_attempts=ns.max_attempts,
+            timeout=ns.job_timeout,
+            labels=labels,
         )
         if not ns.wait:
             if out.json:
@@ -286,7 +326,9 @@ def cmd_submit(ns: argparse.Namespace, out: Out) -> int:
 def _wait_and_print(handle: JobHandle, ns: argparse.Namespace, out: Out) -> int:
     job = handle.wait(timeout=ns.wait_timeout)
     if out.json:
-        out.emit({**_job_dict(job, with_result=ns.output is None), "deduplicated": handle.deduplicated})
+        out.emit(
+            {**_job_dict(job, with_result=ns.output is None), "deduplicated": handle.deduplicated}
+        )
         if job.state is JobState.SUCCEEDED and ns.output:
             _print_result(out, job.result or b"", job.result_content_type, ns.output)
         return EXIT_OK if job.state is JobState.SUCCEEDED else EXIT_JOB_FAILED
@@ -328,15 +370,30 @@ def cmd_watch(ns: argparse.Namespace, out: Out) -> int:
     if ns.job_ids and ns.queue:
         raise UsageError("give job ids or --queue, not both")
     worst = EXIT_OK
+    deadline = None if ns.wait_timeout is None else time.monotonic() + ns.wait_timeout
     with _client(ns) as client:
-        for job in client.watch(ns.job_ids or None, queue=ns.queue, timeout=ns.wait_timeout):
-            if out.json:
-                out.emit(_job_dict(job))
-            else:
-                out.line(f"{time.strftime('%H:%M:%S')}  {_job_line(job)}")
-            if ns.job_ids and job.done and job.state is not JobState.SUCCEEDED:
-                worst = EXIT_JOB_FAILED
-    return worst
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                for job in client.watch(ns.job_ids or None, queue=ns.queue, timeout=left):
+                    if out.json:
+                        out.emit(_job_dict(job))
+                    else:
+                        out.line(f"{time.strftime('%H:%M:%S')}  {_job_line(job)}")
+                    if ns.job_ids and job.done and job.state is not JobState.SUCCEEDED:
+                        worst = EXIT_JOB_FAILED
+                return worst
+            except TandemError as err:
+                # A queue watch ends at a break (events in between are lost);
+                # a person following it wants it to go on, told of the gap.
+                if ns.job_ids or isinstance(err, Timeout) or not err.retryable:
+                    raise
+                print(
+                    f"tandem: watch of queue {ns.queue} broke ({err}); events since may be "
+                    "missing; watching again",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
 
 def cmd_cancel(ns: argparse.Namespace, out: Out) -> int:
@@ -351,16 +408,22 @@ def cmd_cancel(ns: argparse.Namespace, out: Out) -> int:
 
 def _ops_table(ops: Any, limits: Any, out: Out) -> None:
     if out.json:
-        out.emit({
-            "ops": [
-                {"name": o.name, "description": o.description, "debug": o.debug,
-                 "output_content_type": o.output_content_type,
-                 "output_encoding": o.output_encoding,
-                 "params": [p.__dict__ for p in o.params]}
-                for o in ops
-            ],
-            "limits": limits.__dict__ if limits else None,
-        })
+        out.emit(
+            {
+                "ops": [
+                    {
+                        "name": o.name,
+                        "description": o.description,
+                        "debug": o.debug,
+                        "output_content_type": o.output_content_type,
+                        "output_encoding": o.output_encoding,
+                        "params": [p.__dict__ for p in o.params],
+                    }
+                    for o in ops
+                ],
+                "limits": limits.__dict__ if limits else None,
+            }
+        )
         return
     from rich.table import Table
 
@@ -411,15 +474,30 @@ def cmd_queues(ns: argparse.Namespace, out: Out) -> int:
     from rich.table import Table
 
     table = Table(title="queues", title_justify="left")
-    for col in ("queue", "depth", "running", "workers", "dead", "paused", "attempts",
-                "timeout", "max depth", "jobs/s"):
+    for col in (
+        "queue",
+        "depth",
+        "running",
+        "workers",
+        "dead",
+        "paused",
+        "attempts",
+        "timeout",
+        "max depth",
+        "jobs/s",
+    ):
         table.add_column(col, justify="left" if col == "queue" else "right")
     for q in queues:
         table.add_row(
-            q.name, str(q.depth), str(q.in_flight),
-            f"{q.workers} ({q.min_workers}-{q.max_workers})", str(q.dead_letters),
-            "yes" if q.paused else "no", str(q.max_attempts),
-            f"{q.job_timeout:g}s" if q.job_timeout else "-", str(q.max_depth or "-"),
+            q.name,
+            str(q.depth),
+            str(q.in_flight),
+            f"{q.workers} ({q.min_workers}-{q.max_workers})",
+            str(q.dead_letters),
+            "yes" if q.paused else "no",
+            str(q.max_attempts),
+            f"{q.job_timeout:g}s" if q.job_timeout else "-",
+            str(q.max_depth or "-"),
             f"{q.completed_per_second:.1f}",
         )
     _console().print(table)
@@ -441,9 +519,13 @@ def cmd_dlq(ns: argparse.Namespace, out: Out) -> int:
         if ns.dlq_cmd == "list":
             dl = client.dead_letters(ns.queue, limit=ns.limit)
             if out.json:
-                out.emit({"queue": dl.queue, "total": dl.total, "jobs": [_job_dict(j) for j in dl.jobs]})
+                out.emit(
+                    {"queue": dl.queue, "total": dl.total, "jobs": [_job_dict(j) for j in dl.jobs]}
+                )
             else:
-                out.line(f"{dl.total} dead letter{'s' if dl.total != 1 else ''} in queue {dl.queue}")
+                out.line(
+                    f"{dl.total} dead letter{'s' if dl.total != 1 else ''} in queue {dl.queue}"
+                )
                 for j in dl.jobs:
                     out.line(_job_line(j))
             return EXIT_OK
@@ -486,8 +568,13 @@ def cmd_local(ns: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
-_EXT_BY_TYPE = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp",
-                "application/json": ".json", "text/plain": ".txt"}
+_EXT_BY_TYPE = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/webp": ".webp",
+    "application/json": ".json",
+    "text/plain": ".txt",
+}
 
 
 def _map_inputs(ns: argparse.Namespace) -> list[Path]:
@@ -518,9 +605,17 @@ def cmd_map(ns: argparse.Namespace, out: Out) -> int:
     files = _map_inputs(ns)
     if ns.output_dir:
         Path(ns.output_dir).mkdir(parents=True, exist_ok=True)
-    summary = run_map(ns.address, ns.timeout, steps, files, queue=ns.queue,
-                      window=ns.window, output_dir=ns.output_dir, progress=not out.json,
-                      wait_timeout=ns.wait_timeout)
+    summary = run_map(
+        ns.address,
+        ns.timeout,
+        steps,
+        files,
+        queue=ns.queue,
+        window=ns.window,
+        output_dir=ns.output_dir,
+        progress=not out.json,
+        wait_timeout=ns.wait_timeout,
+    )
     if out.json:
         out.emit(summary)
     else:
@@ -535,17 +630,17 @@ def run_map(
     files: list[Path],
     *,
     queue: str = "",
-    window: int = 256,
+    window: int = MAP_WINDOW,
     output_dir: str | None = None,
     progress: bool = True,
     wait_timeout: float | None = None,
     on_result: Callable[[Path, Job | TandemError], None] | None = None,
     client: Client | None = None,
 ) -> dict[str, Any]:
-    """Runs one pipeline over files through the service, with a progress
-    bar; returns a summary dict (count, succeeded, failed, seconds, jobs/s,
-    MB/s, latency p50/p99 in ms, failures). Used by ``tandem map`` and the
-    demo."""
+    """Runs one pipeline over files through the service (:meth:`Client.map`)
+    with a progress bar; returns a summary dict (count, succeeded, failed,
+    seconds, jobs/s, MB/s, latency p50/p99 in ms, failures). Used by
+    ``tandem map``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     own = client is None
@@ -553,51 +648,53 @@ def run_map(
     latencies: list[float] = []
     failures: list[dict[str, str]] = []
     succeeded = 0
-    in_bytes = 0
+    in_bytes = sum(f.stat().st_size for f in files)
     started = time.monotonic()
-    bar = Progress(TextColumn("[bold]map"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                   TimeElapsedColumn(), disable=not progress, transient=False)
+    bar = Progress(
+        TextColumn("[bold]map"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        disable=not progress,
+        transient=False,
+    )
+    task = bar.add_task("map", total=len(files), status="")
+
+    def settled(index: int, outcome: Job | TandemError) -> None:
+        nonlocal succeeded
+        f = files[index]
+        if isinstance(outcome, TandemError):
+            failures.append({"input": str(f), "error": str(outcome)})
+        elif outcome.state is JobState.SUCCEEDED:
+            succeeded += 1
+            if outcome.created_at and outcome.finished_at:
+                latencies.append((outcome.finished_at - outcome.created_at).total_seconds() * 1000)
+            if output_dir:
+                ext = _EXT_BY_TYPE.get(outcome.result_content_type, ".out")
+                (Path(output_dir) / (f.name + ext)).write_bytes(outcome.result or b"")
+        else:
+            try:
+                job_outcome(outcome)
+            except TandemError as err:
+                error = err.error if isinstance(err, JobFailed) else err
+                failures.append({"input": str(f), "error": f"{outcome.state.name}: {error}"})
+        if on_result:
+            on_result(f, outcome)
+        bar.update(task, advance=1, status=f"{len(failures)} failed" if failures else "")
+
     try:
         with bar:
-            task = bar.add_task("map", total=len(files), status="")
-            for chunk in _windows(files, max(1, window), MAP_WINDOW_BYTES):
-                specs = [JobSpec(steps=steps, payload=f, queue=queue) for f in chunk]
-                in_bytes += sum(f.stat().st_size for f in chunk)
-                submitted = cl.submit_many(specs)
-                by_id: dict[str, Path] = {}
-                for f, r in zip(chunk, submitted):
-                    if isinstance(r, TandemError):
-                        failures.append({"input": str(f), "error": str(r)})
-                        bar.advance(task)
-                        if on_result:
-                            on_result(f, r)
-                    else:
-                        by_id[r.id] = f
-                watched = cl.watch(list(by_id), include_result=True, timeout=wait_timeout) \
-                    if by_id else iter(())
-                for job in watched:
-                    if not job.done:
-                        continue
-                    f = by_id[job.id]
-                    if job.state is JobState.SUCCEEDED:
-                        succeeded += 1
-                        if job.created_at and job.finished_at:
-                            latencies.append((job.finished_at - job.created_at).total_seconds() * 1000)
-                        if output_dir:
-                            data = job.result
-                            if data is None:
-                                data = cl.get(job.id, include_result=True).result or b""
-                            ext = _EXT_BY_TYPE.get(job.result_content_type, ".out")
-                            (Path(output_dir) / (f.name + ext)).write_bytes(data)
-                    else:
-                        try:
-                            job_outcome(job)
-                        except TandemError as err:
-                            error = err.error if isinstance(err, JobFailed) else err
-                            failures.append({"input": str(f), "error": f"{job.state.name}: {error}"})
-                    if on_result:
-                        on_result(f, job)
-                    bar.update(task, advance=1, status=f"{len(failures)} failed" if failures else "")
+            for _ in cl.map(
+                steps,
+                files,
+                queue=queue,
+                window=max(1, window),
+                timeout=wait_timeout,
+                return_exceptions=True,
+                on_result=settled,
+            ):
+                pass
     finally:
         if own:
             cl.close()
@@ -615,16 +712,6 @@ def run_map(
     }
 
 
-# A map window holds at most this many payload bytes in memory at once (or
-# one file, if a single file is larger).
-MAP_WINDOW_BYTES = 128 * 1024 * 1024
-
-
-def _windows(files: list[Path], count: int, max_bytes: int) -> Iterator[list[Path]]:
-    """Cuts files into windows bounded by count and by total size."""
-    return bounded_groups(files, lambda f: f.stat().st_size, count, max_bytes)
-
-
 def print_map_summary(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -635,8 +722,12 @@ def print_map_summary(summary: dict[str, Any]) -> None:
     table.add_row("succeeded", str(summary["succeeded"]))
     table.add_row("failed", str(summary["failed"]))
     table.add_row("wall time", f"{summary['seconds']:.2f} s")
-    table.add_row("throughput", f"{summary['jobs_per_second']} jobs/s, {summary['mb_per_second']} MB/s")
-    table.add_row("latency p50 / p99", f"{summary['latency_ms_p50']} ms / {summary['latency_ms_p99']} ms")
+    table.add_row(
+        "throughput", f"{summary['jobs_per_second']} jobs/s, {summary['mb_per_second']} MB/s"
+    )
+    table.add_row(
+        "latency p50 / p99", f"{summary['latency_ms_p50']} ms / {summary['latency_ms_p99']} ms"
+    )
     console = _console()
     console.print(table)
     for f in summary["failures"][:20]:
@@ -659,30 +750,57 @@ def _kv(items: Sequence[str], flag: str) -> Iterator[tuple[str, str]]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--address", default=argparse.SUPPRESS, metavar="HOST:PORT",
-                        help=f"orchestrator address (env TANDEM_ADDRESS; default {DEFAULT_ADDRESS})")
-    common.add_argument("--timeout", type=float, default=argparse.SUPPRESS, metavar="SECONDS",
-                        help="deadline of each call (default 30)")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="machine-readable JSON output")
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show tracebacks on errors")
+    common.add_argument(
+        "--address",
+        default=argparse.SUPPRESS,
+        metavar="HOST:PORT",
+        help=f"orchestrator address (env TANDEM_ADDRESS; default {DEFAULT_ADDRESS})",
+    )
+    common.add_argument(
+        "--timeout",
+        type=float,
+        default=argparse.SUPPRESS,
+        metavar="SECONDS",
+        help="deadline of each call (default 30)",
+    )
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="machine-readable JSON output",
+    )
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
+    )
 
     parser = argparse.ArgumentParser(
-        prog="tandem", description="Submit and inspect Tandem jobs, or run transforms locally.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common],
+        prog="tandem",
+        description="Submit and inspect Tandem jobs, or run transforms locally.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
     )
     parser.add_argument("--version", action="version", version="tandem 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common],
-                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            parents=[common],
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         return p
 
     def add_wait_timeout(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--wait-timeout", type=float, metavar="SECONDS",
-                       help="give up waiting after this long (default: wait forever)")
+        p.add_argument(
+            "--wait-timeout",
+            type=float,
+            metavar="SECONDS",
+            help="give up waiting after this long (default: wait forever)",
+        )
 
     p = add("submit", "submit a job (a pipeline of ops over one payload)")
     _add_steps(p)
@@ -693,7 +811,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job-timeout", type=float, metavar="SECONDS", help="per-attempt job timeout")
     p.add_argument("--label", action="append", metavar="KEY=VALUE", help="a label; repeatable")
     p.add_argument("-w", "--wait", action="store_true", help="wait for the result and print it")
-    p.add_argument("-o", "--output", metavar="FILE", help="with --wait: write the result to FILE ('-' = stdout)")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="with --wait: write the result to FILE ('-' = stdout)",
+    )
     add_wait_timeout(p)
     p.set_defaults(func=cmd_submit)
 
@@ -719,16 +842,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("queues", "list queues with their live figures")
     p.set_defaults(func=cmd_queues)
 
-    for name, text in (("pause", "stop a queue's workers from pulling (submits still queue)"),
-                       ("resume", "let a paused queue's workers pull again")):
+    for name, text in (
+        ("pause", "stop a queue's workers from pulling (submits still queue)"),
+        ("resume", "let a paused queue's workers pull again"),
+    ):
         p = add(name, text)
         p.add_argument("queue")
         p.set_defaults(func=cmd_pause_resume)
 
     p = add("dlq", "dead-letter queue: list, retry or purge")
     dsub = p.add_subparsers(dest="dlq_cmd", metavar="ACTION", required=True)
-    for name, text in (("list", "list dead jobs"), ("retry", "re-enqueue dead jobs"),
-                       ("purge", "delete dead jobs for good")):
+    for name, text in (
+        ("list", "list dead jobs"),
+        ("retry", "re-enqueue dead jobs"),
+        ("purge", "delete dead jobs for good"),
+    ):
         dp = dsub.add_parser(name, help=text, description=text, parents=[common])
         dp.add_argument("-q", "--queue", default="default", help="queue (default: default)")
         if name == "list":
@@ -752,7 +880,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--glob", default="*", help="file pattern inside folders (default '*')")
     p.add_argument("-q", "--queue", default="", help="queue")
     p.add_argument("--output-dir", metavar="DIR", help="write each result to DIR/<name>.<ext>")
-    p.add_argument("--window", type=int, default=256, help="jobs in flight at once (default 256)")
+    p.add_argument(
+        "--window",
+        type=int,
+        default=MAP_WINDOW,
+        help=f"jobs in flight at once (default {MAP_WINDOW})",
+    )
     add_wait_timeout(p)
     p.set_defaults(func=cmd_map)
     return parser
@@ -787,8 +920,14 @@ def run(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         code = exit_code_for(err)
         if out.json and isinstance(err, TandemError):
-            payload: dict[str, Any] = {"error": {"type": type(err).__name__, "reason": err.reason,
-                                                 "message": err.message, "metadata": err.metadata}}
+            payload: dict[str, Any] = {
+                "error": {
+                    "type": type(err).__name__,
+                    "reason": err.reason,
+                    "message": err.message,
+                    "metadata": err.metadata,
+                }
+            }
             if isinstance(err, JobFailed):
                 payload["error"]["job"] = err.job.to_dict()
             print(json.dumps(payload), file=sys.stderr)

@@ -71,11 +71,16 @@ class LocalStack:
             "tandem-orchestrator",
             [
                 self.orchestrator_bin,
-                "--listen", self.address,
-                "--compute", self.compute_address,
-                "--nats-listen", self.nats_address,
-                "--data-dir", str(self.workdir / "data"),
-                "--metrics-listen", "",
+                "--listen",
+                self.address,
+                "--compute",
+                self.compute_address,
+                "--nats-listen",
+                self.nats_address,
+                "--data-dir",
+                str(self.workdir / "data"),
+                "--metrics-listen",
+                "",
             ],
             log_path=logs / "orchestrator.log",
             ready=grpc_ready(self.address),
@@ -111,15 +116,24 @@ def png(width: int, height: int, seed: int) -> bytes:
         raw += b"\x00" + row
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(raw), 6)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(bytes(raw), 6))
+        + chunk(b"IEND", b"")
+    )
 
 
-_WORDS = ("job queue worker retry stream broker compute pipeline thumbnail hash chunk "
-          "durable idempotent backoff deadline cancel dead letter orchestrator tandem "
-          "rust go python nats jetstream grpc latency throughput").split()
+_WORDS = (
+    "job queue worker retry stream broker compute pipeline thumbnail hash chunk "
+    "durable idempotent backoff deadline cancel dead letter orchestrator tandem "
+    "rust go python nats jetstream grpc latency throughput"
+).split()
 
 
 def text(seed: int, words: int) -> bytes:
@@ -172,8 +186,9 @@ def pipelines(ops: Ops) -> dict[str, tuple[str, list[Step]]]:
     have = set(ops.names())
     out: dict[str, tuple[str, list[Step]]] = {}
     if "image.thumbnail" in have:
-        params = _int_param(ops, "image.thumbnail",
-                            ("max_width", "max_height", "width", "height"), 128)
+        params = _int_param(
+            ops, "image.thumbnail", ("max_width", "max_height", "width", "height"), 128
+        )
         spec = ops.get("image.thumbnail")
         if spec and any(p.name == "format" for p in spec.params):
             params["format"] = "png"
@@ -199,7 +214,10 @@ def describe(kind: str, job: Job) -> str:
     if kind == "stats":
         try:
             stats = json.loads(data)
-            return ", ".join(f"{stats[k]} {k}" for k in ("words", "lines") if k in stats) or data[:60].decode()
+            return (
+                ", ".join(f"{stats[k]} {k}" for k in ("words", "lines") if k in stats)
+                or data[:60].decode()
+            )
         except (ValueError, TypeError):
             pass
     if kind == "chunks":
@@ -237,24 +255,48 @@ def run_demo(client: Client, workdir: Path, console: Any) -> bool:
             applies = target == "any" or (target == "image") == is_image
             if applies:
                 jobs.append((f, name, steps))
-    console.print(f"submitting {len(jobs)} jobs for {len(files)} inputs "
-                  f"({sum(f.stat().st_size for f in files) / 1e6:.1f} MB)…", highlight=False)
-
-    from tandem._requests import JobSpec
+    console.print(
+        f"submitting {len(jobs)} jobs for {len(files)} inputs "
+        f"({sum(f.stat().st_size for f in files) / 1e6:.1f} MB)…",
+        highlight=False,
+    )
 
     started = time.monotonic()
-    handles = client.submit_many(JobSpec(steps=s, payload=f) for f, _, s in jobs)
-    rejected = [(jobs[i], h) for i, h in enumerate(handles) if isinstance(h, TandemError)]
-    by_id = {h.id: i for i, h in enumerate(handles) if not isinstance(h, TandemError)}
     finals: dict[int, Job] = {}
-    bar = Progress(TextColumn("[bold]jobs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=console)
+    rejected: list[tuple[tuple[Path, str, list[Step]], TandemError]] = []
+    bar = Progress(
+        TextColumn("[bold]jobs"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    task = bar.add_task("jobs", total=len(jobs))
+
+    def run_pipeline(name: str) -> None:
+        """One map of a pipeline over the inputs it applies to."""
+        members = [i for i, (_, n, _) in enumerate(jobs) if n == name]
+
+        def settled(index: int, outcome: Job | TandemError) -> None:
+            i = members[index]
+            if isinstance(outcome, TandemError):
+                rejected.append((jobs[i], outcome))
+            else:
+                finals[i] = outcome
+            bar.advance(task)
+
+        for _ in client.map(
+            plan[name][1],
+            [jobs[i][0] for i in members],
+            timeout=120,
+            return_exceptions=True,
+            on_result=settled,
+        ):
+            pass
+
     with bar:
-        task = bar.add_task("jobs", total=len(jobs), completed=len(rejected))
-        for job in (client.watch(list(by_id), include_result=True, timeout=120) if by_id else ()):
-            if job.done:
-                finals[by_id[job.id]] = job
-                bar.advance(task)
+        for name in plan:
+            run_pipeline(name)
     seconds = time.monotonic() - started
 
     # One row per input: what each pipeline made of it.
@@ -271,8 +313,11 @@ def run_demo(client: Client, workdir: Path, console: Any) -> bool:
         if final is None:
             continue
         job = final
-        cell = describe(name, job) if job.state is JobState.SUCCEEDED else (
-            f"[red]{job.state.name}: {job.last_error.reason if job.last_error else ''}[/red]")
+        cell = (
+            describe(name, job)
+            if job.state is JobState.SUCCEEDED
+            else (f"[red]{job.state.name}: {job.last_error.reason if job.last_error else ''}[/red]")
+        )
         rows.setdefault(f, {})[name] = cell
         if job.state is not JobState.SUCCEEDED:
             failures.append((f, job))
@@ -280,16 +325,21 @@ def run_demo(client: Client, workdir: Path, console: Any) -> bool:
         table.add_row(f.name, f"{f.stat().st_size:,}", *(cells.get(k, "") for k in kinds))
     console.print(table)
 
-    ok = len(finals) == len(by_id)
+    ok = len(finals) + len(rejected) == len(jobs)
     # The one failure we expect: the corrupt image, with a clear error.
     for f, job in failures:
         try:
             job_outcome(job)
         except JobFailed as err:
-            expected = f.name == "broken.png" and err.error.reason in ("INPUT_CORRUPT", "OUTPUT_TOO_LARGE")
+            expected = f.name == "broken.png" and err.error.reason in (
+                "INPUT_CORRUPT",
+                "OUTPUT_TOO_LARGE",
+            )
             colour = "yellow" if expected else "red"
             label = "expected error" if expected else "unexpected error"
-            console.print(f"[{colour}]{label}[/{colour}] for {f.name}: {err.error}", highlight=False)
+            console.print(
+                f"[{colour}]{label}[/{colour}] for {f.name}: {err.error}", highlight=False
+            )
             ok = ok and (expected or f.name == "broken.png")
         except TandemError as err:
             console.print(f"[red]unexpected[/red] {f.name}: {err}", highlight=False)
@@ -311,8 +361,11 @@ def run_demo(client: Client, workdir: Path, console: Any) -> bool:
                 checked += 1
                 same += local.run(steps, f) == done_job.result
             mark = "[green]✓[/green]" if same == checked else "[red]✗[/red]"
-            console.print(f"{mark} native parity: {same}/{checked} results identical when run "
-                          "in-process with tandem.local.run", highlight=False)
+            console.print(
+                f"{mark} native parity: {same}/{checked} results identical when run "
+                "in-process with tandem.local.run",
+                highlight=False,
+            )
             ok = ok and same == checked
     except TandemError as err:
         console.print(f"native module not usable: {err}", highlight=False)
@@ -340,16 +393,29 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tandem.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--compute-bin", default=os.environ.get("TANDEM_COMPUTE_BIN", "tandem-compute"))
-    parser.add_argument("--orchestrator-bin",
-                        default=os.environ.get("TANDEM_ORCHESTRATOR_BIN", "tandem-orchestrator"))
-    parser.add_argument("--serve", action="store_true",
-                        help="keep the stack running after the demo until Ctrl-C")
-    parser.add_argument("--address", help="orchestrator listen address "
-                        "(default: 127.0.0.1:50051 with --serve, a free port otherwise)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, data)")
+    parser = argparse.ArgumentParser(
+        prog="python -m tandem.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--compute-bin", default=os.environ.get("TANDEM_COMPUTE_BIN", "tandem-compute")
+    )
+    parser.add_argument(
+        "--orchestrator-bin",
+        default=os.environ.get("TANDEM_ORCHESTRATOR_BIN", "tandem-orchestrator"),
+    )
+    parser.add_argument(
+        "--serve", action="store_true", help="keep the stack running after the demo until Ctrl-C"
+    )
+    parser.add_argument(
+        "--address",
+        help="orchestrator listen address "
+        "(default: 127.0.0.1:50051 with --serve, a free port otherwise)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary folder (logs, data)"
+    )
     ns = parser.parse_args(argv)
 
     from rich.console import Console
@@ -364,15 +430,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[red]error:[/red] {err} (build with `make build`)", highlight=False)
         shutil.rmtree(workdir, ignore_errors=True)
         return 2
-    stack = LocalStack(compute_bin, orchestrator_bin, workdir,
-                       address=ns.address or ("127.0.0.1:50051" if ns.serve else ""))
+    stack = LocalStack(
+        compute_bin,
+        orchestrator_bin,
+        workdir,
+        address=ns.address or ("127.0.0.1:50051" if ns.serve else ""),
+    )
     ok = False
     try:
         console.print(f"starting the local stack in {workdir} …", highlight=False)
         t0 = time.monotonic()
         stack.start()
-        console.print(f"stack up in {time.monotonic() - t0:.1f} s: orchestrator {stack.address}, "
-                      f"compute {stack.compute_address}, NATS {stack.nats_address}", highlight=False)
+        console.print(
+            f"stack up in {time.monotonic() - t0:.1f} s: orchestrator {stack.address}, "
+            f"compute {stack.compute_address}, NATS {stack.nats_address}",
+            highlight=False,
+        )
         with Client(stack.address, compute_address=stack.compute_address) as client:
             ok = run_demo(client, workdir, console)
         if ns.serve:
@@ -380,7 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"\nserving: export TANDEM_ADDRESS={stack.address} TANDEM_COMPUTE_ADDRESS="
                 f"{stack.compute_address}; try `tandem ops`, `tandem queues`, "
                 "`tandem submit --op hash.sha256 --data hi --wait`.\nCtrl-C stops.",
-                highlight=False)
+                highlight=False,
+            )
             while True:
                 time.sleep(3600)
     except KeyboardInterrupt:
@@ -395,8 +469,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print(f"kept {workdir}", highlight=False)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    console.print("[green]demo finished: every job went as expected; the stack is stopped.[/green]"
-                  if ok else "[red]demo finished with unexpected results[/red]")
+    console.print(
+        "[green]demo finished: every job went as expected; the stack is stopped.[/green]"
+        if ok
+        else "[red]demo finished with unexpected results[/red]"
+    )
     return 0 if ok else 1
 
 
