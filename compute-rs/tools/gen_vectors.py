@@ -172,6 +172,29 @@ def main() -> None:
         err(f"decompress.{fmt} truncated", [step(f"decompress.{fmt}")], comp[: len(comp) // 2],
             "INPUT_CORRUPT", 3, message=False)
         err(f"decompress.{fmt} empty", [step(f"decompress.{fmt}")], b"", "INPUT_CORRUPT", 3)
+    # Concatenated frames (members) all decode; bytes after the last complete
+    # frame that are not a frame are INPUT_CORRUPT; the cap counts every frame.
+    for fmt in ("zstd", "lz4"):
+        two = run([step(f"compress.{fmt}")], b"hello ") + run([step(f"compress.{fmt}")], b"world")
+        ok(f"decompress.{fmt} two frames", [step(f"decompress.{fmt}")], two, b"hello world")
+        streamed = b"".join(run([step(f"compress.{fmt}")], part) for part in (b"a", b"", b"bc", b"def"))
+        ok(f"decompress.{fmt} frames of a streaming writer", [step(f"decompress.{fmt}")], streamed, b"abcdef")
+    for fmt in ("zstd", "gzip", "lz4"):
+        part = run([step(f"compress.{fmt}")], b"z" * 600)
+        unit = "member" if fmt == "gzip" else "frame"
+        err(f"decompress.{fmt} cap counts every {unit}", [step(f"decompress.{fmt}", max_output_bytes=1000)],
+            part + part, "OUTPUT_TOO_LARGE", 3)
+        comp = run([step(f"compress.{fmt}")], abc)
+        for what, tail in (("trailing garbage", b"garbage"), ("trailing zero bytes", bytes(4)), ("trailing byte", b"x")):
+            err(f"decompress.{fmt} {what}", [step(f"decompress.{fmt}")], comp + tail, "INPUT_CORRUPT", 3,
+                message=False)
+    lz4_ab = run([step("compress.lz4")], b"ab")
+    skippable = struct.pack("<II", 0x184D2A5F, 3) + b"xyz"
+    ok("decompress.lz4 skippable frame is skipped", [step("decompress.lz4")], lz4_ab + skippable + lz4_ab, b"abab")
+    # One block, then the end mark and content checksum (8 bytes) cut off: a
+    # cut at a block boundary is still a truncated frame.
+    err("decompress.lz4 cut at a block boundary", [step("decompress.lz4")], lz4_ab[:-8], "INPUT_CORRUPT", 3)
+    err("decompress.lz4 magic number only", [step("decompress.lz4")], lz4_ab[:4], "INPUT_CORRUPT", 3)
     err("compress.zstd level out of range", [step("compress.zstd", level=40)], abc, "PARAM_OUT_OF_RANGE", 3)
     err("compress.gzip level not an int", [step("compress.gzip", level="high")], abc, "PARAM_INVALID", 3)
 
@@ -238,6 +261,12 @@ def main() -> None:
     err("unknown op", [step("hash.md5")], abc, "UNKNOWN_OP", 3)
     err("unknown op in step 2", [step("hash.sha256"), step("compress.zstd"), step("nope")], abc, "UNKNOWN_OP", 3)
     err("unknown param", [step("hash.sha256", level=1)], abc, "PARAM_INVALID", 3)
+    # Errors quote at most 64 bytes of a caller's value (then "…(N bytes)").
+    err("unknown op with a long name is quoted, not echoed", [step("x" * 200)], abc, "UNKNOWN_OP", 3)
+    err("unknown param with a long name is quoted", [step("hash.sha256", **{"p" * 100: 1})], abc, "PARAM_INVALID", 3)
+    err("long int param value is quoted", [step("compress.zstd", level="9" * 100)], abc, "PARAM_INVALID", 3)
+    err("long in-syntax int out of range is quoted", [step("compress.zstd", level="0" * 100 + "40")], abc,
+        "PARAM_OUT_OF_RANGE", 3)
     err("empty pipeline", [], abc, "REQUEST_INVALID", 3)
     err("too many steps", [step("hash.sha256")] * 17, abc, "REQUEST_INVALID", 3)
     ok("sixteen steps is the limit", [step("compress.lz4"), step("decompress.lz4")] * 7 + [step("hash.sha256")] * 2,

@@ -1,10 +1,10 @@
 //! Compiles `proto/tandem/v1/*.proto` with protox (no system protoc), then
-//! generates prost types and tonic stubs from the descriptor set. The encoded
-//! set is also written to OUT_DIR for tonic-reflection.
+//! generates prost types and tonic stubs from the descriptor set. The
+//! descriptor set of what tandem-compute serves (compute.proto and its
+//! imports, not jobs.proto) is also written to OUT_DIR for tonic-reflection,
+//! encoded by protox so custom options such as `(tandem.v1.reason)` survive.
 
 use std::{env, fs, path::PathBuf};
-
-use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
@@ -28,12 +28,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .open_files(&files)?
         .file_descriptor_set();
 
+    // What tandem-compute serves: ComputeService and every message it
+    // returns (errors.proto included), without JobService.
+    let compute = protox::Compiler::new([&proto_root])?
+        .include_imports(true)
+        .include_source_info(true)
+        .open_file("tandem/v1/compute.proto")?
+        .encode_file_descriptor_set();
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    fs::write(out.join("tandem_descriptor.bin"), fds.encode_to_vec())?;
+    fs::write(out.join("compute_descriptor.bin"), compute)?;
 
-    tonic_prost_build::configure()
-        .build_server(true)
-        .build_client(true)
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `tandem-compute`: the compute gRPC server. Every flag is also an
 //! environment variable (see `--help` and docs/ARCHITECTURE.md).
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 
@@ -76,7 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn run(args: Args, config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let metrics = Metrics::new();
+    let metrics = Metrics::new()?;
     let metrics_addr = if args.metrics_listen.trim().is_empty() {
         None
     } else {
@@ -87,7 +88,8 @@ async fn run(args: Args, config: Config) -> Result<(), Box<dyn std::error::Error
         tokio::spawn(tandem_compute::metrics::serve(listener, metrics.clone()));
         Some(local)
     };
-    let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| format!("listen {}: {e}", args.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.map_err(|e| format!("listen {}: {e}", args.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(
         listen = %addr,

@@ -37,58 +37,39 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// Every metric, registered. Fails only on an invalid metric definition
+    /// (a bug caught by every test that starts a server).
+    pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let buckets = vec![
-            0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-            2.5, 5.0, 10.0, 30.0,
+            0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            5.0, 10.0, 30.0,
         ];
-        let requests = IntCounterVec::new(
-            Opts::new("tandem_compute_requests_total", "gRPC requests by method and status code."),
-            &["method", "code"],
-        )
-        .expect("valid metric");
-        let request_seconds = HistogramVec::new(
-            HistogramOpts::new("tandem_compute_request_duration_seconds", "gRPC request latency by method.")
-                .buckets(buckets.clone()),
-            &["method"],
-        )
-        .expect("valid metric");
-        let op_runs = IntCounterVec::new(
-            Opts::new("tandem_compute_op_runs_total", "Op (pipeline step) runs by op and status code."),
+        let counters = |name: &str, help: &str, labels: &[&str]| IntCounterVec::new(Opts::new(name, help), labels);
+        let histograms = |name: &str, help: &str, label: &str| {
+            HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.clone()), &[label])
+        };
+        let requests =
+            counters("tandem_compute_requests_total", "gRPC requests by method and status code.", &["method", "code"])?;
+        let request_seconds =
+            histograms("tandem_compute_request_duration_seconds", "gRPC request latency by method.", "method")?;
+        let op_runs = counters(
+            "tandem_compute_op_runs_total",
+            "Op (pipeline step) runs by op and status code.",
             &["op", "code"],
-        )
-        .expect("valid metric");
-        let op_errors = IntCounterVec::new(
-            Opts::new("tandem_compute_op_errors_total", "Failed op runs by op and error reason."),
-            &["op", "reason"],
-        )
-        .expect("valid metric");
-        let op_seconds = HistogramVec::new(
-            HistogramOpts::new("tandem_compute_op_duration_seconds", "Op run latency by op.").buckets(buckets),
-            &["op"],
-        )
-        .expect("valid metric");
-        let op_bytes_in = IntCounterVec::new(
-            Opts::new("tandem_compute_op_input_bytes_total", "Bytes read by ops."),
-            &["op"],
-        )
-        .expect("valid metric");
-        let op_bytes_out = IntCounterVec::new(
-            Opts::new("tandem_compute_op_output_bytes_total", "Bytes produced by ops."),
-            &["op"],
-        )
-        .expect("valid metric");
-        let in_flight =
-            IntGauge::new("tandem_compute_in_flight_requests", "Requests admitted and not yet finished.")
-                .expect("valid metric");
-        let queued = IntGauge::new("tandem_compute_queued_requests", "Requests admitted and waiting for a CPU worker.")
-            .expect("valid metric");
+        )?;
+        let op_errors =
+            counters("tandem_compute_op_errors_total", "Failed op runs by op and error reason.", &["op", "reason"])?;
+        let op_seconds = histograms("tandem_compute_op_duration_seconds", "Op run latency by op.", "op")?;
+        let op_bytes_in = counters("tandem_compute_op_input_bytes_total", "Bytes read by ops.", &["op"])?;
+        let op_bytes_out = counters("tandem_compute_op_output_bytes_total", "Bytes produced by ops.", &["op"])?;
+        let in_flight = IntGauge::new("tandem_compute_in_flight_requests", "Requests admitted and not yet finished.")?;
+        let queued =
+            IntGauge::new("tandem_compute_queued_requests", "Requests admitted and waiting for a CPU worker.")?;
         let rejected = IntCounter::new(
             "tandem_compute_rejected_total",
             "Requests answered RESOURCE_EXHAUSTED (OVERLOADED) because the pool and its queue were full.",
-        )
-        .expect("valid metric");
+        )?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_seconds.clone()),
@@ -101,9 +82,9 @@ impl Metrics {
             Box::new(queued.clone()),
             Box::new(rejected.clone()),
         ] {
-            registry.register(c).expect("unique metric");
+            registry.register(c)?;
         }
-        Metrics {
+        Ok(Metrics {
             registry,
             requests,
             request_seconds,
@@ -115,7 +96,7 @@ impl Metrics {
             in_flight,
             queued,
             rejected,
-        }
+        })
     }
 
     /// The text exposition format.
@@ -124,12 +105,6 @@ impl Metrics {
         // Encoding into a Vec cannot fail for valid metrics.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         buf
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

@@ -2,10 +2,9 @@
 //! threads, never on the async I/O threads) and at most `queue_depth` more
 //! wait for a worker; past that a request is answered OVERLOADED at once.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use tandem_core::Error;
+use tandem_core::{Error, catch_panic};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Suggested retry delay for OVERLOADED answers.
@@ -82,7 +81,8 @@ impl Pool {
 #[derive(Debug)]
 pub struct Admitted(OwnedSemaphorePermit);
 
-/// Runs `f` on a blocking thread; a panic becomes `Error::Internal`. The
+/// Runs `f` on a blocking thread; a panic becomes `Error::Internal`
+/// ([`tandem_core::catch_panic`]; the process's panic hook logs it). The
 /// slot (if given) is released only when `f` returns, even if the caller
 /// stopped waiting.
 pub async fn run_blocking<T, F>(slot: Option<Slot>, f: F) -> Result<T, Error>
@@ -90,29 +90,12 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, Error> + Send + 'static,
 {
+    // The one place CPU work leaves the async threads (clippy.toml bans
+    // spawn_blocking elsewhere).
+    #[allow(clippy::disallowed_methods)]
     let handle = tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        catch(f)
+        catch_panic(f)
     });
     handle.await.map_err(|e| Error::Internal { detail: format!("worker task failed: {e}") })?
-}
-
-/// Runs `f` on this thread, turning a panic into `Error::Internal`.
-pub fn catch<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
-    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(payload) => {
-            let msg = panic_message(payload.as_ref());
-            tracing::error!(panic = %msg, "op panicked");
-            Err(Error::Internal { detail: format!("op panicked: {msg}") })
-        }
-    }
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_owned())
 }

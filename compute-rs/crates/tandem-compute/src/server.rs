@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tandem_core::{Error, Limits, Registry};
-use tandem_proto::v1::compute_service_server::ComputeServiceServer;
+use tandem_proto::v1::compute_service_server::{self, ComputeServiceServer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tonic::codec::CompressionEncoding;
@@ -35,6 +35,44 @@ impl Config {
     }
 }
 
+/// Every gRPC service this server answers, and so exactly what reflection
+/// lists.
+pub const SERVICES: [&str; 4] = [
+    compute_service_server::SERVICE_NAME,
+    tonic_health::pb::health_server::SERVICE_NAME,
+    tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
+    tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
+];
+
+/// Why [`serve`] stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("reflection descriptors: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Server reflection: lists [`SERVICES`] and nothing else (no JobService,
+/// which only the orchestrator serves) and resolves every message they take
+/// or return, including the `google.rpc.ErrorInfo` and `RetryInfo` details
+/// of every error status (descriptors from tonic-types, the crate that
+/// encodes them).
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    let mut b = tonic_reflection::server::Builder::configure()
+        // Registered below, both versions, so each lists the other too.
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(tandem_proto::COMPUTE_FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
+    for name in SERVICES {
+        b = b.with_service_name(name);
+    }
+    b
+}
+
 /// Serves gRPC on `listener` until `shutdown` resolves, then drains
 /// in-flight calls and returns.
 pub async fn serve(
@@ -42,7 +80,7 @@ pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     let limits = config.limits.clone();
     let pool = Pool::new(limits.workers as usize, limits.queue_depth as usize);
     let metrics_for_gate = metrics.clone();
@@ -58,16 +96,8 @@ pub async fn serve(
 
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<ComputeServiceServer<ComputeSvc>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("valid descriptor sets");
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .expect("valid descriptor sets");
+    let reflection = reflection_builder().build_v1().map_err(ServeError::Reflection)?;
+    let reflection_alpha = reflection_builder().build_v1alpha().map_err(ServeError::Reflection)?;
 
     let health_for_shutdown = health.clone();
     let shutdown = async move {
@@ -98,7 +128,8 @@ pub async fn serve(
                 .with_keepalive(Some(std::time::Duration::from_secs(60))),
             shutdown,
         )
-        .await
+        .await?;
+    Ok(())
 }
 
 /// A tower layer in front of every gRPC call:
@@ -170,11 +201,9 @@ fn rewrite_size_status(headers: &mut http::HeaderMap, limit: u64) {
     let Some(st) = tonic::Status::from_header_map(headers) else { return };
     let msg = st.message();
     let actual = match st.code() {
-        tonic::Code::OutOfRange if msg.starts_with("Error, decoded message length too large") => msg
-            .split("found ")
-            .nth(1)
-            .and_then(|s| s.split(' ').next())
-            .and_then(|n| n.parse::<u64>().ok()),
+        tonic::Code::OutOfRange if msg.starts_with("Error, decoded message length too large") => {
+            msg.split("found ").nth(1).and_then(|s| s.split(' ').next()).and_then(|n| n.parse::<u64>().ok())
+        }
         tonic::Code::ResourceExhausted if msg.starts_with("Error decompressing: size limit") => None,
         _ => return,
     };
@@ -203,7 +232,7 @@ mod tests {
                 Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
             }
         });
-        let metrics = Metrics::new();
+        let metrics = Metrics::new().unwrap();
         let mut gate =
             RequestGate { inner, limit: 10, decoding: Arc::new(Semaphore::new(2)), metrics: metrics.clone() };
         let call = |path: &str| http::Request::builder().uri(path).body(()).unwrap();
@@ -228,11 +257,9 @@ mod tests {
     #[test]
     fn rewrites_tonic_size_errors() {
         let mut h = http::HeaderMap::new();
-        tonic::Status::out_of_range(
-            "Error, decoded message length too large: found 11 bytes, the limit is: 10 bytes",
-        )
-        .add_header(&mut h)
-        .unwrap();
+        tonic::Status::out_of_range("Error, decoded message length too large: found 11 bytes, the limit is: 10 bytes")
+            .add_header(&mut h)
+            .unwrap();
         rewrite_size_status(&mut h, 10);
         let st = tonic::Status::from_header_map(&h).unwrap();
         assert_eq!(st.code(), tonic::Code::InvalidArgument);

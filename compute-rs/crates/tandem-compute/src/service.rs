@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tandem_core::{CancelFlag, Ctx, Error, ParamType, PipelineOutput, Registry, StepRequest};
+use tandem_core::{CancelFlag, Ctx, Error, ParamType, PipelineOutput, Quoted, Registry, StepRequest};
 use tandem_proto::v1::{self, compute_service_server::ComputeService};
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use tracing::Instrument;
@@ -60,7 +60,7 @@ impl ComputeSvc {
         let m = &self.inner.metrics;
         if let Error::Step { op, .. } = e {
             // Only known op names become labels (bounded cardinality).
-            let op = self.inner.registry.get(op).map_or("unknown", |o| o.name);
+            let op = self.inner.registry.get(op.prefix()).ok().filter(|_| !op.is_cut()).map_or("unknown", |o| o.name);
             m.op_runs.with_label_values(&[op, e.code().as_str()]).inc();
             m.op_errors.with_label_values(&[op, e.reason().as_str()]).inc();
         }
@@ -151,7 +151,7 @@ impl ComputeSvc {
                         let k = next.fetch_add(1, Ordering::Relaxed);
                         let Some((i, steps, input, attempt)) = work.get(k) else { return done };
                         let ctx = Ctx { limits: registry.limits(), cancel: Some(&cancel), deadline, attempt: *attempt };
-                        done.push((*i, pool::catch(|| registry.prepare(steps)?.run(&ctx, input))));
+                        done.push((*i, tandem_core::catch_panic(|| registry.prepare(steps)?.run(&ctx, input))));
                     }
                 };
                 let mut out = Vec::with_capacity(work.len());
@@ -324,6 +324,9 @@ pub fn list_ops(registry: &Registry) -> v1::ListOpsResponse {
                 output_content_type: op.output_content_type.to_owned(),
                 output_encoding: op.output_encoding.to_owned(),
                 debug: op.debug,
+                provider: "compute".to_owned(),
+                live_workers: 0,
+                version: String::new(),
             })
             .collect(),
         limits: Some(v1::Limits {
@@ -350,13 +353,17 @@ impl ComputeService for ComputeSvc {
         let trace_id = trace_id(request.metadata());
         let req = request.into_inner();
         let job_id = req.job_id.clone();
-        let span = tracing::info_span!("transform", trace_id = %trace_id, job_id = %job_id, attempt = req.attempt);
+        let span = tracing::info_span!("transform", trace_id = %trace_id, job_id = %Quoted::new(&job_id), attempt = req.attempt);
         let r = async {
             let r = self.run_one(req, deadline).await;
             match r {
                 Ok(out) => {
                     self.record_ok(&out);
-                    tracing::debug!(bytes_out = out.data.len(), micros = start.elapsed().as_micros() as u64, "transform ok");
+                    tracing::debug!(
+                        bytes_out = out.data.len(),
+                        micros = start.elapsed().as_micros() as u64,
+                        "transform ok"
+                    );
                     Ok(response(out))
                 }
                 Err(e) => {

@@ -97,3 +97,42 @@ async fn batch_mixes_results_and_errors() {
     }
     srv.stop().await;
 }
+
+/// A 1 MiB op name, param name, param value or job id comes back quoted
+/// (at most QUOTE_LIMIT bytes of it), never whole: the status message, the
+/// ErrorInfo metadata and the batch item's error stay small, so a plain
+/// grpcio client (16 KiB metadata limit) still sees INVALID_ARGUMENT.
+#[tokio::test]
+async fn huge_caller_values_are_quoted_not_echoed() {
+    use tandem_core::QUOTE_LIMIT;
+    let srv = TestServer::start(config(2, 8)).await;
+    let mut c = srv.client().await;
+    let huge = "x".repeat(1 << 20);
+    let cases = [
+        ("op name", step(&huge, &[])),
+        ("param name", step("compress.zstd", &[(huge.as_str(), "1")])),
+        ("param value", step("compress.zstd", &[("level", huge.as_str())])),
+        ("enum value", step("image.thumbnail", &[("fit", huge.as_str())])),
+    ];
+    for (what, s) in cases {
+        let mut req = request(vec![step("hash.sha256", &[]), s], b"abc");
+        req.job_id = huge.clone();
+        let st = c.transform(req.clone()).await.unwrap_err();
+        assert_eq!(st.code(), tonic::Code::InvalidArgument, "{what}");
+        assert!(st.message().len() < 300, "{what}: message of {} bytes", st.message().len());
+        assert!(st.details().len() < 1024, "{what}: status details of {} bytes", st.details().len());
+        assert!(st.metadata().as_ref().len() < 4096, "{what}: trailers of {} bytes", st.metadata().as_ref().len());
+        let (_, _, md) = error_info(&st);
+        assert!(md.values().all(|v| v.len() <= QUOTE_LIMIT + 20), "{what}: {md:?}");
+        assert!(md["job_id"].ends_with(&format!("…({} bytes)", 1 << 20)), "{what}: {md:?}");
+
+        let resp = c.transform_batch(v1::TransformBatchRequest { items: vec![req] }).await.unwrap().into_inner();
+        let Some(v1::transform_result::Outcome::Error(e)) = &resp.results[0].outcome else {
+            panic!("{what}: {resp:?}")
+        };
+        assert_eq!(e.code, tonic::Code::InvalidArgument as i32);
+        assert!(e.message.len() < 300, "{what}: batch message of {} bytes", e.message.len());
+        assert!(e.metadata.values().all(|v| v.len() <= QUOTE_LIMIT + 20), "{what}: {:?}", e.metadata);
+    }
+    srv.stop().await;
+}

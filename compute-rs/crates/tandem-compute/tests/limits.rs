@@ -14,7 +14,13 @@ const LIMIT: u64 = 100_000;
 
 fn small_config() -> Config {
     Config {
-        limits: Limits { workers: 2, queue_depth: 8, max_request_bytes: LIMIT, max_batch_items: 10, ..Limits::default() },
+        limits: Limits {
+            workers: 2,
+            queue_depth: 8,
+            max_request_bytes: LIMIT,
+            max_batch_items: 10,
+            ..Limits::default()
+        },
         enable_debug_ops: true,
     }
 }
@@ -117,7 +123,8 @@ async fn decompression_bomb_is_capped() {
 async fn corrupt_and_oversized_images() {
     let srv = TestServer::start(small_config()).await;
     let mut c = srv.client().await;
-    let st = c.transform(request(vec![step("image.thumbnail", &[])], b"\x89PNG\r\n\x1a\nnot really")).await.unwrap_err();
+    let st =
+        c.transform(request(vec![step("image.thumbnail", &[])], b"\x89PNG\r\n\x1a\nnot really")).await.unwrap_err();
     assert_eq!(st.code(), tonic::Code::InvalidArgument);
     assert_eq!(error_info(&st).0, "INPUT_CORRUPT");
     assert!(st.message().starts_with("step 0 (image.thumbnail): corrupt input: image:"), "{}", st.message());

@@ -1,5 +1,7 @@
 //! Criterion benchmarks, one group per op family, reporting throughput
 //! (bytes/s, or elements/s for images). `cargo bench -p tandem-core`.
+// A measuring harness: any failure should stop it on the spot.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -74,7 +76,9 @@ fn images(c: &mut Criterion) {
     let src = png(1920, 1080);
     let mut g = c.benchmark_group("image");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("image.info 1920x1080 png", |b| b.iter(|| run(&reg, &[StepRequest::new("image.info")], black_box(&src))));
+    g.bench_function("image.info 1920x1080 png", |b| {
+        b.iter(|| run(&reg, &[StepRequest::new("image.info")], black_box(&src)))
+    });
     for fmt in ["png", "jpeg", "webp"] {
         let steps = [StepRequest::new("image.thumbnail").param("format", fmt)];
         g.bench_function(format!("image.thumbnail 1920x1080 png -> 256 {fmt}"), |b| {
@@ -97,7 +101,10 @@ fn chunk_and_text(c: &mut Criterion) {
     let data = corpus(4 << 20);
     let mut g = c.benchmark_group("content");
     g.throughput(Throughput::Bytes(data.len() as u64));
-    let cdc = [StepRequest::new("chunk.fastcdc").param("min_size", "2048").param("avg_size", "8192").param("max_size", "65536")];
+    let cdc = [StepRequest::new("chunk.fastcdc")
+        .param("min_size", "2048")
+        .param("avg_size", "8192")
+        .param("max_size", "65536")];
     g.bench_function("chunk.fastcdc 8 KiB avg", |b| b.iter(|| run(&reg, &cdc, black_box(&data))));
     let text: Vec<u8> = data.iter().map(|&b| if b.is_ascii() { b } else { b' ' }).collect();
     g.bench_function("text.stats", |b| b.iter(|| run(&reg, &[StepRequest::new("text.stats")], black_box(&text))));
@@ -105,7 +112,10 @@ fn chunk_and_text(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
-    Criterion::default().sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2))
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2))
 }
 
 criterion_group! { name = benches; config = config(); targets = hashes, compression, images, chunk_and_text }

@@ -1,6 +1,8 @@
 //! Per-phase timing for image.thumbnail on JPEG files (decode, resize, encode).
 //! `cargo run --release --example thumb_phases -p tandem-core -- DIR`
 #![allow(clippy::print_stdout)]
+// A measuring tool: any failure should stop it on the spot.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Cursor;
 use std::time::Instant;
@@ -48,7 +50,9 @@ fn main() {
         let mut size = 0;
         time(name, n, || {
             let mut out = Vec::new();
-            PngEncoder::new_with_quality(&mut out, c, f).write_image(t.as_raw(), 256, 144, image::ExtendedColorType::Rgb8).unwrap();
+            PngEncoder::new_with_quality(&mut out, c, f)
+                .write_image(t.as_raw(), 256, 144, image::ExtendedColorType::Rgb8)
+                .unwrap();
             size = out.len();
         });
         println!("   size {size}");

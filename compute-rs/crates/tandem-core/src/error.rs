@@ -1,53 +1,94 @@
 //! The one error type of the core. Each variant knows its `ErrorReason`
-//! (named as in `proto/tandem/v1/errors.proto`), its gRPC status code and the
-//! ErrorInfo metadata it carries. The message is the `Display` text, which is
-//! what the gRPC status message and the Python exception both show.
+//! and the ErrorInfo metadata it carries; its gRPC status code comes from the
+//! error catalogue (`proto/tandem/v1/errors.proto`, compiled into [`Reason`]
+//! by build.rs). The message is the `Display` text, which is what the gRPC
+//! status message and the Python exception both show. Caller-supplied values
+//! appear in messages and metadata only as [`Quoted`].
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// Mirror of `tandem.v1.ErrorReason`; `as_str` is the proto enum value name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    UnknownOp,
-    ParamInvalid,
-    ParamOutOfRange,
-    PayloadTooLarge,
-    InputCorrupt,
-    OutputTooLarge,
-    RequestInvalid,
-    Overloaded,
-    Timeout,
-    ShuttingDown,
-    Cancelled,
-    InternalError,
-    InjectedFault,
-}
+// `Reason`, generated from the catalogue (see build.rs).
+include!(concat!(env!("OUT_DIR"), "/reasons.rs"));
 
-impl Reason {
-    /// The `ErrorReason` enum value name, e.g. `"UNKNOWN_OP"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::UnknownOp => "UNKNOWN_OP",
-            Reason::ParamInvalid => "PARAM_INVALID",
-            Reason::ParamOutOfRange => "PARAM_OUT_OF_RANGE",
-            Reason::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
-            Reason::InputCorrupt => "INPUT_CORRUPT",
-            Reason::OutputTooLarge => "OUTPUT_TOO_LARGE",
-            Reason::RequestInvalid => "REQUEST_INVALID",
-            Reason::Overloaded => "OVERLOADED",
-            Reason::Timeout => "TIMEOUT",
-            Reason::ShuttingDown => "SHUTTING_DOWN",
-            Reason::Cancelled => "CANCELLED",
-            Reason::InternalError => "INTERNAL_ERROR",
-            Reason::InjectedFault => "INJECTED_FAULT",
-        }
-    }
+/// The gRPC code the error catalogue gives a reason (`(tandem.v1.reason).code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CatalogueCode {
+    /// Every error with this reason travels with this code.
+    Fixed(Code),
+    /// The code is chosen per error (`INJECTED_FAULT` only).
+    Any,
 }
 
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The most bytes of a caller-supplied value (op name, param name or value,
+/// job id) that an error message or an ErrorInfo metadata value quotes.
+/// Errors go back to the caller in the gRPC status message and metadata: a
+/// plain grpcio client rejects response metadata over 16 KiB (it reports
+/// RESOURCE_EXHAUSTED instead of the real error), and a log line carrying a
+/// 1 MiB op name helps no one.
+pub const QUOTE_LIMIT: usize = 64;
+
+/// A caller-supplied value as errors quote it: the value itself when it is
+/// at most [`QUOTE_LIMIT`] bytes, else its first bytes (cut on a UTF-8 char
+/// boundary) followed by `…(N bytes)`. The one way errors quote caller
+/// input: every error field holding caller input has this type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quoted {
+    prefix: String,
+    len: usize,
+}
+
+impl Quoted {
+    pub fn new(value: &str) -> Quoted {
+        let mut end = value.len().min(QUOTE_LIMIT);
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        Quoted { prefix: value[..end].to_owned(), len: value.len() }
+    }
+
+    /// Whether the value was longer than [`QUOTE_LIMIT`] and got cut.
+    pub fn is_cut(&self) -> bool {
+        self.prefix.len() < self.len
+    }
+
+    /// The quoted text (what is kept), without the length marker.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The form for messages: escaped in double quotes, then the marker
+    /// when cut, e.g. `"nope.op"` or `"aaaa"…(1048576 bytes)`.
+    pub fn quoted(&self) -> impl fmt::Display + '_ {
+        QuotedForm(self)
+    }
+
+    fn marker(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_cut() { write!(f, "…({} bytes)", self.len) } else { Ok(()) }
+    }
+}
+
+/// Plain form, for metadata values and `step N (op)`: `nope.op` or
+/// `aaaa…(1048576 bytes)`.
+impl fmt::Display for Quoted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.prefix)?;
+        self.marker(f)
+    }
+}
+
+struct QuotedForm<'a>(&'a Quoted);
+
+impl fmt::Display for QuotedForm<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0.prefix)?;
+        self.0.marker(f)
     }
 }
 
@@ -128,14 +169,15 @@ impl Code {
 /// Everything that can go wrong running a pipeline.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
-    #[error("unknown op {op:?}{hint}")]
-    UnknownOp { op: String, hint: &'static str },
+    #[error("unknown op {}{hint}", .op.quoted())]
+    UnknownOp { op: Quoted, hint: &'static str },
 
-    #[error("param {param:?}: {detail}")]
-    ParamInvalid { param: String, detail: String },
+    /// `detail` quotes caller values only through [`Quoted`].
+    #[error("param {}: {detail}", .param.quoted())]
+    ParamInvalid { param: Quoted, detail: String },
 
-    #[error("param {param:?} = {value} is out of range [{min}, {max}]")]
-    ParamOutOfRange { param: String, value: String, min: i64, max: i64 },
+    #[error("param {} = {value} is out of range [{min}, {max}]", .param.quoted())]
+    ParamOutOfRange { param: Quoted, value: Quoted, min: i64, max: i64 },
 
     /// `actual` is `None` when the size is not known (e.g. a gRPC-compressed
     /// request that inflates past the limit).
@@ -175,7 +217,7 @@ pub enum Error {
 
     /// An error raised by one step of a pipeline.
     #[error("step {index} ({op}): {source}")]
-    Step { index: usize, op: String, source: Box<Error> },
+    Step { index: usize, op: Quoted, source: Box<Error> },
 }
 
 /// Result with the core error.
@@ -191,7 +233,7 @@ impl Error {
             | Error::Timeout { .. }
             | Error::Cancelled
             | Error::ShuttingDown) => e,
-            e => Error::Step { index, op: op.to_owned(), source: Box::new(e) },
+            e => Error::Step { index, op: Quoted::new(op), source: Box::new(e) },
         }
     }
 
@@ -228,23 +270,17 @@ impl Error {
         }
     }
 
-    /// The gRPC status code.
+    /// The gRPC status code: the catalogue's code for the reason
+    /// (`(tandem.v1.reason).code` in errors.proto), or the chosen code where
+    /// the catalogue leaves it open (`INJECTED_FAULT`).
     pub fn code(&self) -> Code {
-        match self {
-            Error::UnknownOp { .. }
-            | Error::ParamInvalid { .. }
-            | Error::ParamOutOfRange { .. }
-            | Error::PayloadTooLarge { .. }
-            | Error::InputCorrupt { .. }
-            | Error::OutputTooLarge { .. }
-            | Error::RequestInvalid { .. } => Code::InvalidArgument,
-            Error::Overloaded { .. } => Code::ResourceExhausted,
-            Error::Timeout { .. } => Code::DeadlineExceeded,
-            Error::Cancelled => Code::Cancelled,
-            Error::ShuttingDown => Code::Unavailable,
-            Error::Internal { .. } => Code::Internal,
-            Error::InjectedFault { code, .. } => *code,
-            Error::Step { source, .. } => source.code(),
+        match (self.reason().catalogue_code(), self.root()) {
+            (CatalogueCode::Fixed(code), _) => code,
+            (CatalogueCode::Any, Error::InjectedFault { code, .. }) => *code,
+            // No other error has an open code (unit test
+            // `every_error_travels_with_its_catalogue_code`); should the
+            // catalogue open one, the error still reaches the caller.
+            (CatalogueCode::Any, _) => Code::Unknown,
         }
     }
 
@@ -268,12 +304,12 @@ impl Error {
             m.insert(k.to_owned(), v);
         };
         match self {
-            Error::UnknownOp { op, .. } => put("op", op.clone()),
-            Error::ParamInvalid { param, .. } => put("param", param.clone()),
+            Error::UnknownOp { op, .. } => put("op", op.to_string()),
+            Error::ParamInvalid { param, .. } => put("param", param.to_string()),
             Error::ParamOutOfRange { param, min, max, value } => {
-                put("param", param.clone());
+                put("param", param.to_string());
                 put("limit", format!("[{min}, {max}]"));
-                put("actual", value.clone());
+                put("actual", value.to_string());
             }
             Error::PayloadTooLarge { field, limit, actual } => {
                 put("field", field.clone());
@@ -306,7 +342,7 @@ impl Error {
             Error::Step { index, op, source } => {
                 source.fill_metadata(m);
                 m.insert("step".to_owned(), index.to_string());
-                m.insert("op".to_owned(), op.clone());
+                m.insert("op".to_owned(), op.to_string());
             }
         }
     }
@@ -316,5 +352,136 @@ fn payload_message(field: &str, limit: u64, actual: Option<u64>) -> String {
     match actual {
         Some(a) => format!("{field} is {a} bytes, more than the limit of {limit} bytes"),
         None => format!("{field} is larger than the limit of {limit} bytes"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Limits, Registry, StepRequest};
+
+    #[test]
+    fn quoted_keeps_up_to_the_limit_and_marks_the_cut() {
+        let at = |n: usize| Quoted::new(&"a".repeat(n));
+        for n in [0, QUOTE_LIMIT - 1, QUOTE_LIMIT] {
+            let q = at(n);
+            assert!(!q.is_cut(), "{n} bytes");
+            assert_eq!(q.to_string(), "a".repeat(n));
+            assert_eq!(q.quoted().to_string(), format!("\"{}\"", "a".repeat(n)));
+        }
+        let q = at(QUOTE_LIMIT + 1);
+        assert!(q.is_cut());
+        assert_eq!(q.prefix(), "a".repeat(QUOTE_LIMIT));
+        assert_eq!(q.to_string(), format!("{}…({} bytes)", "a".repeat(QUOTE_LIMIT), QUOTE_LIMIT + 1));
+        assert_eq!(q.quoted().to_string(), format!("\"{}\"…({} bytes)", "a".repeat(QUOTE_LIMIT), QUOTE_LIMIT + 1));
+        // A two-byte char across the limit is left out whole.
+        let s = format!("{}é", "a".repeat(QUOTE_LIMIT - 1));
+        let q = Quoted::new(&s);
+        assert_eq!(q.prefix(), "a".repeat(QUOTE_LIMIT - 1));
+        assert_eq!(q.to_string(), format!("{}…({} bytes)", "a".repeat(QUOTE_LIMIT - 1), QUOTE_LIMIT + 1));
+        // A four-byte char ending exactly at the limit is kept.
+        let s = format!("{}😀", "a".repeat(QUOTE_LIMIT - 4));
+        assert!(!Quoted::new(&s).is_cut());
+    }
+
+    /// Every path that quotes a caller value, with a 1 MiB value: the
+    /// message and every metadata value stay short.
+    #[test]
+    fn errors_never_echo_whole_caller_input() {
+        let huge = "x".repeat(1 << 20);
+        let zeros_then_40 = format!("{}40", "0".repeat(1 << 20));
+        let reg = Registry::new(Limits::default(), false);
+        let cases: Vec<(&str, Vec<StepRequest>)> = vec![
+            ("op name", vec![StepRequest::new(huge.as_str())]),
+            ("op name, later step", vec![StepRequest::new("hash.sha256"), StepRequest::new(huge.as_str())]),
+            ("param name", vec![StepRequest::new("compress.zstd").param(huge.as_str(), "1")]),
+            ("int value", vec![StepRequest::new("compress.zstd").param("level", huge.as_str())]),
+            ("int value in range syntax", vec![StepRequest::new("compress.zstd").param("level", zeros_then_40)]),
+            ("enum value", vec![StepRequest::new("image.thumbnail").param("fit", huge.as_str())]),
+        ];
+        for (what, steps) in cases {
+            let e = reg.run(&steps, b"", &reg.ctx()).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.len() < 300, "{what}: message of {} bytes: {msg}", msg.len());
+            for (k, v) in e.metadata() {
+                assert!(v.len() <= QUOTE_LIMIT + 20, "{what}: metadata {k} of {} bytes", v.len());
+            }
+            assert!(msg.contains("bytes)"), "{what}: the cut is marked: {msg}");
+        }
+        let debug = Registry::new(Limits::default(), true);
+        let steps = [StepRequest::new("debug.fail").param("until_attempt", "0").param("code", huge.as_str())];
+        let msg = debug.run(&steps, b"", &debug.ctx()).unwrap_err().to_string();
+        assert!(msg.len() < 400, "{msg}");
+        let steps = [StepRequest::new("debug.sleep").param("ms", "true")];
+        let e = debug.run(&steps, b"", &debug.ctx()).unwrap_err();
+        assert_eq!(e.to_string(), "step 0 (debug.sleep): param \"ms\": \"true\" is not a base-10 integer");
+    }
+
+    /// One error of every variant. The match below has no wildcard: a new
+    /// variant does not compile until it is listed here.
+    fn one_of_each() -> Vec<Error> {
+        let all = vec![
+            Error::UnknownOp { op: Quoted::new("x"), hint: "" },
+            Error::ParamInvalid { param: Quoted::new("p"), detail: String::new() },
+            Error::ParamOutOfRange { param: Quoted::new("p"), value: Quoted::new("9"), min: 0, max: 1 },
+            Error::PayloadTooLarge { field: "request".to_owned(), limit: 1, actual: None },
+            Error::corrupt("bad"),
+            Error::OutputTooLarge { what: "output".to_owned(), unit: "bytes", param: None, limit: 1, actual: None },
+            Error::RequestInvalid { field: "steps".to_owned(), detail: String::new(), limit: None, actual: None },
+            Error::Overloaded { retry_after_ms: 100 },
+            Error::Timeout { started: true },
+            Error::Cancelled,
+            Error::ShuttingDown,
+            Error::Internal { detail: String::new() },
+            Error::InjectedFault { code: Code::DataLoss, message: String::new() },
+            Error::Step { index: 0, op: Quoted::new("x"), source: Box::new(Error::Cancelled) },
+        ];
+        for e in &all {
+            match e {
+                Error::UnknownOp { .. }
+                | Error::ParamInvalid { .. }
+                | Error::ParamOutOfRange { .. }
+                | Error::PayloadTooLarge { .. }
+                | Error::InputCorrupt { .. }
+                | Error::OutputTooLarge { .. }
+                | Error::RequestInvalid { .. }
+                | Error::Overloaded { .. }
+                | Error::Timeout { .. }
+                | Error::Cancelled
+                | Error::ShuttingDown
+                | Error::Internal { .. }
+                | Error::InjectedFault { .. }
+                | Error::Step { .. } => {}
+            }
+        }
+        all
+    }
+
+    /// The code of every error the core can produce is the one the
+    /// catalogue (errors.proto) gives its reason; only INJECTED_FAULT has an
+    /// open code, and it travels with the code it was given.
+    #[test]
+    fn every_error_travels_with_its_catalogue_code() {
+        for e in one_of_each() {
+            match (e.reason().catalogue_code(), e.root()) {
+                (CatalogueCode::Fixed(code), _) => assert_eq!(e.code(), code, "{e:?}"),
+                (CatalogueCode::Any, Error::InjectedFault { code, .. }) => assert_eq!(e.code(), *code),
+                (CatalogueCode::Any, _) => panic!("{:?} has no fixed code in errors.proto", e.reason()),
+            }
+        }
+        // The whole catalogue: names round-trip, numbers are unique.
+        let mut numbers = std::collections::BTreeSet::new();
+        for r in Reason::ALL {
+            assert_eq!(Reason::from_number(r.number()), Some(r));
+            assert!(numbers.insert(r.number()), "{r} numbered twice");
+            assert_eq!(r.as_str().to_ascii_uppercase(), r.as_str());
+        }
+        assert_eq!(Reason::from_number(0), None, "UNSPECIFIED is never produced");
+        // Spot checks against the catalogue text.
+        assert_eq!(Reason::Overloaded.catalogue_code(), CatalogueCode::Fixed(Code::ResourceExhausted));
+        assert!(Reason::Overloaded.retryable());
+        assert_eq!(Reason::UnknownOp.catalogue_code(), CatalogueCode::Fixed(Code::InvalidArgument));
+        assert!(!Reason::UnknownOp.retryable());
+        assert_eq!(Reason::InjectedFault.catalogue_code(), CatalogueCode::Any);
     }
 }

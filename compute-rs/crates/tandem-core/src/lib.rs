@@ -11,7 +11,7 @@ pub mod params;
 pub mod registry;
 
 pub use cancel::{CancelFlag, Ctx};
-pub use error::{Code, Error, Reason, Result};
+pub use error::{CatalogueCode, Code, Error, QUOTE_LIMIT, Quoted, Reason, Result};
 pub use limits::Limits;
 pub use params::{ParamSpec, ParamType, Params};
 pub use registry::{Op, Output, Pipeline, PipelineOutput, Registry, StepRequest, StepStats, catch_panic};

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Quoted, Result};
 
 /// Mirror of `tandem.v1.ParamType`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,16 +103,17 @@ impl ParamSpec {
     }
 
     fn parse(&self, raw: &str) -> Result<Value> {
-        let invalid = |detail: String| Error::ParamInvalid { param: self.name.to_owned(), detail };
+        let invalid = |detail: String| Error::ParamInvalid { param: Quoted::new(self.name), detail };
+        // The caller's value, as errors may quote it.
+        let quoted = || Quoted::new(raw);
         match self.ty {
             ParamType::Int => {
-                let v: i64 = raw
-                    .parse()
-                    .map_err(|_| invalid(format!("{raw:?} is not a base-10 integer")))?;
+                let v: i64 =
+                    raw.parse().map_err(|_| invalid(format!("{} is not a base-10 integer", quoted().quoted())))?;
                 if v < self.min || v > self.max {
                     return Err(Error::ParamOutOfRange {
-                        param: self.name.to_owned(),
-                        value: raw.to_owned(),
+                        param: Quoted::new(self.name),
+                        value: quoted(),
                         min: self.min,
                         max: self.max,
                     });
@@ -123,19 +124,19 @@ impl ParamSpec {
                 if self.choices.contains(&raw) {
                     Ok(Value::Str(raw.to_owned()))
                 } else {
-                    Err(invalid(format!("{raw:?} is not one of {}", self.choices.join(", "))))
+                    Err(invalid(format!("{} is not one of {}", quoted().quoted(), self.choices.join(", "))))
                 }
             }
             ParamType::Bool => match raw {
                 "true" => Ok(Value::Bool(true)),
                 "false" => Ok(Value::Bool(false)),
-                _ => Err(invalid(format!("{raw:?} is not \"true\" or \"false\""))),
+                _ => Err(invalid(format!("{} is not \"true\" or \"false\"", quoted().quoted()))),
             },
             ParamType::String => {
                 if raw.len() as i64 > self.max {
                     return Err(Error::ParamOutOfRange {
-                        param: self.name.to_owned(),
-                        value: format!("({} bytes)", raw.len()),
+                        param: Quoted::new(self.name),
+                        value: Quoted::new(&format!("({} bytes)", raw.len())),
                         min: self.min,
                         max: self.max,
                     });
@@ -171,7 +172,7 @@ impl Params {
             let Some(spec) = specs.iter().find(|s| s.name == name) else {
                 let known: Vec<&str> = specs.iter().map(|s| s.name).collect();
                 return Err(Error::ParamInvalid {
-                    param: name.to_owned(),
+                    param: Quoted::new(name),
                     detail: if known.is_empty() {
                         "unknown param (this op takes none)".to_owned()
                     } else {
@@ -186,7 +187,7 @@ impl Params {
                 continue;
             }
             if spec.required {
-                return Err(Error::ParamInvalid { param: spec.name.to_owned(), detail: "is required".to_owned() });
+                return Err(Error::ParamInvalid { param: Quoted::new(spec.name), detail: "is required".to_owned() });
             }
             out.insert(spec.name, spec.parse(&spec.default)?);
         }

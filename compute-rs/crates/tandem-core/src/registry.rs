@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::cancel::Ctx;
-use crate::error::{Error, Result};
+use crate::error::{Error, Quoted, Result};
 use crate::limits::Limits;
 use crate::ops;
 use crate::params::{ParamSpec, Params};
@@ -180,12 +180,11 @@ impl Registry {
     /// Looks up a served op.
     pub fn get(&self, name: &str) -> Result<&Op> {
         match self.ops.iter().find(|op| op.name == name) {
-            Some(op) if op.debug && !self.debug_ops => Err(Error::UnknownOp {
-                op: name.to_owned(),
-                hint: " (debug ops are disabled on this server)",
-            }),
+            Some(op) if op.debug && !self.debug_ops => {
+                Err(Error::UnknownOp { op: Quoted::new(name), hint: " (debug ops are disabled on this server)" })
+            }
             Some(op) => Ok(op),
-            None => Err(Error::UnknownOp { op: name.to_owned(), hint: "" }),
+            None => Err(Error::UnknownOp { op: Quoted::new(name), hint: "" }),
         }
     }
 
@@ -233,7 +232,10 @@ impl Registry {
 /// Runs `f`, turning a panic into `Error::Internal` (the caller keeps
 /// serving; the panic message is kept for the logs and the error).
 pub fn catch_panic<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+    // The one catch_unwind (clippy.toml bans it elsewhere).
+    #[allow(clippy::disallowed_methods)]
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    match caught {
         Ok(r) => r,
         Err(payload) => {
             let msg = payload

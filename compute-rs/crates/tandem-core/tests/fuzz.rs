@@ -2,6 +2,9 @@
 //! inputs must give an output or a clean error, never a panic, and never
 //! more output than the caps. `cargo test` runs a short pass (2,000 cases
 //! each); `make fuzz` runs them with the `fuzz-long` feature (1,000,000).
+// Test helpers: a failed unwrap is a failed test (allow-unwrap-in-tests
+// covers #[test] functions, not the helpers they call).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -10,12 +13,7 @@ use tandem_core::{Error, Limits, Reason, Registry, StepRequest};
 /// Small caps so that a bomb is caught quickly and memory stays small.
 fn registry() -> Registry {
     Registry::new(
-        Limits {
-            max_output_bytes: 4 << 20,
-            max_image_pixels: 1 << 20,
-            max_image_dimension: 4096,
-            ..Limits::default()
-        },
+        Limits { max_output_bytes: 4 << 20, max_image_pixels: 1 << 20, max_image_dimension: 4096, ..Limits::default() },
         false,
     )
 }
@@ -24,8 +22,15 @@ fn cases() -> u32 {
     if cfg!(feature = "fuzz-long") { 1_000_000 } else { 2_000 }
 }
 
-const DECODERS: &[&str] =
-    &["decompress.zstd", "decompress.gzip", "decompress.lz4", "image.info", "image.thumbnail", "text.stats", "chunk.fastcdc"];
+const DECODERS: &[&str] = &[
+    "decompress.zstd",
+    "decompress.gzip",
+    "decompress.lz4",
+    "image.info",
+    "image.thumbnail",
+    "text.stats",
+    "chunk.fastcdc",
+];
 
 /// Valid seeds with the decoders that read them, so mutations reach deep
 /// into the formats.
@@ -41,7 +46,10 @@ fn seeds(reg: &Registry) -> Vec<(Vec<u8>, &'static [&'static str])> {
             .unwrap();
     }
     let thumb = |fmt: &str| {
-        run(&[StepRequest::new("image.thumbnail").param("width", "23").param("height", "17").param("format", fmt)], &png)
+        run(
+            &[StepRequest::new("image.thumbnail").param("width", "23").param("height", "17").param("format", fmt)],
+            &png,
+        )
     };
     let gif = {
         let mut out = Vec::new();
@@ -71,10 +79,7 @@ fn check(reg: &Registry, op: &str, input: &[u8]) -> Result<(), TestCaseError> {
         Ok(out) => prop_assert!(out.data.len() as u64 <= reg.limits().max_output_bytes),
         Err(e) => {
             let reason = e.reason();
-            prop_assert!(
-                matches!(reason, Reason::InputCorrupt | Reason::OutputTooLarge),
-                "{op}: unexpected error {e}"
-            );
+            prop_assert!(matches!(reason, Reason::InputCorrupt | Reason::OutputTooLarge), "{op}: unexpected error {e}");
             if let Error::Step { source, .. } = &e {
                 prop_assert!(!matches!(**source, Error::Internal { .. }), "{op}: {e}");
             }

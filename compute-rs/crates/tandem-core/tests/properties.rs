@@ -1,5 +1,8 @@
 //! Property tests: compression round-trips, thumbnails stay in their box,
 //! chunking covers the input exactly.
+// Test helpers: a failed unwrap is a failed test (allow-unwrap-in-tests
+// covers #[test] functions, not the helpers they call).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use image::{ImageEncoder, RgbImage, codecs::png::PngEncoder};
 use proptest::prelude::*;

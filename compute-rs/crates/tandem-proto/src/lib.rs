@@ -7,7 +7,7 @@ pub mod v1 {
     tonic::include_proto!("tandem.v1");
 }
 
-/// The encoded `FileDescriptorSet` of every file in `proto/tandem/v1` (with
-/// imports), for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/tandem_descriptor.bin"));
+/// The encoded `FileDescriptorSet` of `tandem/v1/compute.proto` and its
+/// imports (not `jobs.proto`), custom options kept: what tandem-compute's
+/// server reflection describes.
+pub const COMPUTE_FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/compute_descriptor.bin"));

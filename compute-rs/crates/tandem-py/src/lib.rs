@@ -6,6 +6,7 @@
 //! from tandem import _native
 //! digest = _native.run([{"op": "hash.sha256"}], b"hello")
 //! ```
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -15,7 +16,7 @@ use pyo3::exceptions::{PyException, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString};
-use tandem_core::{Ctx, Error, Limits, Registry, StepRequest, catch_panic};
+use tandem_core::{Ctx, Error, Limits, Quoted, Registry, StepRequest, catch_panic};
 
 create_exception!(
     tandem._native,
@@ -60,8 +61,9 @@ fn param_value(v: &Bound<'_, PyAny>, key: &str) -> PyResult<String> {
         return Ok(v.str()?.to_str()?.to_owned());
     }
     Err(PyTypeError::new_err(format!(
-        "param {key:?} must be a str (or int/bool), not {}",
-        v.get_type().name()?
+        "param {} must be a str (or int/bool), not {}",
+        Quoted::new(key).quoted(),
+        Quoted::new(v.get_type().name()?.to_str()?)
     )))
 }
 
@@ -69,9 +71,9 @@ fn parse_steps(steps: &Bound<'_, PyAny>) -> PyResult<Vec<StepRequest>> {
     let mut out = Vec::new();
     for (i, item) in steps.try_iter()?.enumerate() {
         let item = item?;
-        let dict = item
-            .downcast::<PyDict>()
-            .map_err(|_| PyTypeError::new_err(format!("steps[{i}] must be a dict {{\"op\": str, \"params\": dict}}")))?;
+        let dict = item.downcast::<PyDict>().map_err(|_| {
+            PyTypeError::new_err(format!("steps[{i}] must be a dict {{\"op\": str, \"params\": dict}}"))
+        })?;
         let op = match dict.get_item("op")? {
             Some(op) => op
                 .downcast::<PyString>()

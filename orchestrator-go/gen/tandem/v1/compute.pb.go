@@ -625,7 +625,14 @@ type OpSpec struct {
 	// raw bytes.
 	OutputEncoding string `protobuf:"bytes,5,opt,name=output_encoding,json=outputEncoding,proto3" json:"output_encoding,omitempty"`
 	// True for test-only ops (served only with --enable-debug-ops).
-	Debug         bool `protobuf:"varint,6,opt,name=debug,proto3" json:"debug,omitempty"`
+	Debug bool `protobuf:"varint,6,opt,name=debug,proto3" json:"debug,omitempty"`
+	// Who runs it: "compute" (the Rust service; also when empty) or "worker"
+	// (user op workers, `tandem worker`). Set by the orchestrator's ListOps.
+	Provider string `protobuf:"bytes,7,opt,name=provider,proto3" json:"provider,omitempty"`
+	// For "worker" ops: how many live workers serve it now (0: its jobs wait).
+	LiveWorkers uint32 `protobuf:"varint,8,opt,name=live_workers,json=liveWorkers,proto3" json:"live_workers,omitempty"`
+	// The op's own version, as its worker declares it.
+	Version       string `protobuf:"bytes,9,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -700,6 +707,27 @@ func (x *OpSpec) GetDebug() bool {
 		return x.Debug
 	}
 	return false
+}
+
+func (x *OpSpec) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *OpSpec) GetLiveWorkers() uint32 {
+	if x != nil {
+		return x.LiveWorkers
+	}
+	return 0
+}
+
+func (x *OpSpec) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
 }
 
 // ParamSpec describes one parameter of an op.
@@ -952,14 +980,17 @@ const file_tandem_v1_compute_proto_rawDesc = "" +
 	"\x0eListOpsRequest\"a\n" +
 	"\x0fListOpsResponse\x12#\n" +
 	"\x03ops\x18\x01 \x03(\v2\x11.tandem.v1.OpSpecR\x03ops\x12)\n" +
-	"\x06limits\x18\x02 \x01(\v2\x11.tandem.v1.LimitsR\x06limits\"\xdb\x01\n" +
+	"\x06limits\x18\x02 \x01(\v2\x11.tandem.v1.LimitsR\x06limits\"\xb4\x02\n" +
 	"\x06OpSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12,\n" +
 	"\x06params\x18\x03 \x03(\v2\x14.tandem.v1.ParamSpecR\x06params\x12.\n" +
 	"\x13output_content_type\x18\x04 \x01(\tR\x11outputContentType\x12'\n" +
 	"\x0foutput_encoding\x18\x05 \x01(\tR\x0eoutputEncoding\x12\x14\n" +
-	"\x05debug\x18\x06 \x01(\bR\x05debug\"\xea\x01\n" +
+	"\x05debug\x18\x06 \x01(\bR\x05debug\x12\x1a\n" +
+	"\bprovider\x18\a \x01(\tR\bprovider\x12!\n" +
+	"\flive_workers\x18\b \x01(\rR\vliveWorkers\x12\x18\n" +
+	"\aversion\x18\t \x01(\tR\aversion\"\xea\x01\n" +
 	"\tParamSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12(\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x14.tandem.v1.ParamTypeR\x04type\x12 \n" +

@@ -103,20 +103,26 @@ class ListOpsResponse(_message.Message):
     def __init__(self, ops: _Optional[_Iterable[_Union[OpSpec, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
 
 class OpSpec(_message.Message):
-    __slots__ = ("name", "description", "params", "output_content_type", "output_encoding", "debug")
+    __slots__ = ("name", "description", "params", "output_content_type", "output_encoding", "debug", "provider", "live_workers", "version")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_ENCODING_FIELD_NUMBER: _ClassVar[int]
     DEBUG_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    LIVE_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     params: _containers.RepeatedCompositeFieldContainer[ParamSpec]
     output_content_type: str
     output_encoding: str
     debug: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., params: _Optional[_Iterable[_Union[ParamSpec, _Mapping]]] = ..., output_content_type: _Optional[str] = ..., output_encoding: _Optional[str] = ..., debug: _Optional[bool] = ...) -> None: ...
+    provider: str
+    live_workers: int
+    version: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., params: _Optional[_Iterable[_Union[ParamSpec, _Mapping]]] = ..., output_content_type: _Optional[str] = ..., output_encoding: _Optional[str] = ..., debug: _Optional[bool] = ..., provider: _Optional[str] = ..., live_workers: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
 
 class ParamSpec(_message.Message):
     __slots__ = ("name", "type", "description", "default_value", "required", "min", "max", "choices")

@@ -7,6 +7,7 @@
 //! tandem-loadgen --addr 127.0.0.1:50052 --seconds 5 --concurrency 4 --batch 256 # batched
 //! ```
 
+#![forbid(unsafe_code)]
 #![allow(clippy::print_stdout)]
 
 use std::sync::Arc;

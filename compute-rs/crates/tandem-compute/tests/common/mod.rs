@@ -1,5 +1,8 @@
 //! Starts the real server in-process on a random loopback port.
 #![allow(dead_code)]
+// Test helpers: a failed unwrap is a failed test (allow-unwrap-in-tests
+// covers #[test] functions, not the helpers they call).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,7 +25,7 @@ impl TestServer {
     pub async fn start(config: Config) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let metrics = Metrics::new();
+        let metrics = Metrics::new().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let m = metrics.clone();
         let task = tokio::spawn(async move {

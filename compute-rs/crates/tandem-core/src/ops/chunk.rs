@@ -5,7 +5,7 @@ use fastcdc::v2020::{self, FastCDC};
 use serde::Serialize;
 
 use crate::cancel::Ctx;
-use crate::error::{Error, Result};
+use crate::error::{Error, Quoted, Result};
 use crate::params::{ParamSpec, Params};
 use crate::registry::{JSON, Op, Output};
 
@@ -66,7 +66,7 @@ fn fastcdc(ctx: &Ctx<'_>, params: &Params, input: &[u8]) -> Result<Output> {
     let max = params.int("max_size");
     if !(min <= avg && avg <= max) {
         return Err(Error::ParamInvalid {
-            param: "avg_size".to_owned(),
+            param: Quoted::new("avg_size"),
             detail: format!("sizes must satisfy min_size ≤ avg_size ≤ max_size (got {min}, {avg}, {max})"),
         });
     }

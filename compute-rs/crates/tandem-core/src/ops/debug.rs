@@ -40,12 +40,7 @@ pub(crate) fn ops() -> Vec<Op> {
             ],
             fail,
         ),
-        op(
-            "debug.panic",
-            "Panics inside the op (the service answers INTERNAL and keeps serving).",
-            Vec::new(),
-            panic,
-        ),
+        op("debug.panic", "Panics inside the op (the service answers INTERNAL and keeps serving).", Vec::new(), panic),
     ]
 }
 

@@ -22,10 +22,11 @@ pub const ENCODING: &str = "tandem.text_stats.v1 (JSON)";
 pub(crate) fn ops() -> Vec<Op> {
     vec![Op {
         name: "text.stats",
-        description: "Statistics of UTF-8 text. Output: JSON {\"bytes\", \"chars\" (Unicode scalar values), \"lines\", \
+        description:
+            "Statistics of UTF-8 text. Output: JSON {\"bytes\", \"chars\" (Unicode scalar values), \"lines\", \
                       \"words\" (Unicode word boundaries, UAX #29), \"top_terms\": [{\"term\" (lower-cased word), \
                       \"count\"}]} sorted by count, then term (only the first 1048576 distinct terms are counted)."
-            .to_owned(),
+                .to_owned(),
         params: vec![ParamSpec::int("top_k", "How many of the most frequent terms to list.", 10, 0, 1000)],
         output_content_type: JSON,
         output_encoding: ENCODING,
