@@ -43,6 +43,7 @@ PY_SRC   := $(shell find pyclient -name '*.py' -o -name '*.pyi' -o -name pyproje
 help:
 	@echo "make demo   - build everything, start the local stack, run the demo, stop"
 	@echo "make test   - run every test suite (CI runs this)"
+	@echo "make lint   - every linter (part of make test)"
 	@echo "make proto  - regenerate Go/Python code from proto/"
 	@echo "make bench  - side-by-side benchmark (Tandem vs Celery+Redis)"
 	@echo "make fuzz   - fuzz the compute decoders for a bounded time"
@@ -135,17 +136,50 @@ build: $(COMPUTE_BIN) $(ORCH_BIN) $(NATS_BIN) $(STAMP)/pyclient
 # ---------------------------------------------------------------- test
 
 .PHONY: test test-rust test-go test-client test-e2e test-deploy test-bench
-test: proto-check test-rust test-go test-client test-e2e test-deploy test-bench
+test: proto-check lint test-rust test-go test-client test-e2e test-deploy test-bench
 	@echo "make test: every suite passed"
+
+# ---------------------------------------------------------------- lint
+#
+# Every linter the project's config declares, run: warnings are failures.
+# Bans live in config (compute-rs/.clippy.toml, compute-rs/deny.toml,
+# pyclient/pyproject.toml), not in memory.
+
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+CARGO_DENY_VERSION := 0.20.2
+CARGO_DENY := $(ROOT)/.tools/bin/cargo-deny
+
+$(CARGO_DENY):
+	cargo install --quiet --locked --root $(ROOT)/.tools cargo-deny@$(CARGO_DENY_VERSION)
+
+.PHONY: lint lint-rust lint-go lint-python
+lint: lint-go lint-python lint-rust
+	@echo "make lint: clean"
+
+lint-rust: $(CARGO_DENY)
+	cd compute-rs && cargo fmt --all --check
+	cd compute-rs && cargo clippy --release --locked --workspace --all-targets --quiet -- -D warnings
+	cd compute-rs && $(CARGO_DENY) --offline check licenses bans
+
+lint-go:
+	@out=$$(cd orchestrator-go && gofmt -l cmd internal); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	cd orchestrator-go && go vet ./... && go run $(STATICCHECK) ./...
+
+lint-python: $(STAMP)/pyclient
+	$(VENV)/bin/ruff check pyclient bench deploy/tests tests
+	$(VENV)/bin/ruff format --check pyclient bench deploy/tests tests
+	$(VENV)/bin/mypy --config-file pyclient/pyproject.toml pyclient/python/tandem
+	$(VENV)/bin/mypy --config-file bench/mypy.ini bench
+	$(VENV)/bin/mypy --config-file deploy/tests/mypy.ini deploy/tests
+	$(VENV)/bin/mypy --config-file tests/mypy.ini tests
 
 test-rust:
 	cd compute-rs && cargo test --release --locked --workspace
 
 test-go: $(NATS_BIN)
-	cd orchestrator-go && go vet ./... && go test -count=1 -timeout 15m ./...
+	cd orchestrator-go && go test -count=1 -timeout 15m ./...
 
 test-client: $(STAMP)/pyclient
-	$(VENV)/bin/mypy --config-file pyclient/pyproject.toml pyclient/python/tandem
 	$(VENV)/bin/pytest -q pyclient/tests
 
 test-e2e: build

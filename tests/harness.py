@@ -10,6 +10,7 @@ Binaries come from ``TANDEM_COMPUTE_BIN``, ``TANDEM_ORCHESTRATOR_BIN`` and
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -117,8 +118,18 @@ class Stack:
         monitor = free_port()
         self.nats = Process(
             "nats-server",
-            [nats_bin(), "-js", "-sd", str(self.tmp / "nats"), "-a", "127.0.0.1",
-             "-p", str(self.nats_port), "-m", str(monitor)],
+            [
+                nats_bin(),
+                "-js",
+                "-sd",
+                str(self.tmp / "nats"),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.nats_port),
+                "-m",
+                str(monitor),
+            ],
             log_path=self.tmp / "logs/nats-server.log",
             ready=http_ready(f"http://127.0.0.1:{monitor}/healthz?js-enabled-only=true"),
         )
@@ -130,8 +141,16 @@ class Stack:
         i = len(self.computes)
         p = Process(
             f"tandem-compute-{i}",
-            [compute_bin(), "--listen", address, "--metrics-listen", "",
-             "--enable-debug-ops", *self.compute_args, *extra],
+            [
+                compute_bin(),
+                "--listen",
+                address,
+                "--metrics-listen",
+                "",
+                "--enable-debug-ops",
+                *self.compute_args,
+                *extra,
+            ],
             log_path=self.tmp / f"logs/compute-{i}.log",
             ready=grpc_ready(address),
             address=address,
@@ -146,10 +165,23 @@ class Stack:
         i = len(self.orchestrators)
         p = Process(
             f"tandem-orchestrator-{i}",
-            [orchestrator_bin(), "--listen", address, "--nats-url", self.nats_url,
-             "--compute", ",".join(self.compute_addresses),
-             "--data-dir", str(self.tmp / f"orch-{i}"), "--metrics-listen", "",
-             "--config", str(self.tmp / "queues.toml"), *self.orchestrator_args, *extra],
+            [
+                orchestrator_bin(),
+                "--listen",
+                address,
+                "--nats-url",
+                self.nats_url,
+                "--compute",
+                ",".join(self.compute_addresses),
+                "--data-dir",
+                str(self.tmp / f"orch-{i}"),
+                "--metrics-listen",
+                "",
+                "--config",
+                str(self.tmp / "queues.toml"),
+                *self.orchestrator_args,
+                *extra,
+            ],
             log_path=self.tmp / f"logs/orchestrator-{i}.log",
             ready=grpc_ready(address),
             ready_timeout=60.0,
@@ -173,7 +205,9 @@ class Stack:
         return [p for p in [self.nats, *self.computes, *self.orchestrators] if p is not None]
 
     def logs(self, lines: int = 80) -> list[tuple[str, str]]:
-        return [(f"{self.name}: {p.name} ({p.log_path})", p.log_tail(lines)) for p in self.processes()]
+        return [
+            (f"{self.name}: {p.name} ({p.log_path})", p.log_tail(lines)) for p in self.processes()
+        ]
 
     # ---------------------------------------------------------- access
 
@@ -219,8 +253,11 @@ class ExternalStack(Stack):
     def start(self) -> Stack:
         deadline = time.monotonic() + 60
         for address in [*self.addresses, *self.compute_addresses]:
-            wait_for(lambda a=address: check_address(a), max(1.0, deadline - time.monotonic()),
-                     f"{address} to be SERVING")
+            wait_for(
+                functools.partial(check_address, address),
+                max(1.0, deadline - time.monotonic()),
+                f"{address} to be SERVING",
+            )
         return self
 
     def stop(self) -> None:
@@ -249,13 +286,16 @@ def make_stack(tmp: Path, **kwargs: Any) -> Stack:
 def raw_channel(address: str) -> grpc.Channel:
     return grpc.insecure_channel(
         address,
-        options=[("grpc.max_send_message_length", 200 << 20),
-                 ("grpc.max_receive_message_length", 200 << 20)],
+        options=[
+            ("grpc.max_send_message_length", 200 << 20),
+            ("grpc.max_receive_message_length", 200 << 20),
+        ],
     )
 
 
-def eventually(pred: Callable[[], Any], timeout: float = 30.0, what: str = "condition",
-               interval: float = 0.1) -> Any:
+def eventually(
+    pred: Callable[[], Any], timeout: float = 30.0, what: str = "condition", interval: float = 0.1
+) -> Any:
     """Polls until ``pred()`` is truthy; returns its value."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -267,7 +307,9 @@ def eventually(pred: Callable[[], Any], timeout: float = 30.0, what: str = "cond
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
-def debug_fail_params(client: tandem.Client, code: str, until_attempt: int | None = None) -> dict[str, str]:
+def debug_fail_params(
+    client: tandem.Client, code: str, until_attempt: int | None = None
+) -> dict[str, str]:
     """Params of ``debug.fail`` for a gRPC code name, optionally failing only
     while the job's attempt number is <= ``until_attempt``; adapts to the
     parameter names and types the server declares in ListOps."""
@@ -301,4 +343,4 @@ def kill_group(proc: Process) -> None:
 
 def iter_chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), n):
-        yield items[i:i + n]
+        yield items[i : i + n]

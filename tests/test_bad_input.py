@@ -134,25 +134,39 @@ def _transform(stack: Stack, req: compute_pb2.TransformRequest) -> tandem.Tandem
 
 
 def test_raw_compute_unknown_op(stack: Stack) -> None:
-    err = _transform(stack, compute_pb2.TransformRequest(steps=[compute_pb2.Step(op="nope")], input=b"x"))
+    err = _transform(
+        stack, compute_pb2.TransformRequest(steps=[compute_pb2.Step(op="nope")], input=b"x")
+    )
     assert err.code is grpc.StatusCode.INVALID_ARGUMENT and err.reason == "UNKNOWN_OP"
 
 
 def test_raw_compute_bad_params(stack: Stack) -> None:
-    err = _transform(stack, compute_pb2.TransformRequest(
-        steps=[compute_pb2.Step(op="compress.zstd", params={"level": "forty"})], input=b"x"))
+    err = _transform(
+        stack,
+        compute_pb2.TransformRequest(
+            steps=[compute_pb2.Step(op="compress.zstd", params={"level": "forty"})], input=b"x"
+        ),
+    )
     assert err.code is grpc.StatusCode.INVALID_ARGUMENT and err.reason == "PARAM_INVALID"
 
 
 def test_raw_compute_oversized(stack: Stack) -> None:
-    err = _transform(stack, compute_pb2.TransformRequest(
-        steps=[compute_pb2.Step(op="hash.sha256")], input=b"\0" * (64 * MiB + 1)))
+    err = _transform(
+        stack,
+        compute_pb2.TransformRequest(
+            steps=[compute_pb2.Step(op="hash.sha256")], input=b"\0" * (64 * MiB + 1)
+        ),
+    )
     assert err.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 def test_raw_compute_zstd_bomb(stack: Stack) -> None:
-    err = _transform(stack, compute_pb2.TransformRequest(
-        steps=[compute_pb2.Step(op="decompress.zstd")], input=_zstd_bomb(512 * MiB)))
+    err = _transform(
+        stack,
+        compute_pb2.TransformRequest(
+            steps=[compute_pb2.Step(op="decompress.zstd")], input=_zstd_bomb(512 * MiB)
+        ),
+    )
     assert err.reason == "OUTPUT_TOO_LARGE"
 
 
@@ -161,41 +175,58 @@ def test_raw_grpc_compressed_request_bomb(stack: Stack) -> None:
     with raw_channel(stack.compute_address) as ch:
         stub = compute_pb2_grpc.ComputeServiceStub(ch)
         with pytest.raises(grpc.RpcError) as info:
-            stub.Transform(compute_pb2.TransformRequest(
-                steps=[compute_pb2.Step(op="hash.sha256")], input=b"\0" * (80 * MiB)),
-                timeout=60, compression=grpc.Compression.Gzip)
-    assert info.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                 grpc.StatusCode.INVALID_ARGUMENT)
+            stub.Transform(
+                compute_pb2.TransformRequest(
+                    steps=[compute_pb2.Step(op="hash.sha256")], input=b"\0" * (80 * MiB)
+                ),
+                timeout=60,
+                compression=grpc.Compression.Gzip,
+            )
+    assert info.value.code() in (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
 
 
-@pytest.mark.parametrize("method", ["/tandem.v1.ComputeService/Transform",
-                                    "/tandem.v1.JobService/SubmitJob"])
+@pytest.mark.parametrize(
+    "method", ["/tandem.v1.ComputeService/Transform", "/tandem.v1.JobService/SubmitJob"]
+)
 def test_malformed_protobuf_frame(stack: Stack, method: str) -> None:
     address = stack.compute_address if "Compute" in method else stack.address
     with raw_channel(address) as ch:
-        call = ch.unary_unary(method, request_serializer=lambda b: b,
-                              response_deserializer=lambda b: b)
+        call = ch.unary_unary(
+            method, request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
         for garbage in (b"\xff\xff\xff\xff\xff", b"\x0a\xff\xff\xff\x0f", b"\x12\x05ab"):
             with pytest.raises(grpc.RpcError) as info:
                 call(garbage, timeout=10)
-            assert info.value.code() in (grpc.StatusCode.INVALID_ARGUMENT,
-                                         grpc.StatusCode.INTERNAL), info.value
+            assert info.value.code() in (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.INTERNAL,
+            ), info.value
 
 
 def test_raw_orchestrator_submit_unknown_queue(stack: Stack) -> None:
     with raw_channel(stack.address) as ch:
         stub = jobs_pb2_grpc.JobServiceStub(ch)
         with pytest.raises(grpc.RpcError) as info:
-            stub.SubmitJob(jobs_pb2.SubmitJobRequest(
-                queue="nope", steps=[compute_pb2.Step(op="hash.sha256")], payload=b"x"), timeout=10)
+            stub.SubmitJob(
+                jobs_pb2.SubmitJobRequest(
+                    queue="nope", steps=[compute_pb2.Step(op="hash.sha256")], payload=b"x"
+                ),
+                timeout=10,
+            )
     err = from_rpc_error(info.value)
     assert err.code is grpc.StatusCode.NOT_FOUND and err.reason == "QUEUE_NOT_FOUND"
 
 
 def test_raw_orchestrator_too_many_jobs_in_one_batch(stack: Stack) -> None:
-    req = jobs_pb2.SubmitJobsRequest(jobs=[
-        jobs_pb2.SubmitJobRequest(steps=[compute_pb2.Step(op="hash.sha256")], payload=b"x")
-        for _ in range(100_000)])
+    req = jobs_pb2.SubmitJobsRequest(
+        jobs=[
+            jobs_pb2.SubmitJobRequest(steps=[compute_pb2.Step(op="hash.sha256")], payload=b"x")
+            for _ in range(100_000)
+        ]
+    )
     with raw_channel(stack.address) as ch:
         stub = jobs_pb2_grpc.JobServiceStub(ch)
         with pytest.raises(grpc.RpcError) as info:
@@ -215,7 +246,8 @@ def test_raw_compute_overload_answers_resource_exhausted_with_hint(stack: Stack)
         limits = stub.ListOps(compute_pb2.ListOpsRequest(), timeout=10).limits
         n = limits.workers + limits.queue_depth + 6
         req = compute_pb2.TransformRequest(
-            steps=[compute_pb2.Step(op="debug.sleep", params={"ms": "1500"})], input=b"")
+            steps=[compute_pb2.Step(op="debug.sleep", params={"ms": "1500"})], input=b""
+        )
 
         def call(_: int) -> tandem.TandemError | None:
             try:
@@ -228,7 +260,9 @@ def test_raw_compute_overload_answers_resource_exhausted_with_hint(stack: Stack)
             outcomes = list(pool.map(call, range(n)))
     refused = [e for e in outcomes if e is not None]
     assert refused, "no request was refused"
-    assert all(isinstance(e, tandem.Overloaded) and e.reason == "OVERLOADED" for e in refused), refused
+    assert all(isinstance(e, tandem.Overloaded) and e.reason == "OVERLOADED" for e in refused), (
+        refused
+    )
     assert all(e.retry_after for e in refused if isinstance(e, tandem.Overloaded))
     assert len(refused) <= n - limits.workers, "fewer requests ran than there are workers"
 
@@ -262,8 +296,21 @@ def _count_calls(client: tandem.Client) -> list[str]:
 # spaces, control characters, empty, and lengths past the documented limit
 # and past NATS's 4 KiB control line (which once closed the orchestrator's
 # connection for every client).
-HOSTILE_IDS = ["*", ">", ".", "a.b", "a b", "../..", "../../etc/passwd", "a\x00b", "a\r\nPUB x 1", "",
-               "A" * 65, "A" * 4096, "A" * MiB]
+HOSTILE_IDS = [
+    "*",
+    ">",
+    ".",
+    "a.b",
+    "a b",
+    "../..",
+    "../../etc/passwd",
+    "a\x00b",
+    "a\r\nPUB x 1",
+    "",
+    "A" * 65,
+    "A" * 4096,
+    "A" * MiB,
+]
 
 
 def _code_and_size(fn: Callable[[], object]) -> tuple[grpc.StatusCode, int, str]:
@@ -279,19 +326,30 @@ def test_hostile_job_ids_through_every_rpc(stack: Stack, value: str) -> None:
         stub = jobs_pb2_grpc.JobServiceStub(ch)
         calls: dict[str, Callable[[], object]] = {
             "GetJob": lambda: stub.GetJob(jobs_pb2.GetJobRequest(job_id=value), timeout=10),
-            "CancelJob": lambda: stub.CancelJob(jobs_pb2.CancelJobRequest(job_id=value), timeout=10),
-            "WatchJobs": lambda: list(stub.WatchJobs(jobs_pb2.WatchJobsRequest(job_ids=[value]), timeout=10)),
+            "CancelJob": lambda: stub.CancelJob(
+                jobs_pb2.CancelJobRequest(job_id=value), timeout=10
+            ),
+            "WatchJobs": lambda: list(
+                stub.WatchJobs(jobs_pb2.WatchJobsRequest(job_ids=[value]), timeout=10)
+            ),
             "RetryDeadLetters": lambda: stub.RetryDeadLetters(
-                jobs_pb2.RetryDeadLettersRequest(queue="default", job_ids=[value]), timeout=10),
+                jobs_pb2.RetryDeadLettersRequest(queue="default", job_ids=[value]), timeout=10
+            ),
             "PurgeDeadLetters": lambda: stub.PurgeDeadLetters(
-                jobs_pb2.PurgeDeadLettersRequest(queue="default", job_ids=[value]), timeout=10),
+                jobs_pb2.PurgeDeadLettersRequest(queue="default", job_ids=[value]), timeout=10
+            ),
         }
         if value:  # the empty queue name is the default queue
-            calls["SubmitJob(queue)"] = lambda: stub.SubmitJob(jobs_pb2.SubmitJobRequest(
-                queue=value, steps=[compute_pb2.Step(op="hash.sha256")]), timeout=10)
-            calls["PauseQueue"] = lambda: stub.PauseQueue(jobs_pb2.PauseQueueRequest(queue=value), timeout=10)
+            calls["SubmitJob(queue)"] = lambda: stub.SubmitJob(
+                jobs_pb2.SubmitJobRequest(queue=value, steps=[compute_pb2.Step(op="hash.sha256")]),
+                timeout=10,
+            )
+            calls["PauseQueue"] = lambda: stub.PauseQueue(
+                jobs_pb2.PauseQueueRequest(queue=value), timeout=10
+            )
             calls["ListDeadLetters"] = lambda: stub.ListDeadLetters(
-                jobs_pb2.ListDeadLettersRequest(queue=value), timeout=10)
+                jobs_pb2.ListDeadLettersRequest(queue=value), timeout=10
+            )
         for name, fn in calls.items():
             code, size, reason = _code_and_size(fn)
             assert code is grpc.StatusCode.INVALID_ARGUMENT, f"{name}: {code}"
@@ -299,14 +357,18 @@ def test_hostile_job_ids_through_every_rpc(stack: Stack, value: str) -> None:
             assert size < 400, f"{name}: a {size}-byte message"
     # The orchestrator kept its NATS connection: a job still runs.
     with tandem.Client(stack.address) as c:
-        assert c.submit("hash.sha256", b"after").result(timeout=60) == hashlib.sha256(b"after").digest()
+        assert (
+            c.submit("hash.sha256", b"after").result(timeout=60)
+            == hashlib.sha256(b"after").digest()
+        )
 
 
 def test_wildcard_ids_touch_no_dead_letter(client: tandem.Client, stack: Stack) -> None:
     from harness import debug_fail_params
 
-    h = client.submit(tandem.Step("debug.fail", debug_fail_params(client, "UNAVAILABLE")), b"dead",
-                      max_attempts=1)
+    h = client.submit(
+        tandem.Step("debug.fail", debug_fail_params(client, "UNAVAILABLE")), b"dead", max_attempts=1
+    )
     with pytest.raises(tandem.JobFailed):
         h.result(timeout=60)
     for pattern in ("*", ">", "default.*", h.id[:-1] + "*"):
@@ -325,18 +387,25 @@ def test_huge_caller_values_get_a_short_error(stack: Stack, where: str, service:
     # A plain grpcio client refuses status metadata over 16 KiB: an error that
     # echoed a 1 MiB value came back as RESOURCE_EXHAUSTED or INTERNAL.
     huge = "x" * MiB
-    step = {"op": compute_pb2.Step(op=huge),
-            "param name": compute_pb2.Step(op="compress.zstd", params={huge: "3"}),
-            "param value": compute_pb2.Step(op="compress.zstd", params={"level": huge})}[where]
+    step = {
+        "op": compute_pb2.Step(op=huge),
+        "param name": compute_pb2.Step(op="compress.zstd", params={huge: "3"}),
+        "param value": compute_pb2.Step(op="compress.zstd", params={"level": huge}),
+    }[where]
     with raw_channel(stack.compute_address if service == "compute" else stack.address) as ch:
-        if service == "compute":
-            stub = compute_pb2_grpc.ComputeServiceStub(ch)
-            fn: Callable[[], object] = lambda: stub.Transform(
-                compute_pb2.TransformRequest(steps=[step], input=b"x"), timeout=30)
-        else:
-            jstub = jobs_pb2_grpc.JobServiceStub(ch)
-            fn = lambda: jstub.SubmitJob(jobs_pb2.SubmitJobRequest(steps=[step], payload=b"x"), timeout=30)
-        code, size, _ = _code_and_size(fn)
+        stub = compute_pb2_grpc.ComputeServiceStub(ch)
+        jstub = jobs_pb2_grpc.JobServiceStub(ch)
+
+        def call() -> object:
+            if service == "compute":
+                return stub.Transform(
+                    compute_pb2.TransformRequest(steps=[step], input=b"x"), timeout=30
+                )
+            return jstub.SubmitJob(
+                jobs_pb2.SubmitJobRequest(steps=[step], payload=b"x"), timeout=30
+            )
+
+        code, size, _ = _code_and_size(call)
     assert code is grpc.StatusCode.INVALID_ARGUMENT, code
     assert size < 1024, f"a {size}-byte message"
 

@@ -28,10 +28,23 @@ def test_suite_runs_against_external_services(new_stack: Callable[..., Stack]) -
         "TANDEM_NATS_URL": stack.nats_url,
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         str(HERE / "test_walking_skeleton.py"), str(HERE / "test_e2e.py"), "-k",
-         "not 50_mib"],
-        cwd=HERE, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(HERE / "test_walking_skeleton.py"),
+            str(HERE / "test_e2e.py"),
+            "-k",
+            "not 50_mib",
+        ],
+        cwd=HERE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout

@@ -31,9 +31,18 @@ def _processes_mentioning(text: str) -> list[str]:
 @pytest.mark.timeout(240)
 def test_demo_runs_and_cleans_up() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "tandem.demo", "--compute-bin", compute_bin(),
-         "--orchestrator-bin", orchestrator_bin()],
-        capture_output=True, text=True, timeout=200,
+        [
+            sys.executable,
+            "-m",
+            "tandem.demo",
+            "--compute-bin",
+            compute_bin(),
+            "--orchestrator-bin",
+            orchestrator_bin(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=200,
         env={**os.environ, "COLUMNS": "120"},
     )
     out = proc.stdout + proc.stderr
@@ -57,18 +66,35 @@ def test_demo_serve_until_interrupted(tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tandem.demo", "--compute-bin", compute_bin(),
-             "--orchestrator-bin", orchestrator_bin(), "--serve", "--address", address],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "120"})
+            [
+                sys.executable,
+                "-m",
+                "tandem.demo",
+                "--compute-bin",
+                compute_bin(),
+                "--orchestrator-bin",
+                orchestrator_bin(),
+                "--serve",
+                "--address",
+                address,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "COLUMNS": "120"},
+        )
     try:
         deadline = time.monotonic() + 120
         while "Ctrl-C stops" not in log.read_text(errors="replace"):
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
-        queues = subprocess.run([sys.executable, "-m", "tandem.cli", "queues", "--json"],
-                                env={**os.environ, "TANDEM_ADDRESS": address},
-                                capture_output=True, text=True, timeout=60)
+        queues = subprocess.run(
+            [sys.executable, "-m", "tandem.cli", "queues", "--json"],
+            env={**os.environ, "TANDEM_ADDRESS": address},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert queues.returncode == 0, queues.stderr
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, log.read_text()

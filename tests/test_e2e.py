@@ -17,8 +17,11 @@ from harness import Stack
 
 def test_pipeline_compress_decompress_hash(client: tandem.Client) -> None:
     data = os.urandom(200_000) + b"a" * 300_000
-    steps = [tandem.Step("compress.zstd", level=3), tandem.Step("decompress.zstd"),
-             tandem.Step("hash.sha256")]
+    steps = [
+        tandem.Step("compress.zstd", level=3),
+        tandem.Step("decompress.zstd"),
+        tandem.Step("hash.sha256"),
+    ]
     assert client.submit(steps, data).result(timeout=60) == hashlib.sha256(data).digest()
 
 
@@ -66,33 +69,62 @@ def test_cli_submit_wait(stack: Stack, tmp_path: object) -> None:
         f.write(b"cli bytes")
     env = {**os.environ, "TANDEM_ADDRESS": stack.address}
     proc = subprocess.run(
-        [sys.executable, "-m", "tandem.cli", "submit", "--op", "hash.sha256", "--file", path, "--wait"],
-        env=env, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "tandem.cli",
+            "submit",
+            "--op",
+            "hash.sha256",
+            "--file",
+            path,
+            "--wait",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == hashlib.sha256(b"cli bytes").hexdigest()
     bad = subprocess.run(
         [sys.executable, "-m", "tandem.cli", "submit", "--op", "no.such.op", "--data", "x"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert bad.returncode == 3, bad.stderr
     assert "UNKNOWN_OP" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_cli_ops(stack: Stack) -> None:
-    env = {**os.environ, "TANDEM_ADDRESS": stack.address,
-           "TANDEM_COMPUTE_ADDRESS": stack.compute_address}
-    proc = subprocess.run([sys.executable, "-m", "tandem.cli", "ops", "--json"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "TANDEM_ADDRESS": stack.address,
+        "TANDEM_COMPUTE_ADDRESS": stack.compute_address,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "tandem.cli", "ops", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "hash.sha256" in proc.stdout
 
 
 def _cli(stack: Stack, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TANDEM_ADDRESS": stack.address, "COLUMNS": "120"}
-    return subprocess.run([sys.executable, "-m", "tandem.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=120,
-                          input=None if input is None else input.decode())
+    return subprocess.run(
+        [sys.executable, "-m", "tandem.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        input=None if input is None else input.decode(),
+    )
 
 
 def test_cli_map_folder(stack: Stack, tmp_path: Path) -> None:

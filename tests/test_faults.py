@@ -50,8 +50,9 @@ class Tracker(threading.Thread):
     def wait_done(self, n: int, timeout: float = 60) -> None:
         """Waits until n jobs finished; then checks the fault will land
         mid-run (some still unfinished)."""
-        eventually(lambda: len(self.final) >= n or self.error is not None, timeout,
-                   f"{n} jobs to finish")
+        eventually(
+            lambda: len(self.final) >= n or self.error is not None, timeout, f"{n} jobs to finish"
+        )
         assert self.error is None, f"watching failed: {self.error!r}"
         assert len(self.final) < len(self.ids), "all jobs finished before the fault"
         print(f"fault after {len(self.final)}/{len(self.ids)} jobs finished")
@@ -65,8 +66,9 @@ class Tracker(threading.Thread):
 def submit(client: tandem.Client, n: int, tag: str) -> dict[str, bytes]:
     """Submits n jobs (with idempotency keys); returns id → expected result."""
     payloads = [f"{tag}/{i}/{uuid.uuid4().hex}".encode() * 8 for i in range(n)]
-    specs = [tandem.JobSpec(JOB_STEPS, p, idempotency_key=f"{tag}-{i}")
-             for i, p in enumerate(payloads)]
+    specs = [
+        tandem.JobSpec(JOB_STEPS, p, idempotency_key=f"{tag}-{i}") for i, p in enumerate(payloads)
+    ]
     results = client.submit_many(specs)
     rejected = [r for r in results if not isinstance(r, tandem.JobHandle)]
     assert not rejected, f"{len(rejected)} submits rejected, first: {rejected[0]!r}"
@@ -86,10 +88,17 @@ def assert_all_succeeded_once(final: dict[str, tandem.Job], expected: dict[str, 
     assert not wrong, f"{len(wrong)} wrong results, e.g. {wrong[:3]}"
     # An attempt cut off by a crash has no error and no finish time; one that
     # completed without error produced a result. At most one may have.
-    twice = [j for j in final.values()
-             if sum(1 for a in j.attempts if a.error is None and a.finished_at is not None) > 1]
-    assert not twice, (f"{len(twice)} jobs recorded more than one successful attempt, e.g. "
-                       f"{twice[0].id}: {twice[0].attempts}" if twice else "")
+    twice = [
+        j
+        for j in final.values()
+        if sum(1 for a in j.attempts if a.error is None and a.finished_at is not None) > 1
+    ]
+    assert not twice, (
+        f"{len(twice)} jobs recorded more than one successful attempt, e.g. "
+        f"{twice[0].id}: {twice[0].attempts}"
+        if twice
+        else ""
+    )
 
 
 def assert_broker_clean(nats_url: str) -> None:
@@ -106,13 +115,15 @@ def assert_broker_clean(nats_url: str) -> None:
         try:
             jsm = nc.jsm()
             for info in await jsm.streams_info():
-                name = info.config.name
+                name = info.config.name or ""
                 if info.config.retention == RetentionPolicy.WORK_QUEUE and info.state.messages:
                     problems.append(f"stream {name} holds {info.state.messages} messages")
                 for c in await jsm.consumers_info(name):
                     if c.num_pending or c.num_ack_pending:
-                        problems.append(f"consumer {name}/{c.name}: pending {c.num_pending}, "
-                                        f"unacked {c.num_ack_pending}")
+                        problems.append(
+                            f"consumer {name}/{c.name}: pending {c.num_pending}, "
+                            f"unacked {c.num_ack_pending}"
+                        )
         finally:
             await nc.close()
         return problems
@@ -135,8 +146,9 @@ def assert_queue_drained(client: tandem.Client) -> None:
 
 
 def fault_stack(new_stack: Callable[..., Stack], **kwargs: object) -> Stack:
-    return new_stack(queues_toml=FAULT_QUEUES_TOML,
-                     orchestrator_args=("--drain-timeout", "10s"), **kwargs)
+    return new_stack(
+        queues_toml=FAULT_QUEUES_TOML, orchestrator_args=("--drain-timeout", "10s"), **kwargs
+    )
 
 
 def test_sigkill_compute_mid_run(new_stack: Callable[..., Stack]) -> None:
@@ -148,8 +160,11 @@ def test_sigkill_compute_mid_run(new_stack: Callable[..., Stack]) -> None:
     tracker.wait_done(100)
     stack.computes[0].kill()
     # The outage was seen (breakers open, health NOT_SERVING) before it ends.
-    eventually(lambda: not check_address(stack.addresses[0], timeout=1.0), 30,
-               "the orchestrator to report NOT_SERVING while compute is down")
+    eventually(
+        lambda: not check_address(stack.addresses[0], timeout=1.0),
+        30,
+        "the orchestrator to report NOT_SERVING while compute is down",
+    )
     stack.computes[0].start()
     final = tracker.finish()
     assert_all_succeeded_once(final, expected)
@@ -185,8 +200,11 @@ def test_sigkill_nats_mid_run_and_restart_on_same_store(new_stack: Callable[...,
     tracker.wait_done(100)
     assert stack.nats is not None
     stack.nats.kill()
-    eventually(lambda: not check_address(stack.addresses[0], timeout=1.0), 30,
-               "the orchestrator to report NOT_SERVING while NATS is down")
+    eventually(
+        lambda: not check_address(stack.addresses[0], timeout=1.0),
+        30,
+        "the orchestrator to report NOT_SERVING while NATS is down",
+    )
     time.sleep(1)
     stack.nats.start()
     assert_all_succeeded_once(tracker.finish(), expected)
@@ -195,7 +213,9 @@ def test_sigkill_nats_mid_run_and_restart_on_same_store(new_stack: Callable[...,
     stack.assert_healthy()
 
 
-def test_sigterm_orchestrator_drains_and_a_new_one_finishes(new_stack: Callable[..., Stack]) -> None:
+def test_sigterm_orchestrator_drains_and_a_new_one_finishes(
+    new_stack: Callable[..., Stack],
+) -> None:
     stack = fault_stack(new_stack)
     client = stack.client()
     expected = submit(client, 1000, "drain")
@@ -222,8 +242,12 @@ def test_two_orchestrators_kill_one(new_stack: Callable[..., Stack]) -> None:
     stack.orchestrators[0].kill()
     # A client given both addresses goes on through the survivor.
     both = stack.client(",".join(stack.addresses))
-    late = {both.submit("hash.sha256", f"late {i}".encode()).id:
-            hashlib.sha256(f"late {i}".encode()).digest() for i in range(20)}
+    late = {
+        both.submit("hash.sha256", f"late {i}".encode()).id: hashlib.sha256(
+            f"late {i}".encode()
+        ).digest()
+        for i in range(20)
+    }
     assert_all_succeeded_once(tracker.finish(), expected)
     assert_all_succeeded_once(both.wait(list(late), timeout=WAIT), late)
     assert_queue_drained(b)
@@ -235,8 +259,9 @@ def test_submits_retry_through_an_orchestrator_restart(new_stack: Callable[..., 
     # idempotency key) land once the orchestrator is back; nothing is lost or
     # doubled.
     stack = fault_stack(new_stack)
-    client = stack.client(retry=tandem.RetryPolicy(max_attempts=100, initial_backoff=0.05,
-                                                   max_backoff=0.5))
+    client = stack.client(
+        retry=tandem.RetryPolicy(max_attempts=100, initial_backoff=0.05, max_backoff=0.5)
+    )
     expected: dict[str, bytes] = {}
     stop = threading.Event()
 
@@ -268,8 +293,11 @@ def test_sigterm_lets_running_jobs_finish(new_stack: Callable[..., Stack]) -> No
     client = stack.client()
     steps = [tandem.Step("debug.sleep", sleep_params(client, 1500)), tandem.Step("hash.sha256")]
     handles = [client.submit(steps, f"drain {i}".encode()) for i in range(4)]
-    eventually(lambda: any(client.get(h.id).state is tandem.JobState.RUNNING for h in handles),
-               20, "a job to run")
+    eventually(
+        lambda: any(client.get(h.id).state is tandem.JobState.RUNNING for h in handles),
+        20,
+        "a job to run",
+    )
     running = [h.id for h in handles if client.get(h.id).state is tandem.JobState.RUNNING]
     code = stack.orchestrators[0].terminate(timeout=40)
     assert code == 0, f"orchestrator exited {code} on SIGTERM"
@@ -309,7 +337,7 @@ def test_sigstop_compute_under_load_burns_no_attempts(new_stack: Callable[..., S
     tracker = Tracker(stack.client(), list(expected))
     tracker.start()
     tracker.wait_done(50)
-    stop, seen = threading.Event(), []
+    stop, seen = threading.Event(), list[bool]()
     poller = _watch_health(stack.addresses[0], stop, seen)
     stack.computes[0].signal(signal.SIGSTOP)
     try:
@@ -325,8 +353,11 @@ def test_sigstop_compute_under_load_burns_no_attempts(new_stack: Callable[..., S
     final = tracker.finish()
     assert_all_succeeded_once(final, expected)
     timeouts = [j for j in final.values() if any(a.error is not None for a in j.attempts)]
-    assert not timeouts, (f"{len(timeouts)} jobs had an attempt burnt by the freeze, e.g. "
-                          f"{timeouts[0].attempts}" if timeouts else "")
+    assert not timeouts, (
+        f"{len(timeouts)} jobs had an attempt burnt by the freeze, e.g. {timeouts[0].attempts}"
+        if timeouts
+        else ""
+    )
     assert_queue_drained(client)
     stack.assert_healthy()
 
@@ -363,8 +394,11 @@ def test_orchestrator_started_before_its_broker(new_stack: Callable[..., Stack])
     stack.nats.kill()
     orch = stack.orchestrators[0]
     orch.start(wait=False)
-    eventually(lambda: orch.running and _health_answers(orch.address), 30,
-               "the orchestrator to answer health checks without NATS")
+    eventually(
+        lambda: orch.running and _health_answers(orch.address),
+        30,
+        "the orchestrator to answer health checks without NATS",
+    )
     time.sleep(2)
     assert orch.running, f"the orchestrator exited without NATS; log:\n{orch.log_tail()}"
     assert not check_address(orch.address, timeout=2.0), "SERVING without NATS"
@@ -374,7 +408,10 @@ def test_orchestrator_started_before_its_broker(new_stack: Callable[..., Stack])
     assert info.value.reason == "BROKER_UNAVAILABLE"
     stack.nats.start()
     eventually(lambda: check_address(orch.address, timeout=2.0), 60, "SERVING once NATS is up")
-    assert stack.client().submit("hash.sha256", b"late").result(timeout=60) == hashlib.sha256(b"late").digest()
+    assert (
+        stack.client().submit("hash.sha256", b"late").result(timeout=60)
+        == hashlib.sha256(b"late").digest()
+    )
 
 
 def _health_answers(address: str) -> bool:
@@ -413,8 +450,11 @@ def test_waiting_callers_ride_out_a_broker_restart(new_stack: Callable[..., Stac
         t.start()
     tracker = Tracker(stack.client(), [h.id for h in handles])
     tracker.start()
-    eventually(lambda: any(client.get(h.id).state is tandem.JobState.RUNNING for h in handles), 20,
-               "a job to run")
+    eventually(
+        lambda: any(client.get(h.id).state is tandem.JobState.RUNNING for h in handles),
+        20,
+        "a job to run",
+    )
     assert stack.nats is not None
     stack.nats.kill()
     time.sleep(2)

@@ -19,8 +19,10 @@ NO_RETRY = tandem.NO_RETRY
 def test_retry_then_succeed(client: tandem.Client) -> None:
     # Fails with UNAVAILABLE on attempts 1 and 2, succeeds on 3 (queue
     # "fast": max_attempts 3).
-    steps = [tandem.Step("debug.fail", debug_fail_params(client, "UNAVAILABLE", until_attempt=2)),
-             tandem.Step("hash.sha256")]
+    steps = [
+        tandem.Step("debug.fail", debug_fail_params(client, "UNAVAILABLE", until_attempt=2)),
+        tandem.Step("hash.sha256"),
+    ]
     job = client.submit(steps, b"retry me", queue="fast").wait(timeout=60)
     assert job.state is tandem.JobState.SUCCEEDED, job.last_error
     assert job.attempt == 3
@@ -34,8 +36,10 @@ def test_poison_goes_dead_then_retry_from_dlq_succeeds(client: tandem.Client) ->
     # Fails on attempts 1..3: with max_attempts 3 the job goes DEAD. A retry
     # from the dead-letter queue starts fresh attempts (numbered on from 4),
     # where the fault is gone.
-    steps = [tandem.Step("debug.fail", debug_fail_params(client, "UNAVAILABLE", until_attempt=3)),
-             tandem.Step("hash.sha256")]
+    steps = [
+        tandem.Step("debug.fail", debug_fail_params(client, "UNAVAILABLE", until_attempt=3)),
+        tandem.Step("hash.sha256"),
+    ]
     handle = client.submit(steps, b"poison", queue="fast")
     with pytest.raises(tandem.JobFailed) as info:
         handle.result(timeout=60)
@@ -63,11 +67,18 @@ def test_retry_from_dlq_runs_the_job_again(client: tandem.Client) -> None:
     assert client.retry_dead_letters("fast", [handle.id]) == [handle.id]
     assert client.get(handle.id).state is not tandem.JobState.DEAD
     second = eventually(
-        lambda: (j := client.get(handle.id)).state is tandem.JobState.DEAD and len(j.attempts) > 3 and j,
-        60, "the retried job to run its fresh attempts")
+        lambda: (j := client.get(handle.id)).state is tandem.JobState.DEAD
+        and len(j.attempts) > 3
+        and j,
+        60,
+        "the retried job to run its fresh attempts",
+    )
     assert len(second.attempts) == 6
-    eventually(lambda: handle.id in [j.id for j in client.dead_letters("fast", limit=1000).jobs],
-               10, "the job to be back in the dead-letter queue")
+    eventually(
+        lambda: handle.id in [j.id for j in client.dead_letters("fast", limit=1000).jobs],
+        10,
+        "the job to be back in the dead-letter queue",
+    )
 
 
 def test_purge_dead_letters(client: tandem.Client) -> None:
@@ -148,10 +159,12 @@ def test_same_key_on_another_queue_is_another_job(client: tandem.Client) -> None
 
 def test_cancel_queued_job_never_runs(client: tandem.Client) -> None:
     # Queue "single" has one worker: a sleeper holds it, the next job waits.
-    sleeper = client.submit([tandem.Step("debug.sleep", sleep_params(client, 3000))], b"",
-                            queue="single")
-    eventually(lambda: client.get(sleeper.id).state is tandem.JobState.RUNNING, 20,
-               "the sleeper to run")
+    sleeper = client.submit(
+        [tandem.Step("debug.sleep", sleep_params(client, 3000))], b"", queue="single"
+    )
+    eventually(
+        lambda: client.get(sleeper.id).state is tandem.JobState.RUNNING, 20, "the sleeper to run"
+    )
     queued = client.submit("hash.sha256", b"never", queue="single")
     assert client.get(queued.id).state is tandem.JobState.QUEUED
     cancelled = client.cancel(queued.id)
@@ -173,16 +186,20 @@ def test_cancel_queued_job_never_runs(client: tandem.Client) -> None:
 
 
 def test_cancel_running_job(client: tandem.Client, stack: Stack) -> None:
-    handle = client.submit([tandem.Step("debug.sleep", sleep_params(client, 8000))], b"",
-                           queue="fast")
+    handle = client.submit(
+        [tandem.Step("debug.sleep", sleep_params(client, 8000))], b"", queue="fast"
+    )
     eventually(lambda: client.get(handle.id).state is tandem.JobState.RUNNING, 20, "job to run")
     assert client.cancel(handle.id).state in (tandem.JobState.CANCELLED, tandem.JobState.RUNNING)
     job = handle.wait(timeout=30)
     assert job.state is tandem.JobState.CANCELLED
     # The call was stopped, not waited out: the attempt ended (its record
     # closed by the worker) before the 8 s the op would have slept.
-    eventually(lambda: client.get(handle.id).attempts[-1].finished_at is not None, 20,
-               "the attempt to be closed")
+    eventually(
+        lambda: client.get(handle.id).attempts[-1].finished_at is not None,
+        20,
+        "the attempt to be closed",
+    )
     a = client.get(handle.id).attempts[-1]
     assert a.finished_at is not None and a.started_at is not None
     assert (a.finished_at - a.started_at).total_seconds() < 8, "cancel must stop the compute call"
@@ -201,8 +218,9 @@ def test_cancel_finished_job_is_conflict(client: tandem.Client) -> None:
 
 def test_job_timeout(client: tandem.Client) -> None:
     # Queue "short": job_timeout 1 s, max_attempts 1.
-    handle = client.submit([tandem.Step("debug.sleep", sleep_params(client, 10_000))], b"",
-                           queue="short")
+    handle = client.submit(
+        [tandem.Step("debug.sleep", sleep_params(client, 10_000))], b"", queue="short"
+    )
     with pytest.raises(tandem.JobFailed) as info:
         handle.result(timeout=60)
     assert isinstance(info.value.error, tandem.Timeout), info.value.error
@@ -214,8 +232,13 @@ def test_job_timeout(client: tandem.Client) -> None:
 
 
 def test_per_job_timeout_override(client: tandem.Client) -> None:
-    handle = client.submit([tandem.Step("debug.sleep", sleep_params(client, 10_000))], b"",
-                           queue="fast", timeout=1.0, max_attempts=1)
+    handle = client.submit(
+        [tandem.Step("debug.sleep", sleep_params(client, 10_000))],
+        b"",
+        queue="fast",
+        timeout=1.0,
+        max_attempts=1,
+    )
     assert handle.job.timeout == pytest.approx(1.0)
     with pytest.raises(tandem.JobFailed) as info:
         handle.result(timeout=60)
@@ -250,12 +273,15 @@ def test_max_depth_gives_overloaded_and_loses_nothing(stack: Stack) -> None:
 
 
 def test_client_retry_rides_out_a_full_queue(stack: Stack) -> None:
-    client = stack.client(retry=tandem.RetryPolicy(max_attempts=50, initial_backoff=0.05,
-                                                   max_backoff=0.3))
+    client = stack.client(
+        retry=tandem.RetryPolicy(max_attempts=50, initial_backoff=0.05, max_backoff=0.3)
+    )
     client.pause_queue("tiny")
     handles: list[tandem.JobHandle] = []
     try:
-        handles = [client.submit("hash.sha256", f"full {i}".encode(), queue="tiny") for i in range(5)]
+        handles = [
+            client.submit("hash.sha256", f"full {i}".encode(), queue="tiny") for i in range(5)
+        ]
         resumer = threading.Timer(1.0, lambda: stack.client().resume_queue("tiny"))
         resumer.start()
         # The queue is full: this submit retries (same idempotency key) until
@@ -292,7 +318,9 @@ def test_watch_queue_sees_events(stack: Stack) -> None:
     submitted: list[str] = []
     deadline = time.monotonic() + 20
     while not (succeeded & set(submitted)) and time.monotonic() < deadline:
-        submitted.append(client.submit("hash.sha256", b"watched", queue="fast", labels={"w": "1"}).id)
+        submitted.append(
+            client.submit("hash.sha256", b"watched", queue="fast", labels={"w": "1"}).id
+        )
         time.sleep(0.3)
     stop.set()
     assert succeeded & set(submitted), "the queue watch saw none of the submitted jobs succeed"

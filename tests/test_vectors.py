@@ -46,10 +46,13 @@ def _plain_compute(stack: Stack) -> str:
         pytest.skip("needs a compute without debug ops; the compose stack has one compute")
     if "address" not in _PLAIN:
         address = f"127.0.0.1:{free_port()}"
-        proc = Process("tandem-compute-plain",
-                       [compute_bin(), "--listen", address, "--metrics-listen", ""],
-                       log_path=stack.tmp / "logs/compute-plain.log", ready=grpc_ready(address),
-                       address=address)
+        proc = Process(
+            "tandem-compute-plain",
+            [compute_bin(), "--listen", address, "--metrics-listen", ""],
+            log_path=stack.tmp / "logs/compute-plain.log",
+            ready=grpc_ready(address),
+            address=address,
+        )
         proc.start()
         stack.computes.append(proc)  # stopped and logged with the stack
         _PLAIN["address"] = address
@@ -88,8 +91,9 @@ def _uses_debug_ops(vector: dict[str, Any]) -> bool:
 
 
 @pytest.mark.parametrize("vector", _load())
-def test_vector_through_the_stack(vector: dict[str, Any] | None, client: tandem.Client,
-                                  stack: Stack) -> None:
+def test_vector_through_the_stack(
+    vector: dict[str, Any] | None, client: tandem.Client, stack: Stack
+) -> None:
     if vector is None:
         pytest.fail(f"{VECTORS} does not exist (owned by compute-rs)")
     if "attempt" in vector:
@@ -109,7 +113,8 @@ def test_vector_through_the_stack(vector: dict[str, Any] | None, client: tandem.
             with raw_channel(stack.address) as ch:
                 try:
                     jobs_pb2_grpc.JobServiceStub(ch).SubmitJob(
-                        jobs_pb2.SubmitJobRequest(queue="fast", payload=data), timeout=30)
+                        jobs_pb2.SubmitJobRequest(queue="fast", payload=data), timeout=30
+                    )
                 except grpc.RpcError as rpc_err:
                     raise from_rpc_error(rpc_err) from rpc_err
             raise AssertionError("an empty pipeline was accepted")

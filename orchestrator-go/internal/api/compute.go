@@ -16,12 +16,15 @@ import (
 type ComputeProxy struct {
 	tandemv1.UnimplementedComputeServiceServer
 	Compute *compute.Client
+	// Jobs gives ListOps the whole catalogue (compute's ops and the ops of
+	// op workers).
+	Jobs *Service
 }
 
 // ListOps implements ComputeService from the cached ListOps (refreshed when
 // older than 30 s).
 func (p *ComputeProxy) ListOps(ctx context.Context, _ *tandemv1.ListOpsRequest) (*tandemv1.ListOpsResponse, error) {
-	ops := p.Compute.Ops(ctx)
+	ops := p.Jobs.Catalogue(ctx)
 	if ops == nil {
 		return nil, apierr.Status(apierr.ComputeUnavailable("no compute endpoint has answered ListOps yet"))
 	}

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
 	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
 	"github.com/tandem/tandem/orchestrator-go/internal/broker"
@@ -18,6 +20,7 @@ import (
 	"github.com/tandem/tandem/orchestrator-go/internal/jobstore"
 	"github.com/tandem/tandem/orchestrator-go/internal/metrics"
 	"github.com/tandem/tandem/orchestrator-go/internal/queue"
+	"github.com/tandem/tandem/orchestrator-go/internal/workers"
 )
 
 // Service is the JobService implementation.
@@ -37,6 +40,46 @@ type Service struct {
 	WatchLimits WatchLimits
 
 	draining atomic.Bool
+	workers  atomic.Pointer[workers.Registry]
+}
+
+// SetWorkers makes the op-worker registry known (once NATS is connected).
+func (s *Service) SetWorkers(r *workers.Registry) { s.workers.Store(r) }
+
+// Catalogue is every op a job may use: compute's ListOps answer plus the
+// ops registered by op workers, each marked with its provider; nil while
+// compute has never answered.
+func (s *Service) Catalogue(ctx context.Context) *tandemv1.ListOpsResponse {
+	c := s.Compute.Ops(ctx)
+	r := s.workers.Load()
+	if r == nil || c == nil {
+		// Without compute's answer validation checks structure only (compute
+		// validates again when the job runs).
+		return c
+	}
+	reg := r.Ops()
+	if len(reg) == 0 {
+		return c
+	}
+	out := &tandemv1.ListOpsResponse{Limits: c.GetLimits()}
+	for _, o := range c.GetOps() {
+		o = proto.Clone(o).(*tandemv1.OpSpec)
+		if o.Provider == "" {
+			o.Provider = "compute"
+		}
+		out.Ops = append(out.Ops, o)
+	}
+	out.Ops = append(out.Ops, reg...)
+	return out
+}
+
+// ListWorkers implements JobService.
+func (s *Service) ListWorkers(ctx context.Context, _ *tandemv1.ListWorkersRequest) (*tandemv1.ListWorkersResponse, error) {
+	r := s.workers.Load()
+	if r == nil {
+		return &tandemv1.ListWorkersResponse{}, nil
+	}
+	return &tandemv1.ListWorkersResponse{Workers: r.List()}, nil
 }
 
 // SetDraining makes new submits fail with SHUTTING_DOWN.

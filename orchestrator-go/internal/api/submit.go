@@ -64,7 +64,7 @@ func (s *Service) validate(ctx context.Context, req *tandemv1.SubmitJobRequest) 
 	if t := req.GetTimeout(); t != nil && (t.AsDuration() < 0 || t.AsDuration() > maxJobTimeout) {
 		return q, nil, apierr.InvalidRequest("timeout", "timeout: %s is outside [0, %s]", t.AsDuration(), maxJobTimeout)
 	}
-	if err := compute.Validate(req.GetSteps(), len(req.GetPayload()), s.Compute.Ops(ctx)); err != nil {
+	if err := compute.Validate(req.GetSteps(), len(req.GetPayload()), s.Catalogue(ctx)); err != nil {
 		return q, nil, err
 	}
 	maxAttempts := req.GetMaxAttempts()

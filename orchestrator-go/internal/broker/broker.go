@@ -27,6 +27,7 @@ import (
 const (
 	JobsBucket      = "tandem_jobs"     // KV: job id -> Job record (protobuf)
 	IdemBucket      = "tandem_idem"     // KV: <queue>.<sha256(key)> -> job id + request hash
+	OpsBucket       = "tandem_ops"      // KV: op name -> OpSpec registered by op workers
 	PayloadsBucket  = "tandem_payloads" // object store: large payloads, deleted when the job ends
 	resultsBase     = "tandem_results_" // object store per queue: large results, expire with its result_ttl
 	DLQStream       = "TANDEM_DLQ"      // dead letters, subject tandem.dlq.<queue>.<job id>
@@ -121,6 +122,7 @@ type handles struct {
 	js       jetstream.JetStream
 	jobs     jetstream.KeyValue
 	idem     jetstream.KeyValue
+	ops      jetstream.KeyValue
 	payloads jetstream.ObjectStore
 	results  map[string]jetstream.ObjectStore // by queue
 	dlq      jetstream.Stream
@@ -146,6 +148,9 @@ func (b *Broker) Jobs() jetstream.KeyValue { return b.h().jobs }
 
 // Idem is the idempotency keys bucket.
 func (b *Broker) Idem() jetstream.KeyValue { return b.h().idem }
+
+// Ops is the bucket of ops registered by op workers.
+func (b *Broker) Ops() jetstream.KeyValue { return b.h().ops }
 
 // Payloads is the large payloads object store.
 func (b *Broker) Payloads() jetstream.ObjectStore { return b.h().payloads }
@@ -398,6 +403,12 @@ func (b *Broker) setup(ctx context.Context, h *handles) error {
 		LimitMarkerTTL: markerTTL, Replicas: b.replicas,
 	}); err != nil {
 		return fmt.Errorf("create KV %s: %w", IdemBucket, err)
+	}
+	if h.ops, err = h.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: OpsBucket, Description: "Tandem ops registered by op workers (op name -> OpSpec)", History: 1, Storage: jetstream.FileStorage,
+		Replicas: b.replicas,
+	}); err != nil {
+		return fmt.Errorf("create KV %s: %w", OpsBucket, err)
 	}
 	if h.payloads, err = h.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket: PayloadsBucket, Description: "Tandem payloads above the inline limit", Storage: jetstream.FileStorage, Replicas: b.replicas,

@@ -22,14 +22,13 @@ import (
 
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
 	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
+	"github.com/tandem/tandem/orchestrator-go/internal/provider"
 )
 
 // ErrUnreachable marks a call that never reached a compute server (transport
-// failure or every breaker open). Jobs failing this way keep their attempt.
-var ErrUnreachable = errors.New("compute unreachable")
-
-// IsUnreachable reports whether err is (or wraps) ErrUnreachable.
-func IsUnreachable(err error) bool { return errors.Is(err, ErrUnreachable) }
+// failure, every breaker open, a hung compute). Jobs failing this way keep
+// their attempt.
+var ErrUnreachable = provider.ErrUnreachable
 
 // Options configure a Client.
 type Options struct {
@@ -70,6 +69,7 @@ type Client struct {
 
 	opsMu      sync.Mutex
 	ops        *tandemv1.ListOpsResponse
+	opNames    map[string]bool
 	opsAt      time.Time
 	opsTriedAt time.Time
 
@@ -279,9 +279,20 @@ func (c *Client) checkAlive(ep *endpoint) error {
 }
 
 func (c *Client) storeOps(r *tandemv1.ListOpsResponse) {
+	names := make(map[string]bool, len(r.GetOps()))
+	for _, o := range r.GetOps() {
+		names[o.GetName()] = true
+	}
 	c.opsMu.Lock()
-	c.ops, c.opsAt = r, time.Now()
+	c.ops, c.opsAt, c.opNames = r, time.Now(), names
 	c.opsMu.Unlock()
+}
+
+// Serves reports whether compute's last ListOps answer lists op.
+func (c *Client) Serves(op string) bool {
+	c.opsMu.Lock()
+	defer c.opsMu.Unlock()
+	return c.opNames[op]
 }
 
 // opsTTL is how long a ListOps answer is trusted.

@@ -25,6 +25,9 @@ type Metrics struct {
 	Workers        *prometheus.GaugeVec     // queue
 	DLQSize        *prometheus.GaugeVec     // queue
 	BreakerState   *prometheus.GaugeVec     // endpoint: 0 closed, 1 half-open, 2 open
+	StepLatency    *prometheus.HistogramVec // op, outcome: steps on op workers
+	StepBytes      *prometheus.CounterVec   // op, direction
+	LiveWorkers    *prometheus.GaugeVec     // op
 }
 
 // New registers every metric on a fresh registry.
@@ -44,8 +47,11 @@ func New() *Metrics {
 	m.InFlight = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tandem_queue_in_flight", Help: "Jobs running in this orchestrator."}, []string{"queue"})
 	m.Workers = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tandem_queue_workers", Help: "Current worker limit of the queue's pool in this orchestrator."}, []string{"queue"})
 	m.DLQSize = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tandem_queue_dead_letters", Help: "Jobs in the queue's dead-letter stream."}, []string{"queue"})
+	m.StepLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "tandem_worker_step_seconds", Help: "Latency of steps run on op workers, by op and outcome.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 20)}, []string{"op", "outcome"})
+	m.StepBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tandem_worker_step_bytes_total", Help: "Bytes sent to / received from op workers, by op."}, []string{"op", "direction"})
+	m.LiveWorkers = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tandem_op_workers", Help: "Live op workers serving each registered op."}, []string{"op"})
 	m.BreakerState = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tandem_compute_breaker_state", Help: "Circuit breaker state per compute endpoint: 0 closed, 1 half-open, 2 open."}, []string{"endpoint"})
-	for _, c := range []prometheus.Collector{m.Submitted, m.Completed, m.Retries, m.DeadLettered, m.JobDuration, m.ComputeLatency, m.ComputeBytes, m.QueueDepth, m.InFlight, m.Workers, m.DLQSize, m.BreakerState} {
+	for _, c := range []prometheus.Collector{m.Submitted, m.Completed, m.Retries, m.DeadLettered, m.JobDuration, m.ComputeLatency, m.ComputeBytes, m.QueueDepth, m.InFlight, m.Workers, m.DLQSize, m.BreakerState, m.StepLatency, m.StepBytes, m.LiveWorkers} {
 		f(c)
 	}
 	return m

@@ -34,6 +34,7 @@ import (
 	"github.com/tandem/tandem/orchestrator-go/internal/jobstore"
 	"github.com/tandem/tandem/orchestrator-go/internal/metrics"
 	"github.com/tandem/tandem/orchestrator-go/internal/queue"
+	"github.com/tandem/tandem/orchestrator-go/internal/workers"
 )
 
 // ServiceName is the health-checked service name.
@@ -68,6 +69,7 @@ type Orchestrator struct {
 	Metrics *metrics.Metrics
 	Pools   map[string]*queue.Pool
 	API     *api.Service
+	Workers *workers.Registry
 
 	grpc       *grpc.Server
 	health     *health.Server
@@ -141,7 +143,7 @@ func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 	orc.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(cfg.MaxMessageBytes), grpc.MaxSendMsgSize(cfg.MaxMessageBytes),
 		grpc.ChainUnaryInterceptor(orc.gateUnary), grpc.ChainStreamInterceptor(orc.gateStream))
 	tandemv1.RegisterJobServiceServer(orc.grpc, orc.API)
-	tandemv1.RegisterComputeServiceServer(orc.grpc, &api.ComputeProxy{Compute: orc.Compute})
+	tandemv1.RegisterComputeServiceServer(orc.grpc, &api.ComputeProxy{Compute: orc.Compute, Jobs: orc.API})
 	orc.health = health.NewServer()
 	healthpb.RegisterHealthServer(orc.grpc, orc.health)
 	reflection.Register(orc.grpc)
@@ -209,7 +211,11 @@ func (o *Orchestrator) finishStart(ctx context.Context) error {
 		return errors.New("shutting down")
 	}
 	o.Store = jobstore.New(o.Broker)
-	deps := queue.Deps{Broker: o.Broker, Store: o.Store, Compute: o.Compute, Metrics: o.Metrics, Log: o.log, WorkerID: o.workerID, Running: o.running, Fault: o.fault}
+	o.Workers = workers.New(o.Broker, o.Metrics, o.log, o.Compute.Serves)
+	if err := o.Workers.Start(ctx); err != nil {
+		return err
+	}
+	deps := queue.Deps{Broker: o.Broker, Store: o.Store, Compute: o.Compute, Metrics: o.Metrics, Log: o.log, WorkerID: o.workerID, Running: o.running, Fault: o.fault, Workers: o.Workers}
 	pools := map[string]*queue.Pool{}
 	for _, q := range o.cfg.Queues {
 		p, err := queue.NewPool(ctx, deps, q)
@@ -230,6 +236,7 @@ func (o *Orchestrator) finishStart(ctx context.Context) error {
 	})
 	o.Pools = pools
 	o.API.Store, o.API.Pools = o.Store, pools
+	o.API.SetWorkers(o.Workers)
 	for _, p := range pools {
 		p.Start()
 	}

@@ -5,18 +5,22 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"runtime/debug"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
 
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
 	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
 	"github.com/tandem/tandem/orchestrator-go/internal/broker"
-	"github.com/tandem/tandem/orchestrator-go/internal/compute"
 	"github.com/tandem/tandem/orchestrator-go/internal/fault"
 	"github.com/tandem/tandem/orchestrator-go/internal/jobstore"
+	"github.com/tandem/tandem/orchestrator-go/internal/provider"
 	"github.com/tandem/tandem/orchestrator-go/internal/tracectx"
+	"github.com/tandem/tandem/orchestrator-go/internal/workers"
 )
 
 // The job executor runs one delivery of a job message in three stages, each
@@ -46,6 +50,8 @@ type attempt struct {
 	// jctx is cancelled by CancelJob (ErrJobCancelled) or the end of a drain (errDrain).
 	jctx   context.Context
 	cancel context.CancelCauseFunc
+	// lastProgress is when progress was last written to the record.
+	lastProgress time.Time
 }
 
 // result is what execute got back.
@@ -142,7 +148,7 @@ func (p *Pool) begin(msg jetstream.Msg, jobID *string) (*attempt, bool) {
 		p.deadLetter(ctx, a, apierr.Timeout("attempt %d did not finish (worker lost or stalled past AckWait)", j.GetAttempt()))
 		return nil, false
 	}
-	if !p.Compute.Ready() {
+	if p.needsCompute(j) && !p.Compute.Ready() {
 		_ = msg.NakWithDelay(500 * time.Millisecond)
 		return nil, false
 	}
@@ -222,12 +228,16 @@ func (p *Pool) classify(a *attempt, res result) outcome {
 	if res.err == nil {
 		return outcome{verdict: verdictSucceed}
 	}
-	if compute.IsUnreachable(res.err) {
-		// Compute was not reached (or is hung): an outage, not the job's fault.
-		return outcome{verdict: verdictHandBack, delay: time.Second, err: apierr.From(res.err), why: "compute unreachable"}
+	if provider.IsUnreachable(res.err) {
+		// No provider was reached (compute down or hung, no live worker for
+		// the op): an outage, not the job's fault.
+		return outcome{verdict: verdictHandBack, delay: time.Second, err: apierr.From(res.err), why: "provider unreachable"}
 	}
 	e := apierr.From(res.err)
 	switch {
+	case e.Remote && e.Reason == tandemv1.ErrorReason_SHUTTING_DOWN:
+		// An op worker draining for shutdown gave the step back.
+		return outcome{verdict: verdictHandBack, err: e, why: "worker draining"}
 	case e.Reason == tandemv1.ErrorReason_OVERLOADED:
 		// Compute refused to start it (its wait queue is full): back-pressure,
 		// not a failure of the job.
@@ -249,7 +259,19 @@ func firstOp(j *tandemv1.Job) string {
 
 func (p *Pool) fault(point string) error { return fault.At(p.Fault, point) }
 
-// transform loads the payload and calls compute.
+// needsCompute reports whether any step of j runs on compute.
+func (p *Pool) needsCompute(j *tandemv1.Job) bool {
+	for _, st := range j.GetSteps() {
+		if p.Workers == nil || !p.Workers.Serves(st.GetOp()) {
+			return true
+		}
+	}
+	return false
+}
+
+// transform loads the payload and runs the pipeline: each run of
+// consecutive compute steps in one compute call, each worker step on a live
+// worker of its op; the bytes between steps stay here.
 func (p *Pool) transform(ctx context.Context, a *attempt) (resp *tandemv1.TransformResponse, err error) {
 	j := a.rec.Job
 	payload, err := p.Store.LoadPayload(ctx, a.inline, a.object)
@@ -266,14 +288,103 @@ func (p *Pool) transform(ctx context.Context, a *attempt) (resp *tandemv1.Transf
 	if err := p.fault("worker.before_compute"); err != nil {
 		return nil, err
 	}
-	op := firstOp(j)
+	tp := a.msg.Headers().Get(tracectx.Header)
+	steps := j.GetSteps()
+	data, contentType := payload, ""
+	for i := 0; i < len(steps); {
+		if p.Workers != nil && p.Workers.Serves(steps[i].GetOp()) {
+			idx := i
+			out, err := p.Workers.Call(ctx, workers.Step{JobID: j.GetId(), Attempt: a.number, Index: i, Step: steps[i], Input: data,
+				Traceparent: tp, InlineLimit: p.Store.InlineLimit,
+				OnProgress: func(f float64, m string) { p.progress(ctx, a, idx, f, m) }})
+			if err != nil {
+				return nil, err
+			}
+			data, contentType = out.Data, out.ContentType
+			i++
+			continue
+		}
+		k := i
+		for k < len(steps) && (p.Workers == nil || !p.Workers.Serves(steps[k].GetOp())) {
+			k++
+		}
+		r, err := p.callCompute(tracectx.Outgoing(ctx, tp), steps[i:k], data, j.GetId(), a.number)
+		if err != nil {
+			return nil, offsetStep(err, i)
+		}
+		data, contentType = r.GetOutput(), r.GetContentType()
+		i = k
+	}
+	return &tandemv1.TransformResponse{Output: data, ContentType: contentType}, nil
+}
+
+// offsetStep renumbers the step a compute error names from its segment to the pipeline.
+func offsetStep(err error, offset int) error {
+	if offset == 0 {
+		return err
+	}
+	e := apierr.From(err)
+	if v, ok := e.Metadata[apierr.KeyStep]; ok {
+		if n, perr := strconv.Atoi(v); perr == nil {
+			md := maps.Clone(e.Metadata)
+			md[apierr.KeyStep] = strconv.Itoa(n + offset)
+			c := *e
+			c.Metadata = md
+			if provider.IsUnreachable(err) {
+				return fmt.Errorf("%w: %w", provider.ErrUnreachable, &c)
+			}
+			return &c
+		}
+	}
+	return err
+}
+
+func (p *Pool) callCompute(ctx context.Context, steps []*tandemv1.Step, input []byte, jobID string, attempt uint32) (*tandemv1.TransformResponse, error) {
+	op := steps[0].GetOp()
 	start := time.Now()
-	ctx = tracectx.Outgoing(ctx, a.msg.Headers().Get(tracectx.Header))
-	resp, err = p.Compute.Transform(ctx, &tandemv1.TransformRequest{Steps: j.GetSteps(), Input: payload, JobId: j.GetId(), Attempt: a.number})
+	resp, err := p.Compute.Transform(ctx, &tandemv1.TransformRequest{Steps: steps, Input: input, JobId: jobID, Attempt: attempt})
 	p.Metrics.ComputeLatency.WithLabelValues(op).Observe(time.Since(start).Seconds())
-	p.Metrics.ComputeBytes.WithLabelValues(op, "in").Add(float64(len(payload)))
+	p.Metrics.ComputeBytes.WithLabelValues(op, "in").Add(float64(len(input)))
 	if err == nil {
 		p.Metrics.ComputeBytes.WithLabelValues(op, "out").Add(float64(len(resp.GetOutput())))
 	}
 	return resp, err
+}
+
+// progressEvery bounds how often a step's progress is written to the record.
+const progressEvery = time.Second
+
+// progress records a running step's progress in the job record (at most
+// once per progressEvery, fenced like every write of the attempt) and
+// announces it. Called from the executing goroutine only, so a.rec stays
+// the executor's own current copy.
+func (p *Pool) progress(ctx context.Context, a *attempt, step int, fraction float64, message string) {
+	if time.Since(a.lastProgress) < progressEvery && fraction < 1 {
+		return
+	}
+	a.lastProgress = time.Now()
+	for range 3 {
+		cur := a.rec.Job
+		if cur.GetState() != tandemv1.JobState_JOB_STATE_RUNNING || cur.GetAttempt() != a.number {
+			return
+		}
+		next := proto.Clone(cur).(*tandemv1.Job)
+		next.Progress = &tandemv1.Progress{Step: uint32(step), Fraction: fraction, Message: message, UpdatedAt: jobstore.Now()}
+		try := &jobstore.Record{Job: next, Rev: a.rec.Rev}
+		err := p.Store.Update(ctx, try)
+		if errors.Is(err, jobstore.ErrConflict) {
+			fresh, gerr := p.Store.Get(ctx, cur.GetId())
+			if gerr != nil {
+				return
+			}
+			*a.rec = *fresh
+			continue
+		}
+		if err != nil {
+			return // progress is best effort; the step goes on
+		}
+		*a.rec = *try
+		p.Store.PublishEvent(next, try.Rev)
+		return
+	}
 }

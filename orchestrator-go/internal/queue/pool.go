@@ -21,6 +21,7 @@ import (
 	"github.com/tandem/tandem/orchestrator-go/internal/config"
 	"github.com/tandem/tandem/orchestrator-go/internal/jobstore"
 	"github.com/tandem/tandem/orchestrator-go/internal/metrics"
+	"github.com/tandem/tandem/orchestrator-go/internal/workers"
 )
 
 // Deps are what a pool needs from the orchestrator.
@@ -32,6 +33,8 @@ type Deps struct {
 	Log      *slog.Logger
 	WorkerID string // recorded in each Attempt
 	Running  *Running
+	// Workers runs steps of ops registered by op workers (nil: none).
+	Workers *workers.Registry
 	// Fault, when set, is called at named points of the worker (tests only).
 	Fault func(point string) error
 }

@@ -30,12 +30,16 @@ func (p *Pool) report(a *attempt, res result, oc outcome) {
 		}
 		p.handBack(ctx, a, oc.delay)
 	case verdictSucceed:
-		if err := p.Store.AttachResult(ctx, j, res.resp.GetOutput(), res.resp.GetContentType()); err != nil {
+		// The result goes on a scratch copy and into the record inside the
+		// CAS loop, so a re-read after a conflict cannot lose it.
+		scratch := &tandemv1.Job{Id: j.GetId(), Queue: j.GetQueue()}
+		if err := p.Store.AttachResult(ctx, scratch, res.resp.GetOutput(), res.resp.GetContentType()); err != nil {
 			a.log.Warn("storing result failed; retrying", "err", err)
 			p.handBack(ctx, a, time.Second)
 			return
 		}
 		p.finish(ctx, a, func(j *tandemv1.Job) settle {
+			j.Result, j.ResultSize, j.ResultContentType = scratch.GetResult(), scratch.GetResultSize(), scratch.GetResultContentType()
 			j.State = tandemv1.JobState_JOB_STATE_SUCCEEDED
 			j.FinishedAt = jobstore.Now()
 			j.LastError = nil

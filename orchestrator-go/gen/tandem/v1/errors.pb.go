@@ -57,6 +57,9 @@ const (
 	// The request itself is malformed: empty pipeline, missing field,
 	// too many steps or jobs in one call.
 	ErrorReason_REQUEST_INVALID ErrorReason = 7
+	// A user's op rejected its input for good (it raised
+	// tandem.PermanentError): never retried.
+	ErrorReason_OP_FAILED ErrorReason = 8
 	// NOT_FOUND: the named queue is not configured.
 	ErrorReason_QUEUE_NOT_FOUND ErrorReason = 20
 	// RESOURCE_EXHAUSTED: the queue holds max_depth jobs; retry after the hint.
@@ -83,6 +86,15 @@ const (
 	ErrorReason_TIMEOUT ErrorReason = 43
 	// UNAVAILABLE: the service is draining for shutdown.
 	ErrorReason_SHUTTING_DOWN ErrorReason = 44
+	// UNAVAILABLE: no live op worker serves the op (a registered op whose
+	// workers are all gone). The job waits, its attempts untouched.
+	ErrorReason_OP_UNAVAILABLE ErrorReason = 45
+	// UNAVAILABLE: the op worker running a step stopped sending heartbeats
+	// (killed, frozen, cut off). The attempt counts; the job is retried.
+	ErrorReason_WORKER_LOST ErrorReason = 46
+	// UNKNOWN: a user's op raised an exception other than tandem.PermanentError
+	// (its type and message are the error's message). Retried.
+	ErrorReason_OP_ERROR ErrorReason = 47
 	// CANCELLED: the job or call was cancelled.
 	ErrorReason_CANCELLED ErrorReason = 60
 	// INTERNAL: a bug, e.g. a panic inside an op. Retried by the orchestrator.
@@ -102,6 +114,7 @@ var (
 		5:  "INPUT_CORRUPT",
 		6:  "OUTPUT_TOO_LARGE",
 		7:  "REQUEST_INVALID",
+		8:  "OP_FAILED",
 		20: "QUEUE_NOT_FOUND",
 		21: "QUEUE_FULL",
 		22: "JOB_NOT_FOUND",
@@ -113,6 +126,9 @@ var (
 		42: "BROKER_UNAVAILABLE",
 		43: "TIMEOUT",
 		44: "SHUTTING_DOWN",
+		45: "OP_UNAVAILABLE",
+		46: "WORKER_LOST",
+		47: "OP_ERROR",
 		60: "CANCELLED",
 		61: "INTERNAL_ERROR",
 		62: "INJECTED_FAULT",
@@ -126,6 +142,7 @@ var (
 		"INPUT_CORRUPT":            5,
 		"OUTPUT_TOO_LARGE":         6,
 		"REQUEST_INVALID":          7,
+		"OP_FAILED":                8,
 		"QUEUE_NOT_FOUND":          20,
 		"QUEUE_FULL":               21,
 		"JOB_NOT_FOUND":            22,
@@ -137,6 +154,9 @@ var (
 		"BROKER_UNAVAILABLE":       42,
 		"TIMEOUT":                  43,
 		"SHUTTING_DOWN":            44,
+		"OP_UNAVAILABLE":           45,
+		"WORKER_LOST":              46,
+		"OP_ERROR":                 47,
 		"CANCELLED":                60,
 		"INTERNAL_ERROR":           61,
 		"INJECTED_FAULT":           62,
@@ -344,7 +364,7 @@ const file_tandem_v1_errors_proto_rawDesc = "" +
 	"\bmetadata\x18\x04 \x03(\v2\x1e.tandem.v1.Error.MetadataEntryR\bmetadata\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\xa4\a\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\xb9\b\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12&\n" +
 	"\n" +
@@ -361,6 +381,8 @@ const file_tandem_v1_errors_proto_rawDesc = "" +
 	"\x10OUTPUT_TOO_LARGE\x10\x06\x1a\x16\x82\x80\x19\x12\n" +
 	"\x10INVALID_ARGUMENT\x12+\n" +
 	"\x0fREQUEST_INVALID\x10\a\x1a\x16\x82\x80\x19\x12\n" +
+	"\x10INVALID_ARGUMENT\x12%\n" +
+	"\tOP_FAILED\x10\b\x1a\x16\x82\x80\x19\x12\n" +
 	"\x10INVALID_ARGUMENT\x12$\n" +
 	"\x0fQUEUE_NOT_FOUND\x10\x14\x1a\x0f\x82\x80\x19\v\n" +
 	"\tNOT_FOUND\x12*\n" +
@@ -385,7 +407,13 @@ const file_tandem_v1_errors_proto_rawDesc = "" +
 	"\aTIMEOUT\x10+\x1a\x19\x82\x80\x19\x15\n" +
 	"\x11DEADLINE_EXCEEDED\x10\x01\x12&\n" +
 	"\rSHUTTING_DOWN\x10,\x1a\x13\x82\x80\x19\x0f\n" +
-	"\vUNAVAILABLE\x10\x01\x12\x1e\n" +
+	"\vUNAVAILABLE\x10\x01\x12'\n" +
+	"\x0eOP_UNAVAILABLE\x10-\x1a\x13\x82\x80\x19\x0f\n" +
+	"\vUNAVAILABLE\x10\x01\x12$\n" +
+	"\vWORKER_LOST\x10.\x1a\x13\x82\x80\x19\x0f\n" +
+	"\vUNAVAILABLE\x10\x01\x12\x1d\n" +
+	"\bOP_ERROR\x10/\x1a\x0f\x82\x80\x19\v\n" +
+	"\aUNKNOWN\x10\x01\x12\x1e\n" +
 	"\tCANCELLED\x10<\x1a\x0f\x82\x80\x19\v\n" +
 	"\tCANCELLED\x12$\n" +
 	"\x0eINTERNAL_ERROR\x10=\x1a\x10\x82\x80\x19\f\n" +

@@ -123,7 +123,9 @@ type Job struct {
 	// The result bytes: set only when the request asked for them.
 	Result []byte `protobuf:"bytes,18,opt,name=result,proto3" json:"result,omitempty"`
 	// Per-job timeout applied to each attempt.
-	Timeout       *durationpb.Duration `protobuf:"bytes,19,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	Timeout *durationpb.Duration `protobuf:"bytes,19,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// Progress reported by the running step of a user's op, if any.
+	Progress      *Progress `protobuf:"bytes,20,opt,name=progress,proto3" json:"progress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -291,6 +293,85 @@ func (x *Job) GetTimeout() *durationpb.Duration {
 	return nil
 }
 
+func (x *Job) GetProgress() *Progress {
+	if x != nil {
+		return x.Progress
+	}
+	return nil
+}
+
+// Progress is what a running step last reported.
+type Progress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Which step (index in the pipeline) reported it.
+	Step uint32 `protobuf:"varint,1,opt,name=step,proto3" json:"step,omitempty"`
+	// In [0, 1].
+	Fraction float64 `protobuf:"fixed64,2,opt,name=fraction,proto3" json:"fraction,omitempty"`
+	// A short message (at most 256 bytes).
+	Message       string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Progress) Reset() {
+	*x = Progress{}
+	mi := &file_tandem_v1_jobs_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Progress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Progress) ProtoMessage() {}
+
+func (x *Progress) ProtoReflect() protoreflect.Message {
+	mi := &file_tandem_v1_jobs_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Progress.ProtoReflect.Descriptor instead.
+func (*Progress) Descriptor() ([]byte, []int) {
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Progress) GetStep() uint32 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *Progress) GetFraction() float64 {
+	if x != nil {
+		return x.Fraction
+	}
+	return 0
+}
+
+func (x *Progress) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *Progress) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
 // Attempt is one run of a job.
 type Attempt struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -307,7 +388,7 @@ type Attempt struct {
 
 func (x *Attempt) Reset() {
 	*x = Attempt{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[1]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -319,7 +400,7 @@ func (x *Attempt) String() string {
 func (*Attempt) ProtoMessage() {}
 
 func (x *Attempt) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[1]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -332,7 +413,7 @@ func (x *Attempt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attempt.ProtoReflect.Descriptor instead.
 func (*Attempt) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{1}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Attempt) GetNumber() uint32 {
@@ -394,7 +475,7 @@ type SubmitJobRequest struct {
 
 func (x *SubmitJobRequest) Reset() {
 	*x = SubmitJobRequest{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[2]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -406,7 +487,7 @@ func (x *SubmitJobRequest) String() string {
 func (*SubmitJobRequest) ProtoMessage() {}
 
 func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[2]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -419,7 +500,7 @@ func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobRequest.ProtoReflect.Descriptor instead.
 func (*SubmitJobRequest) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{2}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SubmitJobRequest) GetQueue() string {
@@ -482,7 +563,7 @@ type SubmitJobResponse struct {
 
 func (x *SubmitJobResponse) Reset() {
 	*x = SubmitJobResponse{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[3]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -494,7 +575,7 @@ func (x *SubmitJobResponse) String() string {
 func (*SubmitJobResponse) ProtoMessage() {}
 
 func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[3]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -507,7 +588,7 @@ func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobResponse.ProtoReflect.Descriptor instead.
 func (*SubmitJobResponse) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{3}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SubmitJobResponse) GetJob() *Job {
@@ -533,7 +614,7 @@ type SubmitJobsRequest struct {
 
 func (x *SubmitJobsRequest) Reset() {
 	*x = SubmitJobsRequest{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[4]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -545,7 +626,7 @@ func (x *SubmitJobsRequest) String() string {
 func (*SubmitJobsRequest) ProtoMessage() {}
 
 func (x *SubmitJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[4]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -558,7 +639,7 @@ func (x *SubmitJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobsRequest.ProtoReflect.Descriptor instead.
 func (*SubmitJobsRequest) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{4}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SubmitJobsRequest) GetJobs() []*SubmitJobRequest {
@@ -578,7 +659,7 @@ type SubmitJobsResponse struct {
 
 func (x *SubmitJobsResponse) Reset() {
 	*x = SubmitJobsResponse{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[5]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -590,7 +671,7 @@ func (x *SubmitJobsResponse) String() string {
 func (*SubmitJobsResponse) ProtoMessage() {}
 
 func (x *SubmitJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[5]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -603,7 +684,7 @@ func (x *SubmitJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobsResponse.ProtoReflect.Descriptor instead.
 func (*SubmitJobsResponse) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{5}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SubmitJobsResponse) GetResults() []*SubmitJobsResult {
@@ -626,7 +707,7 @@ type SubmitJobsResult struct {
 
 func (x *SubmitJobsResult) Reset() {
 	*x = SubmitJobsResult{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[6]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -638,7 +719,7 @@ func (x *SubmitJobsResult) String() string {
 func (*SubmitJobsResult) ProtoMessage() {}
 
 func (x *SubmitJobsResult) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[6]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -651,7 +732,7 @@ func (x *SubmitJobsResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobsResult.ProtoReflect.Descriptor instead.
 func (*SubmitJobsResult) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{6}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SubmitJobsResult) GetOutcome() isSubmitJobsResult_Outcome {
@@ -710,7 +791,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[7]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -722,7 +803,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[7]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -735,7 +816,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{7}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetJobRequest) GetJobId() string {
@@ -761,7 +842,7 @@ type GetJobResponse struct {
 
 func (x *GetJobResponse) Reset() {
 	*x = GetJobResponse{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[8]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -773,7 +854,7 @@ func (x *GetJobResponse) String() string {
 func (*GetJobResponse) ProtoMessage() {}
 
 func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[8]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -786,7 +867,7 @@ func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobResponse.ProtoReflect.Descriptor instead.
 func (*GetJobResponse) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{8}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetJobResponse) GetJob() *Job {
@@ -811,7 +892,7 @@ type WatchJobsRequest struct {
 
 func (x *WatchJobsRequest) Reset() {
 	*x = WatchJobsRequest{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[9]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -823,7 +904,7 @@ func (x *WatchJobsRequest) String() string {
 func (*WatchJobsRequest) ProtoMessage() {}
 
 func (x *WatchJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[9]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -836,7 +917,7 @@ func (x *WatchJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchJobsRequest.ProtoReflect.Descriptor instead.
 func (*WatchJobsRequest) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{9}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *WatchJobsRequest) GetJobIds() []string {
@@ -870,7 +951,7 @@ type WatchJobsResponse struct {
 
 func (x *WatchJobsResponse) Reset() {
 	*x = WatchJobsResponse{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[10]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -882,7 +963,7 @@ func (x *WatchJobsResponse) String() string {
 func (*WatchJobsResponse) ProtoMessage() {}
 
 func (x *WatchJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[10]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -895,7 +976,7 @@ func (x *WatchJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchJobsResponse.ProtoReflect.Descriptor instead.
 func (*WatchJobsResponse) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{10}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *WatchJobsResponse) GetJob() *Job {
@@ -918,7 +999,7 @@ type CancelJobRequest struct {
 
 func (x *CancelJobRequest) Reset() {
 	*x = CancelJobRequest{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[11]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -930,7 +1011,7 @@ func (x *CancelJobRequest) String() string {
 func (*CancelJobRequest) ProtoMessage() {}
 
 func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[11]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -943,7 +1024,7 @@ func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelJobRequest) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{11}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CancelJobRequest) GetJobId() string {
@@ -962,7 +1043,7 @@ type CancelJobResponse struct {
 
 func (x *CancelJobResponse) Reset() {
 	*x = CancelJobResponse{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[12]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -974,7 +1055,7 @@ func (x *CancelJobResponse) String() string {
 func (*CancelJobResponse) ProtoMessage() {}
 
 func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[12]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -987,7 +1068,7 @@ func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobResponse.ProtoReflect.Descriptor instead.
 func (*CancelJobResponse) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{12}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CancelJobResponse) GetJob() *Job {
@@ -1008,7 +1089,7 @@ type ListDeadLettersRequest struct {
 
 func (x *ListDeadLettersRequest) Reset() {
 	*x = ListDeadLettersRequest{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[13]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1020,7 +1101,7 @@ func (x *ListDeadLettersRequest) String() string {
 func (*ListDeadLettersRequest) ProtoMessage() {}
 
 func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[13]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1033,7 +1114,7 @@ func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{13}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListDeadLettersRequest) GetQueue() string {
@@ -1061,7 +1142,7 @@ type ListDeadLettersResponse struct {
 
 func (x *ListDeadLettersResponse) Reset() {
 	*x = ListDeadLettersResponse{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[14]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1073,7 +1154,7 @@ func (x *ListDeadLettersResponse) String() string {
 func (*ListDeadLettersResponse) ProtoMessage() {}
 
 func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[14]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1086,7 +1167,7 @@ func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{14}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListDeadLettersResponse) GetJobs() []*Job {
@@ -1116,7 +1197,7 @@ type RetryDeadLettersRequest struct {
 
 func (x *RetryDeadLettersRequest) Reset() {
 	*x = RetryDeadLettersRequest{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[15]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1128,7 +1209,7 @@ func (x *RetryDeadLettersRequest) String() string {
 func (*RetryDeadLettersRequest) ProtoMessage() {}
 
 func (x *RetryDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[15]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1141,7 +1222,7 @@ func (x *RetryDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*RetryDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{15}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RetryDeadLettersRequest) GetQueue() string {
@@ -1174,7 +1255,7 @@ type RetryDeadLettersResponse struct {
 
 func (x *RetryDeadLettersResponse) Reset() {
 	*x = RetryDeadLettersResponse{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[16]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1186,7 +1267,7 @@ func (x *RetryDeadLettersResponse) String() string {
 func (*RetryDeadLettersResponse) ProtoMessage() {}
 
 func (x *RetryDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[16]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1199,7 +1280,7 @@ func (x *RetryDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*RetryDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{16}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RetryDeadLettersResponse) GetRetriedJobIds() []string {
@@ -1221,7 +1302,7 @@ type PurgeDeadLettersRequest struct {
 
 func (x *PurgeDeadLettersRequest) Reset() {
 	*x = PurgeDeadLettersRequest{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[17]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1233,7 +1314,7 @@ func (x *PurgeDeadLettersRequest) String() string {
 func (*PurgeDeadLettersRequest) ProtoMessage() {}
 
 func (x *PurgeDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[17]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1246,7 +1327,7 @@ func (x *PurgeDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*PurgeDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{17}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PurgeDeadLettersRequest) GetQueue() string {
@@ -1279,7 +1360,7 @@ type PurgeDeadLettersResponse struct {
 
 func (x *PurgeDeadLettersResponse) Reset() {
 	*x = PurgeDeadLettersResponse{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[18]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1291,7 +1372,7 @@ func (x *PurgeDeadLettersResponse) String() string {
 func (*PurgeDeadLettersResponse) ProtoMessage() {}
 
 func (x *PurgeDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[18]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1304,7 +1385,7 @@ func (x *PurgeDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*PurgeDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{18}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PurgeDeadLettersResponse) GetPurged() uint64 {
@@ -1322,7 +1403,7 @@ type ListQueuesRequest struct {
 
 func (x *ListQueuesRequest) Reset() {
 	*x = ListQueuesRequest{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[19]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1334,7 +1415,7 @@ func (x *ListQueuesRequest) String() string {
 func (*ListQueuesRequest) ProtoMessage() {}
 
 func (x *ListQueuesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[19]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1347,7 +1428,7 @@ func (x *ListQueuesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListQueuesRequest.ProtoReflect.Descriptor instead.
 func (*ListQueuesRequest) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{19}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{20}
 }
 
 type ListQueuesResponse struct {
@@ -1359,7 +1440,7 @@ type ListQueuesResponse struct {
 
 func (x *ListQueuesResponse) Reset() {
 	*x = ListQueuesResponse{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[20]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1371,7 +1452,7 @@ func (x *ListQueuesResponse) String() string {
 func (*ListQueuesResponse) ProtoMessage() {}
 
 func (x *ListQueuesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[20]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1384,7 +1465,7 @@ func (x *ListQueuesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListQueuesResponse.ProtoReflect.Descriptor instead.
 func (*ListQueuesResponse) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{20}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListQueuesResponse) GetQueues() []*QueueInfo {
@@ -1420,7 +1501,7 @@ type QueueInfo struct {
 
 func (x *QueueInfo) Reset() {
 	*x = QueueInfo{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[21]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1432,7 +1513,7 @@ func (x *QueueInfo) String() string {
 func (*QueueInfo) ProtoMessage() {}
 
 func (x *QueueInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[21]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1445,7 +1526,7 @@ func (x *QueueInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueInfo.ProtoReflect.Descriptor instead.
 func (*QueueInfo) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{21}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *QueueInfo) GetName() string {
@@ -1548,7 +1629,7 @@ type PauseQueueRequest struct {
 
 func (x *PauseQueueRequest) Reset() {
 	*x = PauseQueueRequest{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[22]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1560,7 +1641,7 @@ func (x *PauseQueueRequest) String() string {
 func (*PauseQueueRequest) ProtoMessage() {}
 
 func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[22]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1573,7 +1654,7 @@ func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueRequest.ProtoReflect.Descriptor instead.
 func (*PauseQueueRequest) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{22}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PauseQueueRequest) GetQueue() string {
@@ -1592,7 +1673,7 @@ type PauseQueueResponse struct {
 
 func (x *PauseQueueResponse) Reset() {
 	*x = PauseQueueResponse{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[23]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1604,7 +1685,7 @@ func (x *PauseQueueResponse) String() string {
 func (*PauseQueueResponse) ProtoMessage() {}
 
 func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[23]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1617,7 +1698,7 @@ func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueResponse.ProtoReflect.Descriptor instead.
 func (*PauseQueueResponse) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{23}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PauseQueueResponse) GetQueue() *QueueInfo {
@@ -1636,7 +1717,7 @@ type ResumeQueueRequest struct {
 
 func (x *ResumeQueueRequest) Reset() {
 	*x = ResumeQueueRequest{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[24]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1648,7 +1729,7 @@ func (x *ResumeQueueRequest) String() string {
 func (*ResumeQueueRequest) ProtoMessage() {}
 
 func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[24]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1661,7 +1742,7 @@ func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueRequest.ProtoReflect.Descriptor instead.
 func (*ResumeQueueRequest) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{24}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ResumeQueueRequest) GetQueue() string {
@@ -1680,7 +1761,7 @@ type ResumeQueueResponse struct {
 
 func (x *ResumeQueueResponse) Reset() {
 	*x = ResumeQueueResponse{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[25]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1692,7 +1773,7 @@ func (x *ResumeQueueResponse) String() string {
 func (*ResumeQueueResponse) ProtoMessage() {}
 
 func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[25]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1705,7 +1786,7 @@ func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueResponse.ProtoReflect.Descriptor instead.
 func (*ResumeQueueResponse) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{25}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ResumeQueueResponse) GetQueue() *QueueInfo {
@@ -1719,7 +1800,7 @@ var File_tandem_v1_jobs_proto protoreflect.FileDescriptor
 
 const file_tandem_v1_jobs_proto_rawDesc = "" +
 	"\n" +
-	"\x14tandem/v1/jobs.proto\x12\ttandem.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17tandem/v1/compute.proto\x1a\x16tandem/v1/errors.proto\"\xe2\x06\n" +
+	"\x14tandem/v1/jobs.proto\x12\ttandem.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17tandem/v1/compute.proto\x1a\x16tandem/v1/errors.proto\x1a\x16tandem/v1/worker.proto\"\x93\a\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\tR\x05queue\x12)\n" +
@@ -1746,10 +1827,17 @@ const file_tandem_v1_jobs_proto_rawDesc = "" +
 	"resultSize\x12.\n" +
 	"\x13result_content_type\x18\x11 \x01(\tR\x11resultContentType\x12\x16\n" +
 	"\x06result\x18\x12 \x01(\fR\x06result\x123\n" +
-	"\atimeout\x18\x13 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x1a9\n" +
+	"\atimeout\x18\x13 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12/\n" +
+	"\bprogress\x18\x14 \x01(\v2\x13.tandem.v1.ProgressR\bprogress\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd9\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8f\x01\n" +
+	"\bProgress\x12\x12\n" +
+	"\x04step\x18\x01 \x01(\rR\x04step\x12\x1a\n" +
+	"\bfraction\x18\x02 \x01(\x01R\bfraction\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x129\n" +
+	"\n" +
+	"updated_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xd9\x01\n" +
 	"\aAttempt\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\rR\x06number\x129\n" +
 	"\n" +
@@ -1851,7 +1939,7 @@ const file_tandem_v1_jobs_proto_rawDesc = "" +
 	"\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n" +
 	"\x10JOB_STATE_FAILED\x10\x05\x12\x12\n" +
 	"\x0eJOB_STATE_DEAD\x10\x06\x12\x17\n" +
-	"\x13JOB_STATE_CANCELLED\x10\a2\xe8\x06\n" +
+	"\x13JOB_STATE_CANCELLED\x10\a2\xb6\a\n" +
 	"\n" +
 	"JobService\x12F\n" +
 	"\tSubmitJob\x12\x1b.tandem.v1.SubmitJobRequest\x1a\x1c.tandem.v1.SubmitJobResponse\x12I\n" +
@@ -1867,7 +1955,8 @@ const file_tandem_v1_jobs_proto_rawDesc = "" +
 	"ListQueues\x12\x1c.tandem.v1.ListQueuesRequest\x1a\x1d.tandem.v1.ListQueuesResponse\x12I\n" +
 	"\n" +
 	"PauseQueue\x12\x1c.tandem.v1.PauseQueueRequest\x1a\x1d.tandem.v1.PauseQueueResponse\x12L\n" +
-	"\vResumeQueue\x12\x1d.tandem.v1.ResumeQueueRequest\x1a\x1e.tandem.v1.ResumeQueueResponseBAZ?github.com/tandem/tandem/orchestrator-go/gen/tandem/v1;tandemv1b\x06proto3"
+	"\vResumeQueue\x12\x1d.tandem.v1.ResumeQueueRequest\x1a\x1e.tandem.v1.ResumeQueueResponse\x12L\n" +
+	"\vListWorkers\x12\x1d.tandem.v1.ListWorkersRequest\x1a\x1e.tandem.v1.ListWorkersResponseBAZ?github.com/tandem/tandem/orchestrator-go/gen/tandem/v1;tandemv1b\x06proto3"
 
 var (
 	file_tandem_v1_jobs_proto_rawDescOnce sync.Once
@@ -1882,99 +1971,106 @@ func file_tandem_v1_jobs_proto_rawDescGZIP() []byte {
 }
 
 var file_tandem_v1_jobs_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tandem_v1_jobs_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_tandem_v1_jobs_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_tandem_v1_jobs_proto_goTypes = []any{
 	(JobState)(0),                    // 0: tandem.v1.JobState
 	(*Job)(nil),                      // 1: tandem.v1.Job
-	(*Attempt)(nil),                  // 2: tandem.v1.Attempt
-	(*SubmitJobRequest)(nil),         // 3: tandem.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),        // 4: tandem.v1.SubmitJobResponse
-	(*SubmitJobsRequest)(nil),        // 5: tandem.v1.SubmitJobsRequest
-	(*SubmitJobsResponse)(nil),       // 6: tandem.v1.SubmitJobsResponse
-	(*SubmitJobsResult)(nil),         // 7: tandem.v1.SubmitJobsResult
-	(*GetJobRequest)(nil),            // 8: tandem.v1.GetJobRequest
-	(*GetJobResponse)(nil),           // 9: tandem.v1.GetJobResponse
-	(*WatchJobsRequest)(nil),         // 10: tandem.v1.WatchJobsRequest
-	(*WatchJobsResponse)(nil),        // 11: tandem.v1.WatchJobsResponse
-	(*CancelJobRequest)(nil),         // 12: tandem.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),        // 13: tandem.v1.CancelJobResponse
-	(*ListDeadLettersRequest)(nil),   // 14: tandem.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil),  // 15: tandem.v1.ListDeadLettersResponse
-	(*RetryDeadLettersRequest)(nil),  // 16: tandem.v1.RetryDeadLettersRequest
-	(*RetryDeadLettersResponse)(nil), // 17: tandem.v1.RetryDeadLettersResponse
-	(*PurgeDeadLettersRequest)(nil),  // 18: tandem.v1.PurgeDeadLettersRequest
-	(*PurgeDeadLettersResponse)(nil), // 19: tandem.v1.PurgeDeadLettersResponse
-	(*ListQueuesRequest)(nil),        // 20: tandem.v1.ListQueuesRequest
-	(*ListQueuesResponse)(nil),       // 21: tandem.v1.ListQueuesResponse
-	(*QueueInfo)(nil),                // 22: tandem.v1.QueueInfo
-	(*PauseQueueRequest)(nil),        // 23: tandem.v1.PauseQueueRequest
-	(*PauseQueueResponse)(nil),       // 24: tandem.v1.PauseQueueResponse
-	(*ResumeQueueRequest)(nil),       // 25: tandem.v1.ResumeQueueRequest
-	(*ResumeQueueResponse)(nil),      // 26: tandem.v1.ResumeQueueResponse
-	nil,                              // 27: tandem.v1.Job.LabelsEntry
-	nil,                              // 28: tandem.v1.SubmitJobRequest.LabelsEntry
-	(*Step)(nil),                     // 29: tandem.v1.Step
-	(*timestamppb.Timestamp)(nil),    // 30: google.protobuf.Timestamp
-	(*Error)(nil),                    // 31: tandem.v1.Error
-	(*durationpb.Duration)(nil),      // 32: google.protobuf.Duration
+	(*Progress)(nil),                 // 2: tandem.v1.Progress
+	(*Attempt)(nil),                  // 3: tandem.v1.Attempt
+	(*SubmitJobRequest)(nil),         // 4: tandem.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),        // 5: tandem.v1.SubmitJobResponse
+	(*SubmitJobsRequest)(nil),        // 6: tandem.v1.SubmitJobsRequest
+	(*SubmitJobsResponse)(nil),       // 7: tandem.v1.SubmitJobsResponse
+	(*SubmitJobsResult)(nil),         // 8: tandem.v1.SubmitJobsResult
+	(*GetJobRequest)(nil),            // 9: tandem.v1.GetJobRequest
+	(*GetJobResponse)(nil),           // 10: tandem.v1.GetJobResponse
+	(*WatchJobsRequest)(nil),         // 11: tandem.v1.WatchJobsRequest
+	(*WatchJobsResponse)(nil),        // 12: tandem.v1.WatchJobsResponse
+	(*CancelJobRequest)(nil),         // 13: tandem.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),        // 14: tandem.v1.CancelJobResponse
+	(*ListDeadLettersRequest)(nil),   // 15: tandem.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil),  // 16: tandem.v1.ListDeadLettersResponse
+	(*RetryDeadLettersRequest)(nil),  // 17: tandem.v1.RetryDeadLettersRequest
+	(*RetryDeadLettersResponse)(nil), // 18: tandem.v1.RetryDeadLettersResponse
+	(*PurgeDeadLettersRequest)(nil),  // 19: tandem.v1.PurgeDeadLettersRequest
+	(*PurgeDeadLettersResponse)(nil), // 20: tandem.v1.PurgeDeadLettersResponse
+	(*ListQueuesRequest)(nil),        // 21: tandem.v1.ListQueuesRequest
+	(*ListQueuesResponse)(nil),       // 22: tandem.v1.ListQueuesResponse
+	(*QueueInfo)(nil),                // 23: tandem.v1.QueueInfo
+	(*PauseQueueRequest)(nil),        // 24: tandem.v1.PauseQueueRequest
+	(*PauseQueueResponse)(nil),       // 25: tandem.v1.PauseQueueResponse
+	(*ResumeQueueRequest)(nil),       // 26: tandem.v1.ResumeQueueRequest
+	(*ResumeQueueResponse)(nil),      // 27: tandem.v1.ResumeQueueResponse
+	nil,                              // 28: tandem.v1.Job.LabelsEntry
+	nil,                              // 29: tandem.v1.SubmitJobRequest.LabelsEntry
+	(*Step)(nil),                     // 30: tandem.v1.Step
+	(*timestamppb.Timestamp)(nil),    // 31: google.protobuf.Timestamp
+	(*Error)(nil),                    // 32: tandem.v1.Error
+	(*durationpb.Duration)(nil),      // 33: google.protobuf.Duration
+	(*ListWorkersRequest)(nil),       // 34: tandem.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),      // 35: tandem.v1.ListWorkersResponse
 }
 var file_tandem_v1_jobs_proto_depIdxs = []int32{
 	0,  // 0: tandem.v1.Job.state:type_name -> tandem.v1.JobState
-	29, // 1: tandem.v1.Job.steps:type_name -> tandem.v1.Step
-	27, // 2: tandem.v1.Job.labels:type_name -> tandem.v1.Job.LabelsEntry
-	30, // 3: tandem.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	30, // 4: tandem.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
-	30, // 5: tandem.v1.Job.started_at:type_name -> google.protobuf.Timestamp
-	30, // 6: tandem.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
-	31, // 7: tandem.v1.Job.last_error:type_name -> tandem.v1.Error
-	2,  // 8: tandem.v1.Job.attempts:type_name -> tandem.v1.Attempt
-	32, // 9: tandem.v1.Job.timeout:type_name -> google.protobuf.Duration
-	30, // 10: tandem.v1.Attempt.started_at:type_name -> google.protobuf.Timestamp
-	30, // 11: tandem.v1.Attempt.finished_at:type_name -> google.protobuf.Timestamp
-	31, // 12: tandem.v1.Attempt.error:type_name -> tandem.v1.Error
-	29, // 13: tandem.v1.SubmitJobRequest.steps:type_name -> tandem.v1.Step
-	32, // 14: tandem.v1.SubmitJobRequest.timeout:type_name -> google.protobuf.Duration
-	28, // 15: tandem.v1.SubmitJobRequest.labels:type_name -> tandem.v1.SubmitJobRequest.LabelsEntry
-	1,  // 16: tandem.v1.SubmitJobResponse.job:type_name -> tandem.v1.Job
-	3,  // 17: tandem.v1.SubmitJobsRequest.jobs:type_name -> tandem.v1.SubmitJobRequest
-	7,  // 18: tandem.v1.SubmitJobsResponse.results:type_name -> tandem.v1.SubmitJobsResult
-	4,  // 19: tandem.v1.SubmitJobsResult.submitted:type_name -> tandem.v1.SubmitJobResponse
-	31, // 20: tandem.v1.SubmitJobsResult.error:type_name -> tandem.v1.Error
-	1,  // 21: tandem.v1.GetJobResponse.job:type_name -> tandem.v1.Job
-	1,  // 22: tandem.v1.WatchJobsResponse.job:type_name -> tandem.v1.Job
-	1,  // 23: tandem.v1.CancelJobResponse.job:type_name -> tandem.v1.Job
-	1,  // 24: tandem.v1.ListDeadLettersResponse.jobs:type_name -> tandem.v1.Job
-	22, // 25: tandem.v1.ListQueuesResponse.queues:type_name -> tandem.v1.QueueInfo
-	32, // 26: tandem.v1.QueueInfo.job_timeout:type_name -> google.protobuf.Duration
-	22, // 27: tandem.v1.PauseQueueResponse.queue:type_name -> tandem.v1.QueueInfo
-	22, // 28: tandem.v1.ResumeQueueResponse.queue:type_name -> tandem.v1.QueueInfo
-	3,  // 29: tandem.v1.JobService.SubmitJob:input_type -> tandem.v1.SubmitJobRequest
-	5,  // 30: tandem.v1.JobService.SubmitJobs:input_type -> tandem.v1.SubmitJobsRequest
-	8,  // 31: tandem.v1.JobService.GetJob:input_type -> tandem.v1.GetJobRequest
-	10, // 32: tandem.v1.JobService.WatchJobs:input_type -> tandem.v1.WatchJobsRequest
-	12, // 33: tandem.v1.JobService.CancelJob:input_type -> tandem.v1.CancelJobRequest
-	14, // 34: tandem.v1.JobService.ListDeadLetters:input_type -> tandem.v1.ListDeadLettersRequest
-	16, // 35: tandem.v1.JobService.RetryDeadLetters:input_type -> tandem.v1.RetryDeadLettersRequest
-	18, // 36: tandem.v1.JobService.PurgeDeadLetters:input_type -> tandem.v1.PurgeDeadLettersRequest
-	20, // 37: tandem.v1.JobService.ListQueues:input_type -> tandem.v1.ListQueuesRequest
-	23, // 38: tandem.v1.JobService.PauseQueue:input_type -> tandem.v1.PauseQueueRequest
-	25, // 39: tandem.v1.JobService.ResumeQueue:input_type -> tandem.v1.ResumeQueueRequest
-	4,  // 40: tandem.v1.JobService.SubmitJob:output_type -> tandem.v1.SubmitJobResponse
-	6,  // 41: tandem.v1.JobService.SubmitJobs:output_type -> tandem.v1.SubmitJobsResponse
-	9,  // 42: tandem.v1.JobService.GetJob:output_type -> tandem.v1.GetJobResponse
-	11, // 43: tandem.v1.JobService.WatchJobs:output_type -> tandem.v1.WatchJobsResponse
-	13, // 44: tandem.v1.JobService.CancelJob:output_type -> tandem.v1.CancelJobResponse
-	15, // 45: tandem.v1.JobService.ListDeadLetters:output_type -> tandem.v1.ListDeadLettersResponse
-	17, // 46: tandem.v1.JobService.RetryDeadLetters:output_type -> tandem.v1.RetryDeadLettersResponse
-	19, // 47: tandem.v1.JobService.PurgeDeadLetters:output_type -> tandem.v1.PurgeDeadLettersResponse
-	21, // 48: tandem.v1.JobService.ListQueues:output_type -> tandem.v1.ListQueuesResponse
-	24, // 49: tandem.v1.JobService.PauseQueue:output_type -> tandem.v1.PauseQueueResponse
-	26, // 50: tandem.v1.JobService.ResumeQueue:output_type -> tandem.v1.ResumeQueueResponse
-	40, // [40:51] is the sub-list for method output_type
-	29, // [29:40] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	30, // 1: tandem.v1.Job.steps:type_name -> tandem.v1.Step
+	28, // 2: tandem.v1.Job.labels:type_name -> tandem.v1.Job.LabelsEntry
+	31, // 3: tandem.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	31, // 4: tandem.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
+	31, // 5: tandem.v1.Job.started_at:type_name -> google.protobuf.Timestamp
+	31, // 6: tandem.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
+	32, // 7: tandem.v1.Job.last_error:type_name -> tandem.v1.Error
+	3,  // 8: tandem.v1.Job.attempts:type_name -> tandem.v1.Attempt
+	33, // 9: tandem.v1.Job.timeout:type_name -> google.protobuf.Duration
+	2,  // 10: tandem.v1.Job.progress:type_name -> tandem.v1.Progress
+	31, // 11: tandem.v1.Progress.updated_at:type_name -> google.protobuf.Timestamp
+	31, // 12: tandem.v1.Attempt.started_at:type_name -> google.protobuf.Timestamp
+	31, // 13: tandem.v1.Attempt.finished_at:type_name -> google.protobuf.Timestamp
+	32, // 14: tandem.v1.Attempt.error:type_name -> tandem.v1.Error
+	30, // 15: tandem.v1.SubmitJobRequest.steps:type_name -> tandem.v1.Step
+	33, // 16: tandem.v1.SubmitJobRequest.timeout:type_name -> google.protobuf.Duration
+	29, // 17: tandem.v1.SubmitJobRequest.labels:type_name -> tandem.v1.SubmitJobRequest.LabelsEntry
+	1,  // 18: tandem.v1.SubmitJobResponse.job:type_name -> tandem.v1.Job
+	4,  // 19: tandem.v1.SubmitJobsRequest.jobs:type_name -> tandem.v1.SubmitJobRequest
+	8,  // 20: tandem.v1.SubmitJobsResponse.results:type_name -> tandem.v1.SubmitJobsResult
+	5,  // 21: tandem.v1.SubmitJobsResult.submitted:type_name -> tandem.v1.SubmitJobResponse
+	32, // 22: tandem.v1.SubmitJobsResult.error:type_name -> tandem.v1.Error
+	1,  // 23: tandem.v1.GetJobResponse.job:type_name -> tandem.v1.Job
+	1,  // 24: tandem.v1.WatchJobsResponse.job:type_name -> tandem.v1.Job
+	1,  // 25: tandem.v1.CancelJobResponse.job:type_name -> tandem.v1.Job
+	1,  // 26: tandem.v1.ListDeadLettersResponse.jobs:type_name -> tandem.v1.Job
+	23, // 27: tandem.v1.ListQueuesResponse.queues:type_name -> tandem.v1.QueueInfo
+	33, // 28: tandem.v1.QueueInfo.job_timeout:type_name -> google.protobuf.Duration
+	23, // 29: tandem.v1.PauseQueueResponse.queue:type_name -> tandem.v1.QueueInfo
+	23, // 30: tandem.v1.ResumeQueueResponse.queue:type_name -> tandem.v1.QueueInfo
+	4,  // 31: tandem.v1.JobService.SubmitJob:input_type -> tandem.v1.SubmitJobRequest
+	6,  // 32: tandem.v1.JobService.SubmitJobs:input_type -> tandem.v1.SubmitJobsRequest
+	9,  // 33: tandem.v1.JobService.GetJob:input_type -> tandem.v1.GetJobRequest
+	11, // 34: tandem.v1.JobService.WatchJobs:input_type -> tandem.v1.WatchJobsRequest
+	13, // 35: tandem.v1.JobService.CancelJob:input_type -> tandem.v1.CancelJobRequest
+	15, // 36: tandem.v1.JobService.ListDeadLetters:input_type -> tandem.v1.ListDeadLettersRequest
+	17, // 37: tandem.v1.JobService.RetryDeadLetters:input_type -> tandem.v1.RetryDeadLettersRequest
+	19, // 38: tandem.v1.JobService.PurgeDeadLetters:input_type -> tandem.v1.PurgeDeadLettersRequest
+	21, // 39: tandem.v1.JobService.ListQueues:input_type -> tandem.v1.ListQueuesRequest
+	24, // 40: tandem.v1.JobService.PauseQueue:input_type -> tandem.v1.PauseQueueRequest
+	26, // 41: tandem.v1.JobService.ResumeQueue:input_type -> tandem.v1.ResumeQueueRequest
+	34, // 42: tandem.v1.JobService.ListWorkers:input_type -> tandem.v1.ListWorkersRequest
+	5,  // 43: tandem.v1.JobService.SubmitJob:output_type -> tandem.v1.SubmitJobResponse
+	7,  // 44: tandem.v1.JobService.SubmitJobs:output_type -> tandem.v1.SubmitJobsResponse
+	10, // 45: tandem.v1.JobService.GetJob:output_type -> tandem.v1.GetJobResponse
+	12, // 46: tandem.v1.JobService.WatchJobs:output_type -> tandem.v1.WatchJobsResponse
+	14, // 47: tandem.v1.JobService.CancelJob:output_type -> tandem.v1.CancelJobResponse
+	16, // 48: tandem.v1.JobService.ListDeadLetters:output_type -> tandem.v1.ListDeadLettersResponse
+	18, // 49: tandem.v1.JobService.RetryDeadLetters:output_type -> tandem.v1.RetryDeadLettersResponse
+	20, // 50: tandem.v1.JobService.PurgeDeadLetters:output_type -> tandem.v1.PurgeDeadLettersResponse
+	22, // 51: tandem.v1.JobService.ListQueues:output_type -> tandem.v1.ListQueuesResponse
+	25, // 52: tandem.v1.JobService.PauseQueue:output_type -> tandem.v1.PauseQueueResponse
+	27, // 53: tandem.v1.JobService.ResumeQueue:output_type -> tandem.v1.ResumeQueueResponse
+	35, // 54: tandem.v1.JobService.ListWorkers:output_type -> tandem.v1.ListWorkersResponse
+	43, // [43:55] is the sub-list for method output_type
+	31, // [31:43] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_tandem_v1_jobs_proto_init() }
@@ -1984,7 +2080,8 @@ func file_tandem_v1_jobs_proto_init() {
 	}
 	file_tandem_v1_compute_proto_init()
 	file_tandem_v1_errors_proto_init()
-	file_tandem_v1_jobs_proto_msgTypes[6].OneofWrappers = []any{
+	file_tandem_v1_worker_proto_init()
+	file_tandem_v1_jobs_proto_msgTypes[7].OneofWrappers = []any{
 		(*SubmitJobsResult_Submitted)(nil),
 		(*SubmitJobsResult_Error)(nil),
 	}
@@ -1994,7 +2091,7 @@ func file_tandem_v1_jobs_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tandem_v1_jobs_proto_rawDesc), len(file_tandem_v1_jobs_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   28,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,7 @@ const (
 	JobService_ListQueues_FullMethodName       = "/tandem.v1.JobService/ListQueues"
 	JobService_PauseQueue_FullMethodName       = "/tandem.v1.JobService/PauseQueue"
 	JobService_ResumeQueue_FullMethodName      = "/tandem.v1.JobService/ResumeQueue"
+	JobService_ListWorkers_FullMethodName      = "/tandem.v1.JobService/ListWorkers"
 )
 
 // JobServiceClient is the client API for JobService service.
@@ -72,6 +73,9 @@ type JobServiceClient interface {
 	PauseQueue(ctx context.Context, in *PauseQueueRequest, opts ...grpc.CallOption) (*PauseQueueResponse, error)
 	// ResumeQueue undoes PauseQueue.
 	ResumeQueue(ctx context.Context, in *ResumeQueueRequest, opts ...grpc.CallOption) (*ResumeQueueResponse, error)
+	// ListWorkers lists the live op workers (`tandem worker`), their ops,
+	// concurrency, in-flight steps and last heartbeat.
+	ListWorkers(ctx context.Context, in *ListWorkersRequest, opts ...grpc.CallOption) (*ListWorkersResponse, error)
 }
 
 type jobServiceClient struct {
@@ -201,6 +205,16 @@ func (c *jobServiceClient) ResumeQueue(ctx context.Context, in *ResumeQueueReque
 	return out, nil
 }
 
+func (c *jobServiceClient) ListWorkers(ctx context.Context, in *ListWorkersRequest, opts ...grpc.CallOption) (*ListWorkersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListWorkersResponse)
+	err := c.cc.Invoke(ctx, JobService_ListWorkers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // JobServiceServer is the server API for JobService service.
 // All implementations must embed UnimplementedJobServiceServer
 // for forward compatibility.
@@ -241,6 +255,9 @@ type JobServiceServer interface {
 	PauseQueue(context.Context, *PauseQueueRequest) (*PauseQueueResponse, error)
 	// ResumeQueue undoes PauseQueue.
 	ResumeQueue(context.Context, *ResumeQueueRequest) (*ResumeQueueResponse, error)
+	// ListWorkers lists the live op workers (`tandem worker`), their ops,
+	// concurrency, in-flight steps and last heartbeat.
+	ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error)
 	mustEmbedUnimplementedJobServiceServer()
 }
 
@@ -283,6 +300,9 @@ func (UnimplementedJobServiceServer) PauseQueue(context.Context, *PauseQueueRequ
 }
 func (UnimplementedJobServiceServer) ResumeQueue(context.Context, *ResumeQueueRequest) (*ResumeQueueResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ResumeQueue not implemented")
+}
+func (UnimplementedJobServiceServer) ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListWorkers not implemented")
 }
 func (UnimplementedJobServiceServer) mustEmbedUnimplementedJobServiceServer() {}
 func (UnimplementedJobServiceServer) testEmbeddedByValue()                    {}
@@ -496,6 +516,24 @@ func _JobService_ResumeQueue_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _JobService_ListWorkers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListWorkersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).ListWorkers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobService_ListWorkers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).ListWorkers(ctx, req.(*ListWorkersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // JobService_ServiceDesc is the grpc.ServiceDesc for JobService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -542,6 +580,10 @@ var JobService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResumeQueue",
 			Handler:    _JobService_ResumeQueue_Handler,
+		},
+		{
+			MethodName: "ListWorkers",
+			Handler:    _JobService_ListWorkers_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -18,6 +18,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INPUT_CORRUPT: _ClassVar[ErrorReason]
     OUTPUT_TOO_LARGE: _ClassVar[ErrorReason]
     REQUEST_INVALID: _ClassVar[ErrorReason]
+    OP_FAILED: _ClassVar[ErrorReason]
     QUEUE_NOT_FOUND: _ClassVar[ErrorReason]
     QUEUE_FULL: _ClassVar[ErrorReason]
     JOB_NOT_FOUND: _ClassVar[ErrorReason]
@@ -29,6 +30,9 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BROKER_UNAVAILABLE: _ClassVar[ErrorReason]
     TIMEOUT: _ClassVar[ErrorReason]
     SHUTTING_DOWN: _ClassVar[ErrorReason]
+    OP_UNAVAILABLE: _ClassVar[ErrorReason]
+    WORKER_LOST: _ClassVar[ErrorReason]
+    OP_ERROR: _ClassVar[ErrorReason]
     CANCELLED: _ClassVar[ErrorReason]
     INTERNAL_ERROR: _ClassVar[ErrorReason]
     INJECTED_FAULT: _ClassVar[ErrorReason]
@@ -40,6 +44,7 @@ PAYLOAD_TOO_LARGE: ErrorReason
 INPUT_CORRUPT: ErrorReason
 OUTPUT_TOO_LARGE: ErrorReason
 REQUEST_INVALID: ErrorReason
+OP_FAILED: ErrorReason
 QUEUE_NOT_FOUND: ErrorReason
 QUEUE_FULL: ErrorReason
 JOB_NOT_FOUND: ErrorReason
@@ -51,6 +56,9 @@ COMPUTE_UNAVAILABLE: ErrorReason
 BROKER_UNAVAILABLE: ErrorReason
 TIMEOUT: ErrorReason
 SHUTTING_DOWN: ErrorReason
+OP_UNAVAILABLE: ErrorReason
+WORKER_LOST: ErrorReason
+OP_ERROR: ErrorReason
 CANCELLED: ErrorReason
 INTERNAL_ERROR: ErrorReason
 INJECTED_FAULT: ErrorReason

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from tandem.v1 import jobs_pb2 as tandem_dot_v1_dot_jobs__pb2
+from tandem.v1 import worker_pb2 as tandem_dot_v1_dot_worker__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -96,6 +97,11 @@ class JobServiceStub:
                 '/tandem.v1.JobService/ResumeQueue',
                 request_serializer=tandem_dot_v1_dot_jobs__pb2.ResumeQueueRequest.SerializeToString,
                 response_deserializer=tandem_dot_v1_dot_jobs__pb2.ResumeQueueResponse.FromString,
+                _registered_method=True)
+        self.ListWorkers = channel.unary_unary(
+                '/tandem.v1.JobService/ListWorkers',
+                request_serializer=tandem_dot_v1_dot_worker__pb2.ListWorkersRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_worker__pb2.ListWorkersResponse.FromString,
                 _registered_method=True)
 
 
@@ -192,6 +198,14 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWorkers(self, request, context):
+        """ListWorkers lists the live op workers (`tandem worker`), their ops,
+        concurrency, in-flight steps and last heartbeat.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +263,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ResumeQueue,
                     request_deserializer=tandem_dot_v1_dot_jobs__pb2.ResumeQueueRequest.FromString,
                     response_serializer=tandem_dot_v1_dot_jobs__pb2.ResumeQueueResponse.SerializeToString,
+            ),
+            'ListWorkers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkers,
+                    request_deserializer=tandem_dot_v1_dot_worker__pb2.ListWorkersRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_worker__pb2.ListWorkersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -556,6 +575,33 @@ class JobService:
             '/tandem.v1.JobService/ResumeQueue',
             tandem_dot_v1_dot_jobs__pb2.ResumeQueueRequest.SerializeToString,
             tandem_dot_v1_dot_jobs__pb2.ResumeQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.JobService/ListWorkers',
+            tandem_dot_v1_dot_worker__pb2.ListWorkersRequest.SerializeToString,
+            tandem_dot_v1_dot_worker__pb2.ListWorkersResponse.FromString,
             options,
             channel_credentials,
             insecure,
