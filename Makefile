@@ -73,6 +73,12 @@ $(STAMP)/gotools: orchestrator-go/go.mod orchestrator-go/go.sum | $(STAMP)
 		google.golang.org/grpc/cmd/protoc-gen-go-grpc
 	touch $@
 
+# Debian's Chromium, for the dashboard's browser test (Playwright drives it;
+# no browser is downloaded). Needs root (CI is root) or a chromium on PATH.
+$(STAMP)/chromium: | $(STAMP)
+	command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends chromium; }
+	touch $@
+
 .PHONY: setup
 setup: $(STAMP)/venv $(STAMP)/npm $(STAMP)/gotools
 
@@ -182,7 +188,7 @@ test-go: $(NATS_BIN)
 test-client: $(STAMP)/pyclient
 	$(VENV)/bin/pytest -q pyclient/tests
 
-test-e2e: build
+test-e2e: build $(STAMP)/chromium
 	$(VENV)/bin/pytest -q tests
 
 # Needs the binaries and the installed package: its checks start real processes.

@@ -29,14 +29,16 @@ const DefaultQueue = "default"
 
 // Config is the orchestrator's whole configuration.
 type Config struct {
-	Listen          string
-	Compute         []string // addresses, or one dns:/// target
-	NATSURL         string   // empty: embedded server
-	NATSListen      string   // embedded server only; empty: no TCP listener
-	DataDir         string
-	ConfigFile      string
-	Durability      string
-	MetricsListen   string
+	Listen        string
+	Compute       []string // addresses, or one dns:/// target
+	NATSURL       string   // empty: embedded server
+	NATSListen    string   // embedded server only; empty: no TCP listener
+	DataDir       string
+	ConfigFile    string
+	Durability    string
+	MetricsListen string
+	// DashboardListen is the web dashboard's HTTP address (empty: off).
+	DashboardListen string
 	DrainTimeout    time.Duration
 	LogLevel        slog.Level
 	MaxMessageBytes int // gRPC max receive message size
@@ -227,6 +229,7 @@ func Parse(args []string, getenv func(string) string, stderr io.Writer) (*Config
 	str(&cfg.ConfigFile, "config", "TANDEM_ORCH_CONFIG", "", "TOML queue config file; empty: built-in default queue only")
 	str(&cfg.Durability, "durability", "TANDEM_ORCH_DURABILITY", DurabilityAlways, "embedded server fsync policy: always (fsync each write) or interval (fsync every 2 min)")
 	str(&cfg.MetricsListen, "metrics-listen", "TANDEM_ORCH_METRICS_LISTEN", "127.0.0.1:9101", "Prometheus /metrics listen address; empty: off")
+	str(&cfg.DashboardListen, "dashboard-listen", "TANDEM_ORCH_DASHBOARD_LISTEN", "", "web dashboard HTTP listen address (e.g. 127.0.0.1:8080); empty: off")
 	fs.DurationVar(&drainTimeout, "drain-timeout", 30*time.Second, "how long SIGTERM waits for in-flight jobs before handing them back")
 	defs = append(defs, flagDef{"drain-timeout", "TANDEM_ORCH_DRAIN_TIMEOUT", ""})
 	str(&logLevel, "log-level", "TANDEM_ORCH_LOG_LEVEL", "info", "log level: debug, info, warn, error")

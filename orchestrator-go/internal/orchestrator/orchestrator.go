@@ -21,6 +21,7 @@ import (
 	"github.com/oklog/ulid/v2"
 	"github.com/sony/gobreaker/v2"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
@@ -31,6 +32,7 @@ import (
 	"github.com/tandem/tandem/orchestrator-go/internal/broker"
 	"github.com/tandem/tandem/orchestrator-go/internal/compute"
 	"github.com/tandem/tandem/orchestrator-go/internal/config"
+	"github.com/tandem/tandem/orchestrator-go/internal/dashboard"
 	"github.com/tandem/tandem/orchestrator-go/internal/jobstore"
 	"github.com/tandem/tandem/orchestrator-go/internal/metrics"
 	"github.com/tandem/tandem/orchestrator-go/internal/queue"
@@ -70,6 +72,11 @@ type Orchestrator struct {
 	Pools   map[string]*queue.Pool
 	API     *api.Service
 	Workers *workers.Registry
+
+	dash     *dashboard.Server
+	dashSrv  *http.Server
+	dashLis  net.Listener
+	dashConn *grpc.ClientConn
 
 	grpc       *grpc.Server
 	health     *health.Server
@@ -169,6 +176,11 @@ func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 			_ = orc.metricsSrv.Serve(mlis)
 		}()
 	}
+	if cfg.DashboardListen != "" {
+		if err := orc.startDashboard(cfg.DashboardListen); err != nil {
+			return nil, err
+		}
+	}
 	orc.wg.Add(1)
 	go orc.watchHealth()
 
@@ -194,6 +206,38 @@ func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 	}
 	log.Info("orchestrator started", "listen", orc.lis.Addr().String(), "nats", orc.Broker.URL(), "compute", cfg.Compute, "queues", len(cfg.Queues), "worker", workerID)
 	return orc, nil
+}
+
+// startDashboard serves the web dashboard; it calls this orchestrator's own
+// JobService over gRPC, like any other client.
+func (o *Orchestrator) startDashboard(addr string) error {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("--dashboard-listen %s: %w", addr, err)
+	}
+	conn, err := grpc.NewClient(o.lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		_ = lis.Close()
+		return err
+	}
+	d, err := dashboard.New(tandemv1.NewJobServiceClient(conn), o.Metrics.Registry, o.log)
+	if err != nil {
+		_ = lis.Close()
+		_ = conn.Close()
+		return err
+	}
+	o.dashLis, o.dash, o.dashConn = lis, d, conn
+	o.dashSrv = dashboard.Serve(lis, d.Handler())
+	o.log.Info("dashboard serving", "listen", lis.Addr().String())
+	return nil
+}
+
+// DashboardAddr is the dashboard's address ("" when off).
+func (o *Orchestrator) DashboardAddr() string {
+	if o.dashLis == nil {
+		return ""
+	}
+	return o.dashLis.Addr().String()
 }
 
 // bgCtx is cancelled when the orchestrator shuts down.
@@ -354,6 +398,13 @@ func (o *Orchestrator) Shutdown(drainTimeout time.Duration) {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			_ = o.metricsSrv.Shutdown(ctx)
 			cancel()
+		}
+		if o.dashSrv != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = o.dashSrv.Shutdown(ctx)
+			cancel()
+			o.dash.Close()
+			_ = o.dashConn.Close()
 		}
 		o.wg.Wait()
 		o.closeAll()

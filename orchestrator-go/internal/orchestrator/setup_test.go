@@ -42,6 +42,7 @@ type setupOpts struct {
 	deadCompute []string
 	watchLimits api.WatchLimits
 	replicas    int
+	dashboard   bool
 }
 
 // testQueue is a queue with test-friendly timings.
@@ -97,6 +98,9 @@ func startOrchestrator(t testing.TB, o setupOpts) *testBundle {
 		MaxMessageBytes: 65 << 20,
 		StreamReplicas:  max(1, o.replicas),
 		Queues:          qs,
+	}
+	if o.dashboard {
+		cfg.DashboardListen = "127.0.0.1:0"
 	}
 	orc, err := orchestrator.Start(context.Background(), orchestrator.Options{
 		Config: cfg, Logger: testLogger(), Fault: o.fault, BreakerOpenFor: 200 * time.Millisecond, WorkerID: o.worker, WatchLimits: o.watchLimits,

@@ -164,7 +164,8 @@ func (p *Pool) begin(msg jetstream.Msg, jobID *string) (*attempt, bool) {
 	if j.StartedAt == nil {
 		j.StartedAt = now
 	}
-	j.Attempts = append(j.Attempts, &tandemv1.Attempt{Number: a.number, StartedAt: now, Worker: p.WorkerID})
+	j.Attempts = append(j.Attempts, &tandemv1.Attempt{Number: a.number, StartedAt: now, Worker: p.WorkerID,
+		TraceId: tracectx.TraceID(msg.Headers().Get(tracectx.Header))})
 	if err := p.Store.Update(ctx, rec); err != nil {
 		// Someone changed it (a cancel, another delivery): look again later.
 		log.Debug("could not start attempt", "err", err)

@@ -381,7 +381,10 @@ type Attempt struct {
 	// Unset when the attempt succeeded.
 	Error *Error `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
 	// Which orchestrator ran it.
-	Worker        string `protobuf:"bytes,5,opt,name=worker,proto3" json:"worker,omitempty"`
+	Worker string `protobuf:"bytes,5,opt,name=worker,proto3" json:"worker,omitempty"`
+	// The W3C trace id of the job (the same for every attempt), to find its
+	// spans and log lines.
+	TraceId       string `protobuf:"bytes,6,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -447,6 +450,13 @@ func (x *Attempt) GetError() *Error {
 func (x *Attempt) GetWorker() string {
 	if x != nil {
 		return x.Worker
+	}
+	return ""
+}
+
+func (x *Attempt) GetTraceId() string {
+	if x != nil {
+		return x.TraceId
 	}
 	return ""
 }
@@ -1620,6 +1630,159 @@ func (x *QueueInfo) GetCompletedPerSecond() float64 {
 	return 0
 }
 
+type ListJobsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only jobs of this queue (empty: every queue).
+	Queue string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// Only jobs in this state (UNSPECIFIED: any).
+	State JobState `protobuf:"varint,2,opt,name=state,proto3,enum=tandem.v1.JobState" json:"state,omitempty"`
+	// Only jobs carrying this label (key empty: any); an empty value matches
+	// any value of the key.
+	LabelKey   string `protobuf:"bytes,3,opt,name=label_key,json=labelKey,proto3" json:"label_key,omitempty"`
+	LabelValue string `protobuf:"bytes,4,opt,name=label_value,json=labelValue,proto3" json:"label_value,omitempty"`
+	// At most this many jobs (default 50, max 500).
+	Limit uint32 `protobuf:"varint,5,opt,name=limit,proto3" json:"limit,omitempty"`
+	// Look at most at this many of the newest records (default 5000, max 50000).
+	Scan          uint32 `protobuf:"varint,6,opt,name=scan,proto3" json:"scan,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJobsRequest) Reset() {
+	*x = ListJobsRequest{}
+	mi := &file_tandem_v1_jobs_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJobsRequest) ProtoMessage() {}
+
+func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tandem_v1_jobs_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
+func (*ListJobsRequest) Descriptor() ([]byte, []int) {
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ListJobsRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *ListJobsRequest) GetState() JobState {
+	if x != nil {
+		return x.State
+	}
+	return JobState_JOB_STATE_UNSPECIFIED
+}
+
+func (x *ListJobsRequest) GetLabelKey() string {
+	if x != nil {
+		return x.LabelKey
+	}
+	return ""
+}
+
+func (x *ListJobsRequest) GetLabelValue() string {
+	if x != nil {
+		return x.LabelValue
+	}
+	return ""
+}
+
+func (x *ListJobsRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *ListJobsRequest) GetScan() uint32 {
+	if x != nil {
+		return x.Scan
+	}
+	return 0
+}
+
+type ListJobsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Newest first, without result bytes.
+	Jobs []*Job `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	// How many records were looked at.
+	Scanned uint64 `protobuf:"varint,2,opt,name=scanned,proto3" json:"scanned,omitempty"`
+	// True when older records exist that were not looked at.
+	Truncated     bool `protobuf:"varint,3,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJobsResponse) Reset() {
+	*x = ListJobsResponse{}
+	mi := &file_tandem_v1_jobs_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJobsResponse) ProtoMessage() {}
+
+func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tandem_v1_jobs_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
+func (*ListJobsResponse) Descriptor() ([]byte, []int) {
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ListJobsResponse) GetJobs() []*Job {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+func (x *ListJobsResponse) GetScanned() uint64 {
+	if x != nil {
+		return x.Scanned
+	}
+	return 0
+}
+
+func (x *ListJobsResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
+}
+
 type PauseQueueRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Queue         string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
@@ -1629,7 +1792,7 @@ type PauseQueueRequest struct {
 
 func (x *PauseQueueRequest) Reset() {
 	*x = PauseQueueRequest{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[23]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1641,7 +1804,7 @@ func (x *PauseQueueRequest) String() string {
 func (*PauseQueueRequest) ProtoMessage() {}
 
 func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[23]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1654,7 +1817,7 @@ func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueRequest.ProtoReflect.Descriptor instead.
 func (*PauseQueueRequest) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{23}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PauseQueueRequest) GetQueue() string {
@@ -1673,7 +1836,7 @@ type PauseQueueResponse struct {
 
 func (x *PauseQueueResponse) Reset() {
 	*x = PauseQueueResponse{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[24]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1685,7 +1848,7 @@ func (x *PauseQueueResponse) String() string {
 func (*PauseQueueResponse) ProtoMessage() {}
 
 func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[24]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1698,7 +1861,7 @@ func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueResponse.ProtoReflect.Descriptor instead.
 func (*PauseQueueResponse) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{24}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PauseQueueResponse) GetQueue() *QueueInfo {
@@ -1717,7 +1880,7 @@ type ResumeQueueRequest struct {
 
 func (x *ResumeQueueRequest) Reset() {
 	*x = ResumeQueueRequest{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[25]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1729,7 +1892,7 @@ func (x *ResumeQueueRequest) String() string {
 func (*ResumeQueueRequest) ProtoMessage() {}
 
 func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[25]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1742,7 +1905,7 @@ func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueRequest.ProtoReflect.Descriptor instead.
 func (*ResumeQueueRequest) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{25}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ResumeQueueRequest) GetQueue() string {
@@ -1761,7 +1924,7 @@ type ResumeQueueResponse struct {
 
 func (x *ResumeQueueResponse) Reset() {
 	*x = ResumeQueueResponse{}
-	mi := &file_tandem_v1_jobs_proto_msgTypes[26]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1773,7 +1936,7 @@ func (x *ResumeQueueResponse) String() string {
 func (*ResumeQueueResponse) ProtoMessage() {}
 
 func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_jobs_proto_msgTypes[26]
+	mi := &file_tandem_v1_jobs_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1786,7 +1949,7 @@ func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueResponse.ProtoReflect.Descriptor instead.
 func (*ResumeQueueResponse) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{26}
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ResumeQueueResponse) GetQueue() *QueueInfo {
@@ -1837,7 +2000,7 @@ const file_tandem_v1_jobs_proto_rawDesc = "" +
 	"\bfraction\x18\x02 \x01(\x01R\bfraction\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x129\n" +
 	"\n" +
-	"updated_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xd9\x01\n" +
+	"updated_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xf4\x01\n" +
 	"\aAttempt\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\rR\x06number\x129\n" +
 	"\n" +
@@ -1845,7 +2008,8 @@ const file_tandem_v1_jobs_proto_rawDesc = "" +
 	"\vfinished_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"finishedAt\x12&\n" +
 	"\x05error\x18\x04 \x01(\v2\x10.tandem.v1.ErrorR\x05error\x12\x16\n" +
-	"\x06worker\x18\x05 \x01(\tR\x06worker\"\xe6\x02\n" +
+	"\x06worker\x18\x05 \x01(\tR\x06worker\x12\x19\n" +
+	"\btrace_id\x18\x06 \x01(\tR\atraceId\"\xe6\x02\n" +
 	"\x10SubmitJobRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12%\n" +
 	"\x05steps\x18\x02 \x03(\v2\x0f.tandem.v1.StepR\x05steps\x12\x18\n" +
@@ -1922,7 +2086,19 @@ const file_tandem_v1_jobs_proto_rawDesc = "" +
 	"\tmax_depth\x18\v \x01(\x04R\bmaxDepth\x12\x1d\n" +
 	"\n" +
 	"rate_limit\x18\f \x01(\x01R\trateLimit\x120\n" +
-	"\x14completed_per_second\x18\r \x01(\x01R\x12completedPerSecond\")\n" +
+	"\x14completed_per_second\x18\r \x01(\x01R\x12completedPerSecond\"\xba\x01\n" +
+	"\x0fListJobsRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12)\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x13.tandem.v1.JobStateR\x05state\x12\x1b\n" +
+	"\tlabel_key\x18\x03 \x01(\tR\blabelKey\x12\x1f\n" +
+	"\vlabel_value\x18\x04 \x01(\tR\n" +
+	"labelValue\x12\x14\n" +
+	"\x05limit\x18\x05 \x01(\rR\x05limit\x12\x12\n" +
+	"\x04scan\x18\x06 \x01(\rR\x04scan\"n\n" +
+	"\x10ListJobsResponse\x12\"\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x0e.tandem.v1.JobR\x04jobs\x12\x18\n" +
+	"\ascanned\x18\x02 \x01(\x04R\ascanned\x12\x1c\n" +
+	"\ttruncated\x18\x03 \x01(\bR\ttruncated\")\n" +
 	"\x11PauseQueueRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\"@\n" +
 	"\x12PauseQueueResponse\x12*\n" +
@@ -1939,7 +2115,7 @@ const file_tandem_v1_jobs_proto_rawDesc = "" +
 	"\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n" +
 	"\x10JOB_STATE_FAILED\x10\x05\x12\x12\n" +
 	"\x0eJOB_STATE_DEAD\x10\x06\x12\x17\n" +
-	"\x13JOB_STATE_CANCELLED\x10\a2\xb6\a\n" +
+	"\x13JOB_STATE_CANCELLED\x10\a2\xfb\a\n" +
 	"\n" +
 	"JobService\x12F\n" +
 	"\tSubmitJob\x12\x1b.tandem.v1.SubmitJobRequest\x1a\x1c.tandem.v1.SubmitJobResponse\x12I\n" +
@@ -1956,7 +2132,8 @@ const file_tandem_v1_jobs_proto_rawDesc = "" +
 	"\n" +
 	"PauseQueue\x12\x1c.tandem.v1.PauseQueueRequest\x1a\x1d.tandem.v1.PauseQueueResponse\x12L\n" +
 	"\vResumeQueue\x12\x1d.tandem.v1.ResumeQueueRequest\x1a\x1e.tandem.v1.ResumeQueueResponse\x12L\n" +
-	"\vListWorkers\x12\x1d.tandem.v1.ListWorkersRequest\x1a\x1e.tandem.v1.ListWorkersResponseBAZ?github.com/tandem/tandem/orchestrator-go/gen/tandem/v1;tandemv1b\x06proto3"
+	"\vListWorkers\x12\x1d.tandem.v1.ListWorkersRequest\x1a\x1e.tandem.v1.ListWorkersResponse\x12C\n" +
+	"\bListJobs\x12\x1a.tandem.v1.ListJobsRequest\x1a\x1b.tandem.v1.ListJobsResponseBAZ?github.com/tandem/tandem/orchestrator-go/gen/tandem/v1;tandemv1b\x06proto3"
 
 var (
 	file_tandem_v1_jobs_proto_rawDescOnce sync.Once
@@ -1971,7 +2148,7 @@ func file_tandem_v1_jobs_proto_rawDescGZIP() []byte {
 }
 
 var file_tandem_v1_jobs_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tandem_v1_jobs_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_tandem_v1_jobs_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_tandem_v1_jobs_proto_goTypes = []any{
 	(JobState)(0),                    // 0: tandem.v1.JobState
 	(*Job)(nil),                      // 1: tandem.v1.Job
@@ -1997,80 +2174,86 @@ var file_tandem_v1_jobs_proto_goTypes = []any{
 	(*ListQueuesRequest)(nil),        // 21: tandem.v1.ListQueuesRequest
 	(*ListQueuesResponse)(nil),       // 22: tandem.v1.ListQueuesResponse
 	(*QueueInfo)(nil),                // 23: tandem.v1.QueueInfo
-	(*PauseQueueRequest)(nil),        // 24: tandem.v1.PauseQueueRequest
-	(*PauseQueueResponse)(nil),       // 25: tandem.v1.PauseQueueResponse
-	(*ResumeQueueRequest)(nil),       // 26: tandem.v1.ResumeQueueRequest
-	(*ResumeQueueResponse)(nil),      // 27: tandem.v1.ResumeQueueResponse
-	nil,                              // 28: tandem.v1.Job.LabelsEntry
-	nil,                              // 29: tandem.v1.SubmitJobRequest.LabelsEntry
-	(*Step)(nil),                     // 30: tandem.v1.Step
-	(*timestamppb.Timestamp)(nil),    // 31: google.protobuf.Timestamp
-	(*Error)(nil),                    // 32: tandem.v1.Error
-	(*durationpb.Duration)(nil),      // 33: google.protobuf.Duration
-	(*ListWorkersRequest)(nil),       // 34: tandem.v1.ListWorkersRequest
-	(*ListWorkersResponse)(nil),      // 35: tandem.v1.ListWorkersResponse
+	(*ListJobsRequest)(nil),          // 24: tandem.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),         // 25: tandem.v1.ListJobsResponse
+	(*PauseQueueRequest)(nil),        // 26: tandem.v1.PauseQueueRequest
+	(*PauseQueueResponse)(nil),       // 27: tandem.v1.PauseQueueResponse
+	(*ResumeQueueRequest)(nil),       // 28: tandem.v1.ResumeQueueRequest
+	(*ResumeQueueResponse)(nil),      // 29: tandem.v1.ResumeQueueResponse
+	nil,                              // 30: tandem.v1.Job.LabelsEntry
+	nil,                              // 31: tandem.v1.SubmitJobRequest.LabelsEntry
+	(*Step)(nil),                     // 32: tandem.v1.Step
+	(*timestamppb.Timestamp)(nil),    // 33: google.protobuf.Timestamp
+	(*Error)(nil),                    // 34: tandem.v1.Error
+	(*durationpb.Duration)(nil),      // 35: google.protobuf.Duration
+	(*ListWorkersRequest)(nil),       // 36: tandem.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),      // 37: tandem.v1.ListWorkersResponse
 }
 var file_tandem_v1_jobs_proto_depIdxs = []int32{
 	0,  // 0: tandem.v1.Job.state:type_name -> tandem.v1.JobState
-	30, // 1: tandem.v1.Job.steps:type_name -> tandem.v1.Step
-	28, // 2: tandem.v1.Job.labels:type_name -> tandem.v1.Job.LabelsEntry
-	31, // 3: tandem.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	31, // 4: tandem.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
-	31, // 5: tandem.v1.Job.started_at:type_name -> google.protobuf.Timestamp
-	31, // 6: tandem.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
-	32, // 7: tandem.v1.Job.last_error:type_name -> tandem.v1.Error
+	32, // 1: tandem.v1.Job.steps:type_name -> tandem.v1.Step
+	30, // 2: tandem.v1.Job.labels:type_name -> tandem.v1.Job.LabelsEntry
+	33, // 3: tandem.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	33, // 4: tandem.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
+	33, // 5: tandem.v1.Job.started_at:type_name -> google.protobuf.Timestamp
+	33, // 6: tandem.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
+	34, // 7: tandem.v1.Job.last_error:type_name -> tandem.v1.Error
 	3,  // 8: tandem.v1.Job.attempts:type_name -> tandem.v1.Attempt
-	33, // 9: tandem.v1.Job.timeout:type_name -> google.protobuf.Duration
+	35, // 9: tandem.v1.Job.timeout:type_name -> google.protobuf.Duration
 	2,  // 10: tandem.v1.Job.progress:type_name -> tandem.v1.Progress
-	31, // 11: tandem.v1.Progress.updated_at:type_name -> google.protobuf.Timestamp
-	31, // 12: tandem.v1.Attempt.started_at:type_name -> google.protobuf.Timestamp
-	31, // 13: tandem.v1.Attempt.finished_at:type_name -> google.protobuf.Timestamp
-	32, // 14: tandem.v1.Attempt.error:type_name -> tandem.v1.Error
-	30, // 15: tandem.v1.SubmitJobRequest.steps:type_name -> tandem.v1.Step
-	33, // 16: tandem.v1.SubmitJobRequest.timeout:type_name -> google.protobuf.Duration
-	29, // 17: tandem.v1.SubmitJobRequest.labels:type_name -> tandem.v1.SubmitJobRequest.LabelsEntry
+	33, // 11: tandem.v1.Progress.updated_at:type_name -> google.protobuf.Timestamp
+	33, // 12: tandem.v1.Attempt.started_at:type_name -> google.protobuf.Timestamp
+	33, // 13: tandem.v1.Attempt.finished_at:type_name -> google.protobuf.Timestamp
+	34, // 14: tandem.v1.Attempt.error:type_name -> tandem.v1.Error
+	32, // 15: tandem.v1.SubmitJobRequest.steps:type_name -> tandem.v1.Step
+	35, // 16: tandem.v1.SubmitJobRequest.timeout:type_name -> google.protobuf.Duration
+	31, // 17: tandem.v1.SubmitJobRequest.labels:type_name -> tandem.v1.SubmitJobRequest.LabelsEntry
 	1,  // 18: tandem.v1.SubmitJobResponse.job:type_name -> tandem.v1.Job
 	4,  // 19: tandem.v1.SubmitJobsRequest.jobs:type_name -> tandem.v1.SubmitJobRequest
 	8,  // 20: tandem.v1.SubmitJobsResponse.results:type_name -> tandem.v1.SubmitJobsResult
 	5,  // 21: tandem.v1.SubmitJobsResult.submitted:type_name -> tandem.v1.SubmitJobResponse
-	32, // 22: tandem.v1.SubmitJobsResult.error:type_name -> tandem.v1.Error
+	34, // 22: tandem.v1.SubmitJobsResult.error:type_name -> tandem.v1.Error
 	1,  // 23: tandem.v1.GetJobResponse.job:type_name -> tandem.v1.Job
 	1,  // 24: tandem.v1.WatchJobsResponse.job:type_name -> tandem.v1.Job
 	1,  // 25: tandem.v1.CancelJobResponse.job:type_name -> tandem.v1.Job
 	1,  // 26: tandem.v1.ListDeadLettersResponse.jobs:type_name -> tandem.v1.Job
 	23, // 27: tandem.v1.ListQueuesResponse.queues:type_name -> tandem.v1.QueueInfo
-	33, // 28: tandem.v1.QueueInfo.job_timeout:type_name -> google.protobuf.Duration
-	23, // 29: tandem.v1.PauseQueueResponse.queue:type_name -> tandem.v1.QueueInfo
-	23, // 30: tandem.v1.ResumeQueueResponse.queue:type_name -> tandem.v1.QueueInfo
-	4,  // 31: tandem.v1.JobService.SubmitJob:input_type -> tandem.v1.SubmitJobRequest
-	6,  // 32: tandem.v1.JobService.SubmitJobs:input_type -> tandem.v1.SubmitJobsRequest
-	9,  // 33: tandem.v1.JobService.GetJob:input_type -> tandem.v1.GetJobRequest
-	11, // 34: tandem.v1.JobService.WatchJobs:input_type -> tandem.v1.WatchJobsRequest
-	13, // 35: tandem.v1.JobService.CancelJob:input_type -> tandem.v1.CancelJobRequest
-	15, // 36: tandem.v1.JobService.ListDeadLetters:input_type -> tandem.v1.ListDeadLettersRequest
-	17, // 37: tandem.v1.JobService.RetryDeadLetters:input_type -> tandem.v1.RetryDeadLettersRequest
-	19, // 38: tandem.v1.JobService.PurgeDeadLetters:input_type -> tandem.v1.PurgeDeadLettersRequest
-	21, // 39: tandem.v1.JobService.ListQueues:input_type -> tandem.v1.ListQueuesRequest
-	24, // 40: tandem.v1.JobService.PauseQueue:input_type -> tandem.v1.PauseQueueRequest
-	26, // 41: tandem.v1.JobService.ResumeQueue:input_type -> tandem.v1.ResumeQueueRequest
-	34, // 42: tandem.v1.JobService.ListWorkers:input_type -> tandem.v1.ListWorkersRequest
-	5,  // 43: tandem.v1.JobService.SubmitJob:output_type -> tandem.v1.SubmitJobResponse
-	7,  // 44: tandem.v1.JobService.SubmitJobs:output_type -> tandem.v1.SubmitJobsResponse
-	10, // 45: tandem.v1.JobService.GetJob:output_type -> tandem.v1.GetJobResponse
-	12, // 46: tandem.v1.JobService.WatchJobs:output_type -> tandem.v1.WatchJobsResponse
-	14, // 47: tandem.v1.JobService.CancelJob:output_type -> tandem.v1.CancelJobResponse
-	16, // 48: tandem.v1.JobService.ListDeadLetters:output_type -> tandem.v1.ListDeadLettersResponse
-	18, // 49: tandem.v1.JobService.RetryDeadLetters:output_type -> tandem.v1.RetryDeadLettersResponse
-	20, // 50: tandem.v1.JobService.PurgeDeadLetters:output_type -> tandem.v1.PurgeDeadLettersResponse
-	22, // 51: tandem.v1.JobService.ListQueues:output_type -> tandem.v1.ListQueuesResponse
-	25, // 52: tandem.v1.JobService.PauseQueue:output_type -> tandem.v1.PauseQueueResponse
-	27, // 53: tandem.v1.JobService.ResumeQueue:output_type -> tandem.v1.ResumeQueueResponse
-	35, // 54: tandem.v1.JobService.ListWorkers:output_type -> tandem.v1.ListWorkersResponse
-	43, // [43:55] is the sub-list for method output_type
-	31, // [31:43] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	35, // 28: tandem.v1.QueueInfo.job_timeout:type_name -> google.protobuf.Duration
+	0,  // 29: tandem.v1.ListJobsRequest.state:type_name -> tandem.v1.JobState
+	1,  // 30: tandem.v1.ListJobsResponse.jobs:type_name -> tandem.v1.Job
+	23, // 31: tandem.v1.PauseQueueResponse.queue:type_name -> tandem.v1.QueueInfo
+	23, // 32: tandem.v1.ResumeQueueResponse.queue:type_name -> tandem.v1.QueueInfo
+	4,  // 33: tandem.v1.JobService.SubmitJob:input_type -> tandem.v1.SubmitJobRequest
+	6,  // 34: tandem.v1.JobService.SubmitJobs:input_type -> tandem.v1.SubmitJobsRequest
+	9,  // 35: tandem.v1.JobService.GetJob:input_type -> tandem.v1.GetJobRequest
+	11, // 36: tandem.v1.JobService.WatchJobs:input_type -> tandem.v1.WatchJobsRequest
+	13, // 37: tandem.v1.JobService.CancelJob:input_type -> tandem.v1.CancelJobRequest
+	15, // 38: tandem.v1.JobService.ListDeadLetters:input_type -> tandem.v1.ListDeadLettersRequest
+	17, // 39: tandem.v1.JobService.RetryDeadLetters:input_type -> tandem.v1.RetryDeadLettersRequest
+	19, // 40: tandem.v1.JobService.PurgeDeadLetters:input_type -> tandem.v1.PurgeDeadLettersRequest
+	21, // 41: tandem.v1.JobService.ListQueues:input_type -> tandem.v1.ListQueuesRequest
+	26, // 42: tandem.v1.JobService.PauseQueue:input_type -> tandem.v1.PauseQueueRequest
+	28, // 43: tandem.v1.JobService.ResumeQueue:input_type -> tandem.v1.ResumeQueueRequest
+	36, // 44: tandem.v1.JobService.ListWorkers:input_type -> tandem.v1.ListWorkersRequest
+	24, // 45: tandem.v1.JobService.ListJobs:input_type -> tandem.v1.ListJobsRequest
+	5,  // 46: tandem.v1.JobService.SubmitJob:output_type -> tandem.v1.SubmitJobResponse
+	7,  // 47: tandem.v1.JobService.SubmitJobs:output_type -> tandem.v1.SubmitJobsResponse
+	10, // 48: tandem.v1.JobService.GetJob:output_type -> tandem.v1.GetJobResponse
+	12, // 49: tandem.v1.JobService.WatchJobs:output_type -> tandem.v1.WatchJobsResponse
+	14, // 50: tandem.v1.JobService.CancelJob:output_type -> tandem.v1.CancelJobResponse
+	16, // 51: tandem.v1.JobService.ListDeadLetters:output_type -> tandem.v1.ListDeadLettersResponse
+	18, // 52: tandem.v1.JobService.RetryDeadLetters:output_type -> tandem.v1.RetryDeadLettersResponse
+	20, // 53: tandem.v1.JobService.PurgeDeadLetters:output_type -> tandem.v1.PurgeDeadLettersResponse
+	22, // 54: tandem.v1.JobService.ListQueues:output_type -> tandem.v1.ListQueuesResponse
+	27, // 55: tandem.v1.JobService.PauseQueue:output_type -> tandem.v1.PauseQueueResponse
+	29, // 56: tandem.v1.JobService.ResumeQueue:output_type -> tandem.v1.ResumeQueueResponse
+	37, // 57: tandem.v1.JobService.ListWorkers:output_type -> tandem.v1.ListWorkersResponse
+	25, // 58: tandem.v1.JobService.ListJobs:output_type -> tandem.v1.ListJobsResponse
+	46, // [46:59] is the sub-list for method output_type
+	33, // [33:46] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_tandem_v1_jobs_proto_init() }
@@ -2091,7 +2274,7 @@ func file_tandem_v1_jobs_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tandem_v1_jobs_proto_rawDesc), len(file_tandem_v1_jobs_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   29,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

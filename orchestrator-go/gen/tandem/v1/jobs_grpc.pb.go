@@ -31,6 +31,7 @@ const (
 	JobService_PauseQueue_FullMethodName       = "/tandem.v1.JobService/PauseQueue"
 	JobService_ResumeQueue_FullMethodName      = "/tandem.v1.JobService/ResumeQueue"
 	JobService_ListWorkers_FullMethodName      = "/tandem.v1.JobService/ListWorkers"
+	JobService_ListJobs_FullMethodName         = "/tandem.v1.JobService/ListJobs"
 )
 
 // JobServiceClient is the client API for JobService service.
@@ -76,6 +77,10 @@ type JobServiceClient interface {
 	// ListWorkers lists the live op workers (`tandem worker`), their ops,
 	// concurrency, in-flight steps and last heartbeat.
 	ListWorkers(ctx context.Context, in *ListWorkersRequest, opts ...grpc.CallOption) (*ListWorkersResponse, error)
+	// ListJobs finds recent jobs by queue, state and label, newest first. It
+	// scans the most recent records only (at most `scan` of them): it is for
+	// people looking for a job (the dashboard, `tandem jobs`), not an index.
+	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
 }
 
 type jobServiceClient struct {
@@ -215,6 +220,16 @@ func (c *jobServiceClient) ListWorkers(ctx context.Context, in *ListWorkersReque
 	return out, nil
 }
 
+func (c *jobServiceClient) ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListJobsResponse)
+	err := c.cc.Invoke(ctx, JobService_ListJobs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // JobServiceServer is the server API for JobService service.
 // All implementations must embed UnimplementedJobServiceServer
 // for forward compatibility.
@@ -258,6 +273,10 @@ type JobServiceServer interface {
 	// ListWorkers lists the live op workers (`tandem worker`), their ops,
 	// concurrency, in-flight steps and last heartbeat.
 	ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error)
+	// ListJobs finds recent jobs by queue, state and label, newest first. It
+	// scans the most recent records only (at most `scan` of them): it is for
+	// people looking for a job (the dashboard, `tandem jobs`), not an index.
+	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
 	mustEmbedUnimplementedJobServiceServer()
 }
 
@@ -303,6 +322,9 @@ func (UnimplementedJobServiceServer) ResumeQueue(context.Context, *ResumeQueueRe
 }
 func (UnimplementedJobServiceServer) ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListWorkers not implemented")
+}
+func (UnimplementedJobServiceServer) ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListJobs not implemented")
 }
 func (UnimplementedJobServiceServer) mustEmbedUnimplementedJobServiceServer() {}
 func (UnimplementedJobServiceServer) testEmbeddedByValue()                    {}
@@ -534,6 +556,24 @@ func _JobService_ListWorkers_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _JobService_ListJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).ListJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobService_ListJobs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).ListJobs(ctx, req.(*ListJobsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // JobService_ServiceDesc is the grpc.ServiceDesc for JobService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -584,6 +624,10 @@ var JobService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListWorkers",
 			Handler:    _JobService_ListWorkers_Handler,
+		},
+		{
+			MethodName: "ListJobs",
+			Handler:    _JobService_ListJobs_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -103,6 +103,11 @@ class JobServiceStub:
                 request_serializer=tandem_dot_v1_dot_worker__pb2.ListWorkersRequest.SerializeToString,
                 response_deserializer=tandem_dot_v1_dot_worker__pb2.ListWorkersResponse.FromString,
                 _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/tandem.v1.JobService/ListJobs',
+                request_serializer=tandem_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -206,6 +211,15 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListJobs(self, request, context):
+        """ListJobs finds recent jobs by queue, state and label, newest first. It
+        scans the most recent records only (at most `scan` of them): it is for
+        people looking for a job (the dashboard, `tandem jobs`), not an index.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -268,6 +282,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ListWorkers,
                     request_deserializer=tandem_dot_v1_dot_worker__pb2.ListWorkersRequest.FromString,
                     response_serializer=tandem_dot_v1_dot_worker__pb2.ListWorkersResponse.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=tandem_dot_v1_dot_jobs__pb2.ListJobsRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_jobs__pb2.ListJobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -602,6 +621,33 @@ class JobService:
             '/tandem.v1.JobService/ListWorkers',
             tandem_dot_v1_dot_worker__pb2.ListWorkersRequest.SerializeToString,
             tandem_dot_v1_dot_worker__pb2.ListWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.JobService/ListJobs',
+            tandem_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
+            tandem_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,
