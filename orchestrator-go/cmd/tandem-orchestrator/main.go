@@ -12,9 +12,11 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/tandem/tandem/orchestrator-go/internal/config"
 	"github.com/tandem/tandem/orchestrator-go/internal/orchestrator"
+	"github.com/tandem/tandem/orchestrator-go/internal/telemetry"
 )
 
 func main() { os.Exit(run()) }
@@ -33,9 +35,20 @@ func run() int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	host, _ := os.Hostname()
+	stopTracing, err := telemetry.Setup(ctx, "tandem-orchestrator", fmt.Sprintf("%s-%d", host, os.Getpid()), log)
+	if err != nil {
+		log.Error("tracing set-up failed", "error", err)
+		return 1
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = stopTracing(sctx)
+	}()
 	orc, err := orchestrator.Start(ctx, orchestrator.Options{Config: cfg, Logger: log})
 	if err != nil {
-		log.Error("start failed", "err", err)
+		log.Error("start failed", "error", err)
 		return 1
 	}
 	<-ctx.Done()

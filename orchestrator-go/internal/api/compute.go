@@ -6,8 +6,10 @@ import (
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
 	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
 	"github.com/tandem/tandem/orchestrator-go/internal/compute"
-	"github.com/tandem/tandem/orchestrator-go/internal/tracectx"
 )
+
+// The caller's deadline is the same context, and its trace context travels
+// through the gRPC stats handlers (internal/telemetry).
 
 // ComputeProxy serves tandem.v1.ComputeService on the orchestrator's address,
 // so clients need one address: ListOps from the cached compute answer,
@@ -31,15 +33,9 @@ func (p *ComputeProxy) ListOps(ctx context.Context, _ *tandemv1.ListOpsRequest) 
 	return ops, nil
 }
 
-// forwardCtx carries the caller's deadline (the same context) and its trace
-// context to compute.
-func forwardCtx(ctx context.Context) context.Context {
-	return tracectx.Outgoing(ctx, tracectx.FromMetadata(ctx))
-}
-
 // Transform implements ComputeService by forwarding to compute.
 func (p *ComputeProxy) Transform(ctx context.Context, req *tandemv1.TransformRequest) (*tandemv1.TransformResponse, error) {
-	r, err := p.Compute.Forward(forwardCtx(ctx), func(ctx context.Context, cli tandemv1.ComputeServiceClient) (any, error) {
+	r, err := p.Compute.Forward(ctx, func(ctx context.Context, cli tandemv1.ComputeServiceClient) (any, error) {
 		return cli.Transform(ctx, req)
 	})
 	if err != nil {
@@ -50,7 +46,7 @@ func (p *ComputeProxy) Transform(ctx context.Context, req *tandemv1.TransformReq
 
 // TransformBatch implements ComputeService by forwarding to compute.
 func (p *ComputeProxy) TransformBatch(ctx context.Context, req *tandemv1.TransformBatchRequest) (*tandemv1.TransformBatchResponse, error) {
-	r, err := p.Compute.Forward(forwardCtx(ctx), func(ctx context.Context, cli tandemv1.ComputeServiceClient) (any, error) {
+	r, err := p.Compute.Forward(ctx, func(ctx context.Context, cli tandemv1.ComputeServiceClient) (any, error) {
 		return cli.TransformBatch(ctx, req)
 	})
 	if err != nil {

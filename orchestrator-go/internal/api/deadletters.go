@@ -200,7 +200,7 @@ func (s *Service) retryDeadLetters(ctx context.Context, req *tandemv1.RetryDeadL
 			return nil, apierr.BrokerUnavailable(err)
 		}
 		if err := s.Broker.DLQ().DeleteMsg(ctx, d.seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-			s.Log.Warn("removing retried dead letter failed", "job_id", id, "err", err)
+			s.Log.Warn("removing retried dead letter failed", "job_id", id, "error", err)
 		}
 		s.Store.PublishEvent(rec.Job, rec.Rev) // the record as written above: no second read
 		out.RetriedJobIds = append(out.RetriedJobIds, id)

@@ -8,6 +8,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/ulid/v2"
+	otelcodes "go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -18,6 +20,7 @@ import (
 	"github.com/tandem/tandem/orchestrator-go/internal/config"
 	"github.com/tandem/tandem/orchestrator-go/internal/ident"
 	"github.com/tandem/tandem/orchestrator-go/internal/jobstore"
+	"github.com/tandem/tandem/orchestrator-go/internal/telemetry"
 	"github.com/tandem/tandem/orchestrator-go/internal/tracectx"
 )
 
@@ -38,6 +41,7 @@ type prepared struct {
 	job    *tandemv1.Job
 	msg    *nats.Msg
 	object string
+	span   trace.Span    // the submit's span (nil until the message is built)
 	dedup  bool          // the idempotency key matched an earlier submit
 	done   *tandemv1.Job // dedup hit whose record exists: nothing to publish
 	err    error
@@ -141,9 +145,29 @@ func (s *Service) prepare(ctx context.Context, req *tandemv1.SubmitJobRequest) *
 	if err != nil {
 		return &prepared{err: apierr.Internal("encode job: %v", err)}
 	}
-	msg.Header.Set(tracectx.Header, tracectx.Incoming(ctx))
+	// The job's trace: a span for its submit (child of the caller's, when it
+	// sent one), whose context every later span of the job descends from.
+	sctx, span := telemetry.Tracer().Start(ctx, "tandem.job.submit", trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(telemetry.JobAttrs(id, q.Name, 0)...))
+	p.span = span
+	tp := telemetry.Traceparent(sctx)
+	if tp == "" {
+		tp = tracectx.Incoming(ctx) // not traced and no caller trace: start one
+	}
+	msg.Header.Set(tracectx.Header, tp)
 	p.msg = msg
 	return p
+}
+
+// end ends the submit's span, marked failed when the submit failed.
+func (p *prepared) end() {
+	if p.span == nil {
+		return
+	}
+	if p.err != nil {
+		p.span.SetStatus(otelcodes.Error, apierr.From(p.err).Reason.String())
+	}
+	p.span.End()
 }
 
 func (s *Service) publishErr(ctx context.Context, p *prepared, err error) error {
@@ -185,6 +209,7 @@ func (s *Service) submitOne(ctx context.Context, req *tandemv1.SubmitJobRequest)
 	ctx, cancel := context.WithTimeout(ctx, brokerTimeout)
 	defer cancel()
 	p := s.prepare(ctx, req)
+	defer p.end()
 	if p.err != nil {
 		return nil, p.err
 	}
@@ -213,6 +238,11 @@ func (s *Service) submitBatch(ctx context.Context, req *tandemv1.SubmitJobsReque
 	for i, r := range req.GetJobs() {
 		ps[i] = s.prepare(ctx, r)
 	}
+	defer func() {
+		for _, p := range ps {
+			p.end()
+		}
+	}()
 	// 1. Job messages.
 	futs := make([]jetstream.PubAckFuture, len(ps))
 	for i, p := range ps {

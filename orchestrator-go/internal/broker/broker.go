@@ -211,7 +211,7 @@ func New(o Options) (*Broker, error) {
 		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
 			b.disconnects.Add(1)
 			if !c.IsClosed() {
-				b.log.Warn("nats disconnected", "err", err)
+				b.log.Warn("nats disconnected", "error", err)
 			}
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) {
@@ -221,7 +221,7 @@ func New(o Options) (*Broker, error) {
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
 				if err := b.ensure(ctx); err != nil {
-					b.log.Warn("re-creating JetStream resources after reconnect failed", "err", err)
+					b.log.Warn("re-creating JetStream resources after reconnect failed", "error", err)
 				}
 			}()
 		}),
@@ -235,7 +235,7 @@ func New(o Options) (*Broker, error) {
 				return
 			}
 			b.disconnects.Add(1)
-			b.log.Error("nats connection closed; opening a new one", "err", c.LastError())
+			b.log.Error("nats connection closed; opening a new one", "error", c.LastError())
 			go b.ConnectLoop(context.Background())
 		}),
 	}
@@ -314,7 +314,7 @@ func (b *Broker) ConnectLoop(ctx context.Context) error {
 			return nil
 		}
 		wait := delay/2 + time.Duration(rand.Int64N(int64(delay/2)+1))
-		b.log.Warn("nats not reachable; trying again", "url", b.url, "try", try, "retry_in", wait.String(), "err", err)
+		b.log.Warn("nats not reachable; trying again", "url", b.url, "try", try, "retry_in", wait.String(), "error", err)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

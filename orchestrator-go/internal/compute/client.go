@@ -18,6 +18,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc/filters"
 	"google.golang.org/grpc/status"
 
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
@@ -92,6 +95,9 @@ func New(o Options) (*Client, error) {
 	for _, addr := range o.Endpoints {
 		opts := []grpc.DialOption{
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			// Spans for job calls (the trace context travels in metadata);
+			// the liveness probes are not traced.
+			grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithFilter(filters.None(filters.MethodName("ListOps"), filters.HealthCheck())))),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(o.MaxMessageBytes), grpc.MaxCallSendMsgSize(o.MaxMessageBytes)),
 		}
 		if strings.HasPrefix(addr, "dns:") {
@@ -273,7 +279,7 @@ func (c *Client) checkAlive(ep *endpoint) error {
 		return nil // answered: alive, just without a health service
 	}
 	err = fmt.Errorf("%w: health check: %v", errHung, err)
-	c.log.Warn("compute did not answer a health check after a call ran past its deadline", "endpoint", ep.addr, "err", err)
+	c.log.Warn("compute did not answer a health check after a call ran past its deadline", "endpoint", ep.addr, "error", err)
 	_, _ = ep.cb.Execute(func() (any, error) { return nil, err })
 	return err
 }
@@ -316,7 +322,7 @@ func (c *Client) Ops(ctx context.Context) *tandemv1.ListOpsResponse {
 				c.storeOps(r)
 				return r
 			}
-			c.log.Warn("compute ListOps failed; validating structure only", "err", err)
+			c.log.Warn("compute ListOps failed; validating structure only", "error", err)
 		}
 		return ops
 	}

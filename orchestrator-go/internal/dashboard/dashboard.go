@@ -118,7 +118,7 @@ func (s *Server) ctx(r *http.Request) (context.Context, context.CancelFunc) {
 func (s *Server) render(w http.ResponseWriter, name string, data any) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	if err := s.tmpl.ExecuteTemplate(w, name, data); err != nil {
-		s.log.Warn("rendering a dashboard page failed", "page", name, "err", err)
+		s.log.Warn("rendering a dashboard page failed", "page", name, "error", err)
 	}
 }
 
@@ -373,7 +373,7 @@ func Serve(lis net.Listener, h http.Handler) *http.Server {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second}
 	go func() {
 		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			slog.Default().Warn("dashboard server stopped", "err", err)
+			slog.Default().Warn("dashboard server stopped", "error", err)
 		}
 	}()
 	return srv

@@ -22,6 +22,9 @@ import (
 	"github.com/sony/gobreaker/v2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc/filters"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
@@ -36,6 +39,7 @@ import (
 	"github.com/tandem/tandem/orchestrator-go/internal/jobstore"
 	"github.com/tandem/tandem/orchestrator-go/internal/metrics"
 	"github.com/tandem/tandem/orchestrator-go/internal/queue"
+	"github.com/tandem/tandem/orchestrator-go/internal/telemetry"
 	"github.com/tandem/tandem/orchestrator-go/internal/workers"
 )
 
@@ -117,6 +121,9 @@ func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 		host, _ := os.Hostname()
 		workerID = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), ulid.Make().String()[20:])
 	}
+	// The trace context travels in NATS headers and gRPC metadata whether or
+	// not spans are exported (main sets export up: internal/telemetry).
+	telemetry.InstallPropagator()
 	m := metrics.New()
 	orc := &Orchestrator{cfg: cfg, log: log, Metrics: m, Pools: map[string]*queue.Pool{}, stopHealth: make(chan struct{}), healthLast: -1,
 		fault: o.Fault, workerID: workerID, running: queue.NewRunning()}
@@ -148,6 +155,7 @@ func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 		return nil, fmt.Errorf("--listen %s: %w", cfg.Listen, err)
 	}
 	orc.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(cfg.MaxMessageBytes), grpc.MaxSendMsgSize(cfg.MaxMessageBytes),
+		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithFilter(filters.Not(filters.HealthCheck())))),
 		grpc.ChainUnaryInterceptor(orc.gateUnary), grpc.ChainStreamInterceptor(orc.gateStream))
 	tandemv1.RegisterJobServiceServer(orc.grpc, orc.API)
 	tandemv1.RegisterComputeServiceServer(orc.grpc, &api.ComputeProxy{Compute: orc.Compute, Jobs: orc.API})
@@ -159,7 +167,7 @@ func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 	go func() {
 		defer orc.wg.Done()
 		if err := orc.grpc.Serve(orc.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			log.Error("gRPC server stopped", "err", err)
+			log.Error("gRPC server stopped", "error", err)
 		}
 	}()
 	if cfg.MetricsListen != "" {
@@ -192,7 +200,7 @@ func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 			return nil, err
 		}
 	} else {
-		log.Warn("nats not reachable at start; serving NOT_SERVING and connecting in the background", "url", orc.Broker.URL(), "err", cerr)
+		log.Warn("nats not reachable at start; serving NOT_SERVING and connecting in the background", "url", orc.Broker.URL(), "error", cerr)
 		orc.wg.Add(1)
 		go func() {
 			defer orc.wg.Done()
@@ -200,7 +208,7 @@ func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 				return // shut down before NATS came up
 			}
 			if err := orc.finishStart(orc.bgCtx()); err != nil {
-				log.Error("start after connecting to NATS failed", "err", err)
+				log.Error("start after connecting to NATS failed", "error", err)
 			}
 		}()
 	}
@@ -275,7 +283,7 @@ func (o *Orchestrator) finishStart(ctx context.Context) error {
 				log.Info("cancelling running job", "job_id", string(msg.Data))
 			}
 		}); err != nil {
-			log.Error("subscribing to cancel notices failed", "err", err)
+			log.Error("subscribing to cancel notices failed", "error", err)
 		}
 	})
 	o.Pools = pools

@@ -34,7 +34,7 @@ func (p *Pool) deadLetter(ctx context.Context, a *attempt, e *apierr.Error) {
 	jobstore.CloseAttempt(dead, attempt, dead.LastError)
 	m, err := jobstore.EncodeMsg(broker.DLQSubject(p.cfg.Name, dead.GetId()), dead, a.inline, a.object)
 	if err != nil {
-		log.Error("encoding dead letter failed", "err", err)
+		log.Error("encoding dead letter failed", "error", err)
 		_ = msg.NakWithDelay(time.Second)
 		return
 	}
@@ -42,7 +42,7 @@ func (p *Pool) deadLetter(ctx context.Context, a *attempt, e *apierr.Error) {
 		m.Header.Set(tracectx.Header, tp)
 	}
 	if _, err := p.Broker.JS().PublishMsg(ctx, m, jetstream.WithMsgID(fmt.Sprintf("dlq-%s-%d", dead.GetId(), attempt))); err != nil {
-		log.Warn("dead-letter publish failed; retrying delivery", "err", err)
+		log.Warn("dead-letter publish failed; retrying delivery", "error", err)
 		_ = msg.NakWithDelay(time.Second)
 		return
 	}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	otelcodes "go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
@@ -19,6 +21,7 @@ import (
 	"github.com/tandem/tandem/orchestrator-go/internal/fault"
 	"github.com/tandem/tandem/orchestrator-go/internal/jobstore"
 	"github.com/tandem/tandem/orchestrator-go/internal/provider"
+	"github.com/tandem/tandem/orchestrator-go/internal/telemetry"
 	"github.com/tandem/tandem/orchestrator-go/internal/tracectx"
 	"github.com/tandem/tandem/orchestrator-go/internal/workers"
 )
@@ -50,6 +53,7 @@ type attempt struct {
 	// jctx is cancelled by CancelJob (ErrJobCancelled) or the end of a drain (errDrain).
 	jctx   context.Context
 	cancel context.CancelCauseFunc
+	span   trace.Span
 	// lastProgress is when progress was last written to the record.
 	lastProgress time.Time
 }
@@ -95,10 +99,15 @@ func (p *Pool) handle(msg jetstream.Msg) {
 		return
 	}
 	defer a.cancel(nil)
+	defer a.span.End()
 	p.Running.add(jobID, a.cancel)
 	defer p.Running.remove(jobID)
 	res := p.execute(a)
-	p.report(a, res, p.classify(a, res))
+	oc := p.classify(a, res)
+	if oc.err != nil {
+		a.span.SetStatus(otelcodes.Error, oc.err.Reason.String()+": "+oc.err.Message)
+	}
+	p.report(a, res, oc)
 }
 
 // begin reads (or repairs) the record and starts the attempt. It returns
@@ -107,7 +116,7 @@ func (p *Pool) handle(msg jetstream.Msg) {
 func (p *Pool) begin(msg jetstream.Msg, jobID *string) (*attempt, bool) {
 	spec, inline, object, err := jobstore.DecodeMsg(msg.Headers(), msg.Data())
 	if err != nil {
-		p.Log.Error("undecodable job message terminated", "err", err, "subject", msg.Subject())
+		p.Log.Error("undecodable job message terminated", "error", err, "subject", msg.Subject())
 		_ = msg.Term()
 		return nil, false
 	}
@@ -129,7 +138,7 @@ func (p *Pool) begin(msg jetstream.Msg, jobID *string) (*attempt, bool) {
 		}
 	}
 	if err != nil {
-		log.Warn("cannot read job record; retrying delivery", "err", err)
+		log.Warn("cannot read job record; retrying delivery", "error", err)
 		_ = msg.NakWithDelay(time.Second)
 		return nil, false
 	}
@@ -168,16 +177,26 @@ func (p *Pool) begin(msg jetstream.Msg, jobID *string) (*attempt, bool) {
 		TraceId: tracectx.TraceID(msg.Headers().Get(tracectx.Header))})
 	if err := p.Store.Update(ctx, rec); err != nil {
 		// Someone changed it (a cancel, another delivery): look again later.
-		log.Debug("could not start attempt", "err", err)
+		log.Debug("could not start attempt", "error", err)
 		_ = msg.NakWithDelay(100 * time.Millisecond)
 		return nil, false
 	}
+	// The attempt's span: a child of the job's submit span (its context
+	// travels in the message header), parent of the step calls' spans.
+	_, span := telemetry.Tracer().Start(telemetry.FromHeader(context.Background(), msg.Headers()), "tandem.job.attempt",
+		trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(telemetry.JobAttrs(*jobID, p.cfg.Name, a.number)...))
+	a.span = span
 	a.log = log.With("attempt", a.number)
+	if sc := span.SpanContext(); sc.IsSampled() {
+		a.log = a.log.With("span_id", sc.SpanID().String())
+	}
 	p.Store.PublishEvent(j, rec.Rev)
 	if p.fault("worker.after_running") != nil {
+		span.End()
 		return nil, false // simulated crash: no ack, no nak; AckWait redelivers
 	}
-	a.jctx, a.cancel = context.WithCancelCause(p.runCtx)
+	jctx, cancel := context.WithCancelCause(p.runCtx)
+	a.jctx, a.cancel = trace.ContextWithSpan(jctx, span), cancel
 	return a, true
 }
 
@@ -289,7 +308,12 @@ func (p *Pool) transform(ctx context.Context, a *attempt) (resp *tandemv1.Transf
 	if err := p.fault("worker.before_compute"); err != nil {
 		return nil, err
 	}
-	tp := a.msg.Headers().Get(tracectx.Header)
+	// Step calls carry the attempt span's context: compute's through the
+	// gRPC stats handler, op workers' in the StepRequest.
+	tp := telemetry.Traceparent(ctx)
+	if tp == "" {
+		tp = a.msg.Headers().Get(tracectx.Header)
+	}
 	steps := j.GetSteps()
 	data, contentType := payload, ""
 	for i := 0; i < len(steps); {
@@ -309,7 +333,7 @@ func (p *Pool) transform(ctx context.Context, a *attempt) (resp *tandemv1.Transf
 		for k < len(steps) && (p.Workers == nil || !p.Workers.Serves(steps[k].GetOp())) {
 			k++
 		}
-		r, err := p.callCompute(tracectx.Outgoing(ctx, tp), steps[i:k], data, j.GetId(), a.number)
+		r, err := p.callCompute(ctx, steps[i:k], data, j.GetId(), a.number)
 		if err != nil {
 			return nil, offsetStep(err, i)
 		}

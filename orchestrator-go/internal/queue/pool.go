@@ -219,7 +219,7 @@ func (p *Pool) fetchLoop() {
 		}
 		if err != nil {
 			p.release(n)
-			p.Log.Warn("fetch failed", "err", err)
+			p.Log.Warn("fetch failed", "error", err)
 			if !wait(250 * time.Millisecond) {
 				return
 			}
@@ -245,7 +245,7 @@ func (p *Pool) fetchLoop() {
 		}
 		p.release(n - got)
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && p.fetchCtx.Err() == nil {
-			p.Log.Debug("fetch ended", "err", err)
+			p.Log.Debug("fetch ended", "error", err)
 		}
 	}
 }

@@ -26,7 +26,7 @@ func (p *Pool) report(a *attempt, res result, oc outcome) {
 		p.finish(ctx, a, func(*tandemv1.Job) settle { return settleKeep }, 0)
 	case verdictHandBack:
 		if oc.err != nil {
-			a.log.Info("job handed back; the attempt does not count", "why", oc.why, "delay", oc.delay.String(), "err", oc.err.Message)
+			a.log.Info("job handed back; the attempt does not count", "why", oc.why, "delay", oc.delay.String(), "error", oc.err.Message)
 		}
 		p.handBack(ctx, a, oc.delay)
 	case verdictSucceed:
@@ -34,7 +34,7 @@ func (p *Pool) report(a *attempt, res result, oc outcome) {
 		// CAS loop, so a re-read after a conflict cannot lose it.
 		scratch := &tandemv1.Job{Id: j.GetId(), Queue: j.GetQueue()}
 		if err := p.Store.AttachResult(ctx, scratch, res.resp.GetOutput(), res.resp.GetContentType()); err != nil {
-			a.log.Warn("storing result failed; retrying", "err", err)
+			a.log.Warn("storing result failed; retrying", "error", err)
 			p.handBack(ctx, a, time.Second)
 			return
 		}
@@ -48,7 +48,7 @@ func (p *Pool) report(a *attempt, res result, oc outcome) {
 		}, 0)
 		p.Store.DeletePayload(ctx, a.object)
 	case verdictFail:
-		a.log.Info("job failed permanently", "reason", oc.err.Reason.String(), "err", oc.err.Message)
+		a.log.Info("job failed permanently", "reason", oc.err.Reason.String(), "error", oc.err.Message)
 		p.finish(ctx, a, func(j *tandemv1.Job) settle {
 			j.State = tandemv1.JobState_JOB_STATE_FAILED
 			j.FinishedAt = jobstore.Now()
@@ -58,10 +58,10 @@ func (p *Pool) report(a *attempt, res result, oc outcome) {
 		}, 0)
 		p.Store.DeletePayload(ctx, a.object)
 	case verdictDead:
-		a.log.Warn("job out of attempts: dead-lettered", "reason", oc.err.Reason.String(), "err", oc.err.Message)
+		a.log.Warn("job out of attempts: dead-lettered", "reason", oc.err.Reason.String(), "error", oc.err.Message)
 		p.deadLetter(ctx, a, oc.err)
 	case verdictRetry:
-		a.log.Info("job attempt failed; retrying", "reason", oc.err.Reason.String(), "err", oc.err.Message, "delay", oc.delay)
+		a.log.Info("job attempt failed; retrying", "reason", oc.err.Reason.String(), "error", oc.err.Message, "delay", oc.delay)
 		p.finish(ctx, a, func(j *tandemv1.Job) settle {
 			j.State = tandemv1.JobState_JOB_STATE_RETRYING
 			j.LastError = apierr.Proto(oc.err)
@@ -113,7 +113,7 @@ func (p *Pool) finish(ctx context.Context, a *attempt, apply func(j *tandemv1.Jo
 			continue
 		}
 		if err != nil {
-			a.log.Warn("recording job outcome failed; delivery will be retried", "err", err)
+			a.log.Warn("recording job outcome failed; delivery will be retried", "error", err)
 			_ = msg.NakWithDelay(time.Second)
 			return
 		}

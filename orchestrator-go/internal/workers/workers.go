@@ -110,7 +110,7 @@ func (r *Registry) Start(ctx context.Context) error {
 	}
 	r.b.OnConnect(func(nc *nats.Conn) {
 		if _, err := nc.Subscribe(HeartbeatSubject, r.onHeartbeat); err != nil {
-			r.log.Error("subscribing to worker heartbeats failed", "err", err)
+			r.log.Error("subscribing to worker heartbeats failed", "error", err)
 		}
 	})
 	return nil
@@ -174,11 +174,11 @@ func checkInfo(w *tandemv1.WorkerInfo) error {
 func (r *Registry) onHeartbeat(msg *nats.Msg) {
 	w := &tandemv1.WorkerInfo{}
 	if err := proto.Unmarshal(msg.Data, w); err != nil {
-		r.log.Warn("undecodable worker heartbeat ignored", "err", err)
+		r.log.Warn("undecodable worker heartbeat ignored", "error", err)
 		return
 	}
 	if err := checkInfo(w); err != nil {
-		r.log.Warn("worker heartbeat rejected", "worker", apierr.Quote(w.GetId()), "err", err)
+		r.log.Warn("worker heartbeat rejected", "worker", apierr.Quote(w.GetId()), "error", err)
 		return
 	}
 	interval := w.GetHeartbeatInterval().AsDuration()
@@ -218,7 +218,7 @@ func (r *Registry) persist(spec *tandemv1.OpSpec) {
 	defer cancel()
 	data, _ := proto.MarshalOptions{Deterministic: true}.Marshal(spec)
 	if _, err := r.b.Ops().Put(ctx, spec.GetName(), data); err != nil {
-		r.log.Warn("storing a registered op failed (it is registered in memory)", "op", spec.GetName(), "err", err)
+		r.log.Warn("storing a registered op failed (it is registered in memory)", "op", spec.GetName(), "error", err)
 		r.mu.Lock()
 		delete(r.stored, spec.GetName()) // write it again on the next heartbeat
 		r.mu.Unlock()
