@@ -191,8 +191,16 @@ test-client: $(STAMP)/pyclient
 test-e2e: build $(STAMP)/chromium
 	$(VENV)/bin/pytest -q tests
 
+# promtool checks the alert rules, their unit tests and the scrape config
+# (deploy/prometheus); built from the Go module proxy at a pinned release.
+PROMTOOL_VERSION := v0.316.0
+
+.tools/bin/promtool:
+	mkdir -p .tools/bin
+	GOBIN=$(ROOT)/.tools/bin GOFLAGS="-mod=mod -buildvcs=false" go install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
+
 # Needs the binaries and the installed package: its checks start real processes.
-test-deploy: build
+test-deploy: build .tools/bin/promtool
 	$(VENV)/bin/pytest -q deploy/tests
 
 # The benchmark harness's own code (workloads, parsing, report); not the benchmark.

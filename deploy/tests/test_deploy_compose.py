@@ -139,7 +139,8 @@ def test_images_are_pinned(svcs: dict[str, dict[str, Any]]) -> None:
         assert tag != "latest", f"{name}: image {image} uses latest"
         assert digest or re.search(r"\d", tag), f"{name}: tag of {image} names no version"
         if "build" not in svc:
-            assert re.match(r"^\d+\.\d+\.\d+", tag), (
+            # Full version; Prometheus tags its images v3.16.0.
+            assert re.match(r"^v?\d+\.\d+\.\d+", tag), (
                 f"{name}: external image {image} needs a full version"
             )
 
