@@ -18,6 +18,7 @@ COPY compute-rs/crates/tandem-proto/Cargo.toml crates/tandem-proto/
 COPY compute-rs/crates/tandem-core/Cargo.toml crates/tandem-core/
 COPY compute-rs/crates/tandem-compute/Cargo.toml crates/tandem-compute/
 COPY compute-rs/crates/tandem-py/Cargo.toml crates/tandem-py/
+COPY compute-rs/crates/example-acme-compute/Cargo.toml crates/example-acme-compute/
 RUN cargo-stubs && cargo fetch --locked
 
 # --- the wheel: maturin builds pyclient with compute-rs/crates/tandem-py -----

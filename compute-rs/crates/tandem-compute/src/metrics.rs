@@ -26,7 +26,9 @@ pub struct Metrics {
     pub op_errors: IntCounterVec,
     /// Step latency by op.
     pub op_seconds: HistogramVec,
+    /// Bytes read by ops, by op.
     pub op_bytes_in: IntCounterVec,
+    /// Bytes produced by ops, by op.
     pub op_bytes_out: IntCounterVec,
     /// Requests admitted and not finished (running or waiting for a worker).
     pub in_flight: IntGauge,

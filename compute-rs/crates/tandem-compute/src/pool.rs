@@ -10,6 +10,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// Suggested retry delay for OVERLOADED answers.
 pub(crate) const RETRY_AFTER_MS: u64 = 100;
 
+/// The pool: admission (running + waiting) and workers (running). Cheap to
+/// clone.
 #[derive(Debug, Clone)]
 pub struct Pool {
     /// Permits for running + waiting requests (workers + queue_depth).
@@ -34,6 +36,8 @@ impl Slot {
 }
 
 impl Pool {
+    /// A pool of `workers` (at least 1) with room for `queue_depth` waiting
+    /// requests.
     pub fn new(workers: usize, queue_depth: usize) -> Self {
         let workers = workers.max(1);
         Pool {
@@ -43,6 +47,7 @@ impl Pool {
         }
     }
 
+    /// Number of workers.
     pub fn workers(&self) -> usize {
         self.n_workers
     }

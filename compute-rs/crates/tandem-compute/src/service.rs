@@ -38,10 +38,12 @@ impl Drop for CancelOnDrop {
 }
 
 impl ComputeSvc {
+    /// The service for `registry`, running its ops on `pool`.
     pub fn new(registry: Registry, pool: Pool, metrics: Metrics) -> Self {
         ComputeSvc { inner: Arc::new(Inner { registry: Arc::new(registry), pool, metrics }) }
     }
 
+    /// The ops served.
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
     }
@@ -326,7 +328,7 @@ pub fn list_ops(registry: &Registry) -> v1::ListOpsResponse {
                 debug: op.debug,
                 provider: "compute".to_owned(),
                 live_workers: 0,
-                version: String::new(),
+                version: op.version.to_owned(),
             })
             .collect(),
         limits: Some(v1::Limits {

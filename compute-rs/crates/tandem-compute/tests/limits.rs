@@ -22,6 +22,7 @@ fn small_config() -> Config {
             ..Limits::default()
         },
         enable_debug_ops: true,
+        ..Config::default()
     }
 }
 

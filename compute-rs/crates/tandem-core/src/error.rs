@@ -45,6 +45,7 @@ pub struct Quoted {
 }
 
 impl Quoted {
+    /// Quotes `value`.
     pub fn new(value: &str) -> Quoted {
         let mut end = value.len().min(QUOTE_LIMIT);
         while !value.is_char_boundary(end) {
@@ -94,6 +95,7 @@ impl fmt::Display for QuotedForm<'_> {
 
 /// gRPC status codes (google.rpc.Code numbering), without a gRPC dependency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs)] // google.rpc.Code's own names; see its documentation.
 #[repr(i32)]
 pub enum Code {
     Ok = 0,
@@ -166,58 +168,163 @@ impl Code {
     }
 }
 
-/// Everything that can go wrong running a pipeline.
+/// Everything that can go wrong running a pipeline. Each variant has one
+/// reason of the catalogue ([`Error::reason`]), which gives its gRPC code
+/// ([`Error::code`]) and whether callers retry it; the `Display` text is the
+/// status message and its fields the `google.rpc.ErrorInfo` metadata
+/// ([`Error::metadata`]). An op returns the variants its docs mention; the
+/// others come from the runner and the server.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
+    /// `UNKNOWN_OP`: no such op is served.
     #[error("unknown op {}{hint}", .op.quoted())]
-    UnknownOp { op: Quoted, hint: &'static str },
+    UnknownOp {
+        /// The name asked for.
+        op: Quoted,
+        /// Appended to the message (e.g. that debug ops are disabled).
+        hint: &'static str,
+    },
 
+    /// `PARAM_INVALID`: a param is unknown, missing, not of its type, or
+    /// inconsistent with another (an op may return this one).
     /// `detail` quotes caller values only through [`Quoted`].
     #[error("param {}: {detail}", .param.quoted())]
-    ParamInvalid { param: Quoted, detail: String },
+    ParamInvalid {
+        /// The param at fault.
+        param: Quoted,
+        /// What is wrong with it.
+        detail: String,
+    },
 
+    /// `PARAM_OUT_OF_RANGE`: an int outside `[min, max]`, or a string
+    /// longer than `max` bytes.
     #[error("param {} = {value} is out of range [{min}, {max}]", .param.quoted())]
-    ParamOutOfRange { param: Quoted, value: Quoted, min: i64, max: i64 },
+    ParamOutOfRange {
+        /// The param at fault.
+        param: Quoted,
+        /// The value given (for a string, its length).
+        value: Quoted,
+        /// The smallest value allowed.
+        min: i64,
+        /// The largest value allowed.
+        max: i64,
+    },
 
-    /// `actual` is `None` when the size is not known (e.g. a gRPC-compressed
-    /// request that inflates past the limit).
+    /// `PAYLOAD_TOO_LARGE`: the request is over `max_request_bytes`.
     #[error("{}", payload_message(field, *limit, *actual))]
-    PayloadTooLarge { field: String, limit: u64, actual: Option<u64> },
+    PayloadTooLarge {
+        /// What is too large (`request`).
+        field: String,
+        /// The limit in bytes.
+        limit: u64,
+        /// The size, or `None` when it is not known (e.g. a gRPC-compressed
+        /// request that inflates past the limit).
+        actual: Option<u64>,
+    },
 
+    /// `INPUT_CORRUPT`: input an op cannot read (bad or truncated encoding,
+    /// wrong magic bytes, not UTF-8). [`Error::corrupt`] builds one.
     #[error("corrupt input: {detail}")]
-    InputCorrupt { detail: String },
+    InputCorrupt {
+        /// What is wrong, e.g. `zstd: unexpected end of frame`.
+        detail: String,
+    },
 
-    /// `actual` is `None` when decoding stopped at the limit (a bomb: the
-    /// real size is never learned).
+    /// `OP_FAILED`: input an op refuses for good for a reason of its own
+    /// (not corrupt, not too large); INVALID_ARGUMENT, never retried.
+    #[error("{detail}")]
+    OpFailed {
+        /// The message (after `step N (op): `).
+        detail: String,
+    },
+
+    /// `OUTPUT_TOO_LARGE`: an output would pass a cap (a step's output over
+    /// `max_output_bytes`, a decompression bomb, an image over the pixel
+    /// caps). Memory stays bounded by the cap.
     #[error("{what} exceeds the limit of {limit} {unit}{}{}",
         .param.as_ref().map(|p| format!(" (param {p:?})")).unwrap_or_default(),
         .actual.map(|a| format!(" (is {a})")).unwrap_or_default())]
-    OutputTooLarge { what: String, unit: &'static str, param: Option<String>, limit: u64, actual: Option<u64> },
+    OutputTooLarge {
+        /// What would be too large (`output`, `decompressed output`, ...).
+        what: String,
+        /// The unit of `limit` and `actual` (`bytes`, `pixels`).
+        unit: &'static str,
+        /// The param that set the cap, if one did.
+        param: Option<String>,
+        /// The cap.
+        limit: u64,
+        /// The size, or `None` when decoding stopped at the cap (a bomb: the
+        /// real size is never learned).
+        actual: Option<u64>,
+    },
 
+    /// `REQUEST_INVALID`: the request itself is malformed (no steps, too
+    /// many steps or batch items).
     #[error("{detail}")]
-    RequestInvalid { field: String, detail: String, limit: Option<u64>, actual: Option<u64> },
+    RequestInvalid {
+        /// The request field at fault.
+        field: String,
+        /// The message.
+        detail: String,
+        /// The limit passed, if one was.
+        limit: Option<u64>,
+        /// The value given, if a count.
+        actual: Option<u64>,
+    },
 
+    /// `OVERLOADED` (RESOURCE_EXHAUSTED, retried): the pool and its queue
+    /// are full.
     #[error("server overloaded: every worker is busy and the wait queue is full; retry after {retry_after_ms} ms")]
-    Overloaded { retry_after_ms: u64 },
+    Overloaded {
+        /// Suggested delay before a retry.
+        retry_after_ms: u64,
+    },
 
+    /// `TIMEOUT` (DEADLINE_EXCEEDED): the call's deadline passed
+    /// ([`Ctx::checkpoint`](crate::Ctx::checkpoint) returns it).
     #[error("deadline exceeded{}", if *.started { " while running" } else { " before the work started" })]
-    Timeout { started: bool },
+    Timeout {
+        /// Whether the work had started.
+        started: bool,
+    },
 
+    /// `CANCELLED`: the call was cancelled while running
+    /// ([`Ctx::checkpoint`](crate::Ctx::checkpoint) returns it).
     #[error("cancelled")]
     Cancelled,
 
+    /// `SHUTTING_DOWN` (UNAVAILABLE, retried): the server is stopping and
+    /// its drain timeout cut the call off.
     #[error("server is shutting down")]
     ShuttingDown,
 
+    /// `INTERNAL_ERROR` (INTERNAL, retried): a bug, e.g. a panic in an op.
     #[error("internal error: {detail}")]
-    Internal { detail: String },
+    Internal {
+        /// What went wrong.
+        detail: String,
+    },
 
+    /// `INJECTED_FAULT`: raised by `debug.fail` (tests only).
     #[error("injected {}: {message}", .code.as_str())]
-    InjectedFault { code: Code, message: String },
+    InjectedFault {
+        /// The gRPC code asked for.
+        code: Code,
+        /// The message asked for.
+        message: String,
+    },
 
-    /// An error raised by one step of a pipeline.
+    /// An error raised by one step of a pipeline (the runner wraps every
+    /// step's error in one; an op never returns it).
     #[error("step {index} ({op}): {source}")]
-    Step { index: usize, op: Quoted, source: Box<Error> },
+    Step {
+        /// The step's index, from 0.
+        index: usize,
+        /// The step's op name.
+        op: Quoted,
+        /// The step's error.
+        source: Box<Error>,
+    },
 }
 
 /// Result with the core error.
@@ -258,6 +365,7 @@ impl Error {
             Error::ParamOutOfRange { .. } => Reason::ParamOutOfRange,
             Error::PayloadTooLarge { .. } => Reason::PayloadTooLarge,
             Error::InputCorrupt { .. } => Reason::InputCorrupt,
+            Error::OpFailed { .. } => Reason::OpFailed,
             Error::OutputTooLarge { .. } => Reason::OutputTooLarge,
             Error::RequestInvalid { .. } => Reason::RequestInvalid,
             Error::Overloaded { .. } => Reason::Overloaded,
@@ -318,7 +426,7 @@ impl Error {
                     put("actual", a.to_string());
                 }
             }
-            Error::InputCorrupt { .. } | Error::Cancelled | Error::ShuttingDown => {}
+            Error::InputCorrupt { .. } | Error::OpFailed { .. } | Error::Cancelled | Error::ShuttingDown => {}
             Error::OutputTooLarge { param, limit, actual, .. } => {
                 if let Some(p) = param {
                     put("param", p.clone());
@@ -426,6 +534,7 @@ mod tests {
             Error::ParamOutOfRange { param: Quoted::new("p"), value: Quoted::new("9"), min: 0, max: 1 },
             Error::PayloadTooLarge { field: "request".to_owned(), limit: 1, actual: None },
             Error::corrupt("bad"),
+            Error::OpFailed { detail: "no".to_owned() },
             Error::OutputTooLarge { what: "output".to_owned(), unit: "bytes", param: None, limit: 1, actual: None },
             Error::RequestInvalid { field: "steps".to_owned(), detail: String::new(), limit: None, actual: None },
             Error::Overloaded { retry_after_ms: 100 },
@@ -443,6 +552,7 @@ mod tests {
                 | Error::ParamOutOfRange { .. }
                 | Error::PayloadTooLarge { .. }
                 | Error::InputCorrupt { .. }
+                | Error::OpFailed { .. }
                 | Error::OutputTooLarge { .. }
                 | Error::RequestInvalid { .. }
                 | Error::Overloaded { .. }

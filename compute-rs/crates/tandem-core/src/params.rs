@@ -5,6 +5,15 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Quoted, Result};
 
+/// Most params one op may declare (the orchestrator accepts at most this
+/// many per step).
+pub const MAX_PARAMS: usize = 64;
+/// Longest param name, in bytes.
+pub const MAX_PARAM_NAME_BYTES: usize = 64;
+/// Longest param value the orchestrator accepts, in bytes: the upper bound
+/// of a string param's `max`, of defaults and of choices.
+pub const MAX_PARAM_VALUE_BYTES: usize = 4096;
+
 /// Mirror of `tandem.v1.ParamType`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParamType {
@@ -30,21 +39,43 @@ impl ParamType {
     }
 }
 
-/// Mirror of `tandem.v1.ParamSpec`.
+/// One param of an op (mirror of `tandem.v1.ParamSpec`, what ListOps
+/// reports): build it with [`ParamSpec::int`], [`ParamSpec::choice`],
+/// [`ParamSpec::boolean`] or [`ParamSpec::string`], then
+/// [`ParamSpec::required`] for one without a default.
+///
+/// Values arrive as strings and are parsed before the op runs: an int
+/// outside `[min, max]` (or a string longer than `max` bytes) is
+/// `PARAM_OUT_OF_RANGE` with `limit` = `[min, max]` in the error; a value
+/// of the wrong type, an unknown choice, an unknown param name or a missing
+/// required param is `PARAM_INVALID`. The op reads the parsed value with
+/// [`Params::int`], [`Params::str`] or [`Params::bool`].
+///
+/// Fields can be read anywhere; outside this crate they are set only
+/// through the constructors (fields may be added).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ParamSpec {
+    /// `A-Z a-z 0-9 _ - .`, 1 to [`MAX_PARAM_NAME_BYTES`] bytes.
     pub name: &'static str,
+    /// How the value is parsed.
     pub ty: ParamType,
+    /// What it does, with its unit.
     pub description: String,
     /// Used when absent; empty when `required`.
     pub default: String,
+    /// The caller must give a value (there is no default).
     pub required: bool,
+    /// Int: smallest value. String: 0.
     pub min: i64,
+    /// Int: largest value. String: most bytes.
     pub max: i64,
+    /// Enum: the accepted values.
     pub choices: Vec<&'static str>,
 }
 
 impl ParamSpec {
+    /// An integer in `[min, max]` (inclusive), `default` when absent.
     pub fn int(name: &'static str, description: impl Into<String>, default: i64, min: i64, max: i64) -> Self {
         ParamSpec {
             name,
@@ -58,6 +89,7 @@ impl ParamSpec {
         }
     }
 
+    /// One of `choices` (exact, case-sensitive match), `default` when absent.
     pub fn choice(
         name: &'static str,
         description: impl Into<String>,
@@ -76,6 +108,7 @@ impl ParamSpec {
         }
     }
 
+    /// `"true"` or `"false"`, `default` when absent.
     pub fn boolean(name: &'static str, description: impl Into<String>, default: bool) -> Self {
         ParamSpec {
             name,
@@ -89,6 +122,8 @@ impl ParamSpec {
         }
     }
 
+    /// Any UTF-8 text of at most `max_len` bytes (at most
+    /// [`MAX_PARAM_VALUE_BYTES`]), `default` when absent.
     pub fn string(name: &'static str, description: impl Into<String>, default: &str, max_len: i64) -> Self {
         ParamSpec {
             name,
@@ -100,6 +135,58 @@ impl ParamSpec {
             max: max_len,
             choices: Vec::new(),
         }
+    }
+
+    /// Makes the param required: no default, `PARAM_INVALID` when absent.
+    pub fn required(self) -> Self {
+        ParamSpec { required: true, default: String::new(), ..self }
+    }
+
+    /// Checks the definition (for [`crate::Registry::with_op`]).
+    pub(crate) fn check(&self) -> std::result::Result<(), String> {
+        let name = self.name;
+        if name.is_empty() || name.len() > MAX_PARAM_NAME_BYTES {
+            return Err(format!("the name must be 1 to {MAX_PARAM_NAME_BYTES} bytes"));
+        }
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')) {
+            return Err("the name must be A-Z a-z 0-9 _ - .".to_owned());
+        }
+        let value_ok = |v: &str| v.len() <= MAX_PARAM_VALUE_BYTES && !v.chars().any(char::is_control);
+        match self.ty {
+            ParamType::Int if self.min > self.max => {
+                return Err(format!("min {} is more than max {}", self.min, self.max));
+            }
+            ParamType::Enum => {
+                if self.choices.is_empty() {
+                    return Err("an enum needs at least one choice".to_owned());
+                }
+                for (i, c) in self.choices.iter().enumerate() {
+                    if c.is_empty() || !value_ok(c) {
+                        return Err(format!(
+                            "choice {c:?} must be 1 to {MAX_PARAM_VALUE_BYTES} bytes without control characters"
+                        ));
+                    }
+                    if self.choices[..i].contains(c) {
+                        return Err(format!("choice {c:?} is listed twice"));
+                    }
+                }
+            }
+            ParamType::String if self.min != 0 || self.max < 0 || self.max > MAX_PARAM_VALUE_BYTES as i64 => {
+                return Err(format!("a string's max must be 0 to {MAX_PARAM_VALUE_BYTES} bytes (and min 0)"));
+            }
+            _ => {}
+        }
+        if self.required {
+            if !self.default.is_empty() {
+                return Err("a required param has no default".to_owned());
+            }
+        } else {
+            if !value_ok(&self.default) {
+                return Err("the default must be at most 4096 bytes without control characters".to_owned());
+            }
+            self.parse(&self.default).map_err(|e| format!("the default is not a valid value: {e}"))?;
+        }
+        Ok(())
     }
 
     fn parse(&self, raw: &str) -> Result<Value> {
@@ -150,13 +237,20 @@ impl ParamSpec {
 /// A parsed parameter value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// An `Int` param.
     Int(i64),
+    /// A `Bool` param.
     Bool(bool),
+    /// An `Enum` or `String` param.
     Str(String),
 }
 
 /// The parsed, validated parameters of one step: every declared param has a
-/// value (given or default).
+/// value (given or default), of its declared type and within its range.
+///
+/// The accessors panic when asked for a param the op did not declare (or
+/// with the wrong type): a bug in the op, which the runner catches and
+/// answers `INTERNAL_ERROR`, like any panic.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Params(BTreeMap<&'static str, Value>);
 
@@ -194,7 +288,8 @@ impl Params {
         Ok(Params(out))
     }
 
-    /// The int param `name` (declared by the op, so present).
+    /// The int param `name` (declared by the op, so present), within its
+    /// `[min, max]`.
     pub fn int(&self, name: &str) -> i64 {
         match self.0.get(name) {
             Some(Value::Int(v)) => *v,
@@ -202,6 +297,7 @@ impl Params {
         }
     }
 
+    /// The bool param `name`.
     pub fn bool(&self, name: &str) -> bool {
         match self.0.get(name) {
             Some(Value::Bool(v)) => *v,
@@ -209,6 +305,7 @@ impl Params {
         }
     }
 
+    /// The enum or string param `name`.
     pub fn str(&self, name: &str) -> &str {
         match self.0.get(name) {
             Some(Value::Str(v)) => v,
@@ -228,7 +325,7 @@ mod tests {
             ParamSpec::choice("fit", "", "contain", &["contain", "cover"]),
             ParamSpec::boolean("fast", "", false),
             ParamSpec::string("note", "", "", 4),
-            ParamSpec { required: true, default: String::new(), ..ParamSpec::int("n", "", 0, 0, 9) },
+            ParamSpec::int("n", "", 0, 0, 9).required(),
         ]
     }
 

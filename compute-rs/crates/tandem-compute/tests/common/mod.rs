@@ -58,7 +58,7 @@ impl TestServer {
 
 /// A config with small, test-friendly limits.
 pub fn config(workers: u32, queue_depth: u32) -> Config {
-    Config { limits: Limits { workers, queue_depth, ..Limits::default() }, enable_debug_ops: true }
+    Config { limits: Limits { workers, queue_depth, ..Limits::default() }, enable_debug_ops: true, ..Config::default() }
 }
 
 pub fn step(op: &str, params: &[(&str, &str)]) -> v1::Step {

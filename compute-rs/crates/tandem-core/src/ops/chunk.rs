@@ -7,18 +7,18 @@ use serde::Serialize;
 use crate::cancel::Ctx;
 use crate::error::{Error, Quoted, Result};
 use crate::params::{ParamSpec, Params};
-use crate::registry::{JSON, Op, Output};
+use crate::registry::{Op, Output};
 
 /// Output encoding of chunk.fastcdc.
 pub const ENCODING: &str = "tandem.chunks.v1 (JSON)";
 
 pub(crate) fn ops() -> Vec<Op> {
-    vec![Op {
-        name: "chunk.fastcdc",
-        description: "Splits the input into content-defined chunks (FastCDC 2020). Output: JSON {\"chunks\": \
-                      [{\"offset\", \"length\", \"blake3\" (hex)}]}, covering the input exactly, in order."
-            .to_owned(),
-        params: vec![
+    vec![Op::json(
+        "chunk.fastcdc",
+        "Splits the input into content-defined chunks (FastCDC 2020). Output: JSON {\"chunks\": \
+         [{\"offset\", \"length\", \"blake3\" (hex)}]}, covering the input exactly, in order.",
+        ENCODING,
+        vec![
             ParamSpec::int(
                 "min_size",
                 "Smallest chunk in bytes (except the last; an odd value is rounded down to even).",
@@ -41,11 +41,8 @@ pub(crate) fn ops() -> Vec<Op> {
                 i64::from(v2020::MAXIMUM_MAX),
             ),
         ],
-        output_content_type: JSON,
-        output_encoding: ENCODING,
-        debug: false,
-        run: fastcdc,
-    }]
+        fastcdc,
+    )]
 }
 
 #[derive(Serialize)]

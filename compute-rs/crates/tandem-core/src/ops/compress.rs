@@ -7,12 +7,12 @@
 //! and bytes after the last complete frame that are not a frame are
 //! `INPUT_CORRUPT`, as is a stream cut anywhere before its end.
 
-use std::io::{Read, Write};
+use std::io::Write;
 
 use super::CHUNK;
 use crate::cancel::Ctx;
 use crate::error::{Error, Result};
-use crate::limits::{DEFAULT_DECOMPRESS_OUTPUT_BYTES, Limits};
+use crate::limits::{DEFAULT_DECOMPRESS_OUTPUT_BYTES, Limits, read_capped, read_capped_into};
 use crate::params::{ParamSpec, Params};
 use crate::registry::{Op, Output};
 
@@ -78,46 +78,6 @@ fn write_chunked<W: Write>(ctx: &Ctx<'_>, w: &mut W, input: &[u8], what: &str) -
         w.write_all(chunk).map_err(|e| internal(what, e))?;
     }
     Ok(())
-}
-
-/// Reads `r` to the end, failing once more than `cap` bytes come out.
-fn read_capped<R: Read>(ctx: &Ctx<'_>, r: R, cap: u64, format: &str) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    read_capped_into(ctx, r, cap, format, &mut out)?;
-    Ok(out)
-}
-
-/// Appends `r` to `out` up to the end of `r`, failing once `out` would hold
-/// more than `cap` bytes (the cap counts what `out` already holds).
-fn read_capped_into<R: Read>(ctx: &Ctx<'_>, mut r: R, cap: u64, format: &str, out: &mut Vec<u8>) -> Result<()> {
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        ctx.checkpoint()?;
-        let n = match r.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::corrupt(format!("{format}: {e}"))),
-        };
-        if n == 0 {
-            return Ok(());
-        }
-        if (out.len() + n) as u64 > cap {
-            return Err(Error::OutputTooLarge {
-                what: "decompressed output".to_owned(),
-                unit: "bytes",
-                param: Some("max_output_bytes".to_owned()),
-                limit: cap,
-                actual: None,
-            });
-        }
-        if out.len() + n > out.capacity() {
-            // Grow by doubling, but never past the cap: memory stays bounded
-            // by the cap, not by twice it.
-            let want = (out.capacity() * 2).max(out.len() + n).min(cap as usize);
-            out.reserve_exact(want - out.len());
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
 }
 
 fn non_empty(input: &[u8], format: &str) -> Result<()> {

@@ -45,7 +45,7 @@ pub(crate) fn ops() -> Vec<Op> {
 }
 
 fn op(name: &'static str, description: &str, params: Vec<ParamSpec>, run: RunFn) -> Op {
-    Op { debug: true, ..Op::bytes(name, description, params, run) }
+    Op::bytes(name, description, params, run).debug_only()
 }
 
 fn pass(input: &[u8]) -> Result<Output> {

@@ -14,7 +14,7 @@ use crate::cancel::Ctx;
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::params::{ParamSpec, Params};
-use crate::registry::{JSON, Op, Output};
+use crate::registry::{Op, Output};
 
 /// Output encoding of image.info.
 pub const INFO_ENCODING: &str = "tandem.image_info.v1 (JSON)";
@@ -26,26 +26,22 @@ pub const MAX_THUMBNAIL_SIDE: u32 = 2048;
 pub(crate) fn ops(limits: &Limits) -> Vec<Op> {
     let dim = i64::from(limits.max_image_dimension.min(MAX_THUMBNAIL_SIDE));
     vec![
-        Op {
-            name: "image.info",
-            description: "Reads an image's header (PNG, JPEG, GIF or WebP): format, width, height, colour type. \
-                          Output: JSON {\"format\", \"width\", \"height\", \"color_type\"}."
-                .to_owned(),
-            params: Vec::new(),
-            output_content_type: JSON,
-            output_encoding: INFO_ENCODING,
-            debug: false,
-            run: info,
-        },
-        Op {
-            name: "image.thumbnail",
-            description: "Decodes a PNG, JPEG, GIF (first frame) or WebP image, resizes it into a width × height box \
+        Op::json(
+            "image.info",
+            "Reads an image's header (PNG, JPEG, GIF or WebP): format, width, height, colour type. \
+             Output: JSON {\"format\", \"width\", \"height\", \"color_type\"}.",
+            INFO_ENCODING,
+            Vec::new(),
+            info,
+        ),
+        Op::bytes(
+            "image.thumbnail",
+            "Decodes a PNG, JPEG, GIF (first frame) or WebP image, resizes it into a width × height box \
                           (JPEG: decoded at 1/2, 1/4 or 1/8 scale in the DCT while that still leaves twice the \
                           target size; then Lanczos3, after area-averaging reductions over 8×) and encodes it as PNG, JPEG or WebP \
                           (lossless). Output content type is \
-                          image/png, image/jpeg or image/webp per the format param."
-                .to_owned(),
-            params: vec![
+                          image/png, image/jpeg or image/webp per the format param.",
+            vec![
                 ParamSpec::int("width", "Box width in pixels.", 256.min(dim), 1, dim),
                 ParamSpec::int("height", "Box height in pixels.", 256.min(dim), 1, dim),
                 ParamSpec::choice(
@@ -58,11 +54,9 @@ pub(crate) fn ops(limits: &Limits) -> Vec<Op> {
                 ParamSpec::choice("format", "Output format.", "png", &["png", "jpeg", "webp"]),
                 ParamSpec::int("quality", "JPEG quality (ignored for png and webp, which are lossless).", 85, 1, 100),
             ],
-            output_content_type: "image/*",
-            output_encoding: "",
-            debug: false,
-            run: thumbnail,
-        },
+            thumbnail,
+        )
+        .with_output("image/*", ""),
     ]
 }
 

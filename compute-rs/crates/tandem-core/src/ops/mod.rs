@@ -1,4 +1,5 @@
-//! The op catalogue. Each module registers its ops in [`catalogue`].
+//! The built-in op catalogue (docs/OPS.md). Each module registers its ops in
+//! `catalogue`.
 
 use crate::limits::Limits;
 use crate::registry::Op;
@@ -23,6 +24,12 @@ pub(crate) fn catalogue(limits: &Limits) -> Vec<Op> {
     ops
 }
 
-/// Hashes/compressors take input in chunks of this size so long inputs
-/// check for cancellation often (1 MiB ≈ 0.5 ms of sha256).
-pub(crate) const CHUNK: usize = 1 << 20;
+/// The first name token of every built-in op: reserved for Tandem's own ops
+/// ([`Registry::with_op`](crate::Registry::with_op) refuses them).
+pub(crate) const NAMESPACES: [&str; 7] = ["chunk", "compress", "debug", "decompress", "hash", "image", "text"];
+
+/// The built-in ops work through their input in chunks of this size and
+/// call [`Ctx::checkpoint`](crate::Ctx::checkpoint) between chunks, so a
+/// cancelled or expired call stops within about a millisecond (1 MiB ≈
+/// 0.5 ms of sha256). A good default for a team's own ops too.
+pub const CHUNK: usize = 1 << 20;

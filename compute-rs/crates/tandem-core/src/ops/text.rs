@@ -9,7 +9,7 @@ use unicode_segmentation::UnicodeSegmentation;
 use crate::cancel::Ctx;
 use crate::error::{Error, Result};
 use crate::params::{ParamSpec, Params};
-use crate::registry::{JSON, Op, Output};
+use crate::registry::{Op, Output};
 
 /// Distinct terms counted for `top_terms`; terms first seen after this many
 /// distinct ones are not counted, so memory stays bounded on adversarial
@@ -20,19 +20,15 @@ pub const MAX_DISTINCT_TERMS: usize = 1 << 20;
 pub const ENCODING: &str = "tandem.text_stats.v1 (JSON)";
 
 pub(crate) fn ops() -> Vec<Op> {
-    vec![Op {
-        name: "text.stats",
-        description:
-            "Statistics of UTF-8 text. Output: JSON {\"bytes\", \"chars\" (Unicode scalar values), \"lines\", \
-                      \"words\" (Unicode word boundaries, UAX #29), \"top_terms\": [{\"term\" (lower-cased word), \
-                      \"count\"}]} sorted by count, then term (only the first 1048576 distinct terms are counted)."
-                .to_owned(),
-        params: vec![ParamSpec::int("top_k", "How many of the most frequent terms to list.", 10, 0, 1000)],
-        output_content_type: JSON,
-        output_encoding: ENCODING,
-        debug: false,
-        run: stats,
-    }]
+    vec![Op::json(
+        "text.stats",
+        "Statistics of UTF-8 text. Output: JSON {\"bytes\", \"chars\" (Unicode scalar values), \"lines\", \
+         \"words\" (Unicode word boundaries, UAX #29), \"top_terms\": [{\"term\" (lower-cased word), \
+         \"count\"}]} sorted by count, then term (only the first 1048576 distinct terms are counted).",
+        ENCODING,
+        vec![ParamSpec::int("top_k", "How many of the most frequent terms to list.", 10, 0, 1000)],
+        stats,
+    )]
 }
 
 #[derive(Serialize)]
