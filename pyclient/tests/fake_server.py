@@ -17,7 +17,14 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from tandem.v1 import compute_pb2, compute_pb2_grpc, errors_pb2, jobs_pb2, jobs_pb2_grpc
+from tandem.v1 import (
+    compute_pb2,
+    compute_pb2_grpc,
+    errors_pb2,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    worker_pb2,
+)
 
 
 def status_error(
@@ -116,6 +123,8 @@ class FakeJobs(jobs_pb2_grpc.JobServiceServicer, compute_pb2_grpc.ComputeService
         # status (None: ends normally).
         self.queue_events: list[jobs_pb2.Job] = []
         self.queue_end: grpc.Status | None = None
+        # What ListWorkers answers.
+        self.workers: list[worker_pb2.WorkerInfo] = []
 
     def _succeed(self, job: jobs_pb2.Job, payload: bytes) -> None:
         job.state = jobs_pb2.JOB_STATE_SUCCEEDED
@@ -300,6 +309,9 @@ class FakeJobs(jobs_pb2_grpc.JobServiceServicer, compute_pb2_grpc.ComputeService
             del self.jobs[i]
         return jobs_pb2.PurgeDeadLettersResponse(purged=len(ids))
 
+    def ListWorkers(self, request: Any, context: Any) -> Any:
+        return worker_pb2.ListWorkersResponse(workers=self.workers)
+
     # ComputeService (ListOps only) ------------------------------------
 
     def ListOps(self, request: Any, context: Any) -> Any:
@@ -318,7 +330,15 @@ class FakeJobs(jobs_pb2_grpc.JobServiceServicer, compute_pb2_grpc.ComputeService
                             max=22,
                         )
                     ],
-                )
+                ),
+                compute_pb2.OpSpec(
+                    name="acme.ocr",
+                    description="OCR",
+                    output_content_type="text/plain",
+                    provider="worker",
+                    live_workers=2,
+                    version="3",
+                ),
             ],
             limits=compute_pb2.Limits(max_request_bytes=64 << 20, max_steps=16),
         )

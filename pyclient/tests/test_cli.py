@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,78 @@ def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.run(["--debug", "get", "x", "--address", "127.0.0.1:1", "--timeout", "1"])
     assert code == cli.EXIT_UNAVAILABLE
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_ops_table_shows_the_provider(fake: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.run(["ops", "--address", fake.address]) == 0
+    out = capsys.readouterr().out
+    ocr = next(line for line in out.splitlines() if "acme.ocr" in line)
+    zstd = next(line for line in out.splitlines() if "compress.zstd" in line)
+    assert "worker (2 live)" in ocr and "compute" in zstd
+    assert cli.run(["ops", "--address", fake.address, "--json"]) == 0
+    ops = {o["name"]: o for o in json.loads(capsys.readouterr().out)["ops"]}
+    assert ops["acme.ocr"]["provider"] == "worker" and ops["acme.ocr"]["live_workers"] == 2
+    assert ops["compress.zstd"]["provider"] == "compute"
+
+
+def _worker_info() -> Any:
+    from google.protobuf import duration_pb2, timestamp_pb2
+
+    from tandem.v1 import compute_pb2, worker_pb2
+
+    seen = timestamp_pb2.Timestamp()
+    seen.GetCurrentTime()
+    return worker_pb2.WorkerInfo(
+        id="acme-host-1-abc",
+        ops=[compute_pb2.OpSpec(name="acme.ocr", provider="worker")],
+        concurrency=4,
+        in_flight=1,
+        pool="process",
+        host="host",
+        pid=1,
+        version="0.1.0",
+        started_at=seen,
+        last_heartbeat=seen,
+        heartbeat_interval=duration_pb2.Duration(seconds=1),
+        succeeded=7,
+        failed=2,
+    )
+
+
+def test_workers_command(fake: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.run(["workers", "--address", fake.address]) == 0
+    assert "no live workers" in capsys.readouterr().out
+    fake.service.workers = [_worker_info()]
+    assert cli.run(["workers", "--address", fake.address]) == 0
+    out = capsys.readouterr().out
+    assert "acme-host-1-abc" in out and "acme.ocr" in out and "1/4" in out
+    assert cli.run(["workers", "--address", fake.address, "--json"]) == 0
+    [w] = json.loads(capsys.readouterr().out)["workers"]
+    assert w["ops"] == ["acme.ocr"] and w["succeeded"] == 7 and w["heartbeat_interval"] == 1.0
+
+
+def test_client_workers_and_job_progress(fake: FakeServer) -> None:
+    import tandem
+    from tandem._types import Job
+    from tandem.v1 import jobs_pb2
+
+    fake.service.workers = [_worker_info()]
+    with tandem.Client(fake.address) as client:
+        [w] = client.workers()
+    assert isinstance(w, tandem.WorkerInfo)
+    assert (w.id, w.pool, w.concurrency, w.in_flight, w.failed) == (
+        "acme-host-1-abc",
+        "process",
+        4,
+        1,
+        2,
+    )
+    assert w.ops[0].name == "acme.ocr" and w.ops[0].provider == "worker"
+    assert w.heartbeat_interval == 1.0 and w.last_heartbeat is not None and not w.draining
+    msg = jobs_pb2.Job(id="j", state=jobs_pb2.JOB_STATE_RUNNING)
+    msg.progress.step, msg.progress.fraction, msg.progress.message = 1, 0.5, "page 3/6"
+    job = Job.from_proto(msg)
+    assert job.progress == tandem.Progress(1, 0.5, "page 3/6", None)
+    assert "progress: step 1 50% page 3/6" in cli._job_line(job)
+    assert job.to_dict()["progress"]["message"] == "page 3/6"
+    assert Job.from_proto(jobs_pb2.Job(id="k")).progress is None

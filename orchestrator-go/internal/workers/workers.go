@@ -93,13 +93,15 @@ type Registry struct {
 	workers map[string]*live
 	ops     map[string]*tandemv1.OpSpec // registered, with or without live workers
 	stored  map[string][]byte           // what the ops bucket holds (marshalled), to write only changes
-	now     func() time.Time
+	// shadowWarned remembers the worker/op pairs already warned about.
+	shadowWarned map[string]struct{}
+	now          func() time.Time
 }
 
 // New returns a registry; Start subscribes it.
 func New(b *broker.Broker, m *metrics.Metrics, log *slog.Logger, computeServes func(op string) bool) *Registry {
 	return &Registry{b: b, m: m, log: log.With("component", "workers"), computeServes: computeServes,
-		workers: map[string]*live{}, ops: map[string]*tandemv1.OpSpec{}, stored: map[string][]byte{}, now: time.Now}
+		workers: map[string]*live{}, ops: map[string]*tandemv1.OpSpec{}, stored: map[string][]byte{}, shadowWarned: map[string]struct{}{}, now: time.Now}
 }
 
 // Start loads the registered ops and listens to heartbeats, on this and
@@ -195,7 +197,13 @@ func (r *Registry) onHeartbeat(msg *nats.Msg) {
 	}
 	for _, op := range w.GetOps() {
 		if r.computeServes(op.GetName()) {
-			continue // compute serves it: a worker cannot shadow a built-in op
+			// Compute serves it: a worker cannot shadow a built-in op.
+			if _, warned := r.shadowWarned[w.GetId()+" "+op.GetName()]; !warned {
+				r.shadowWarned[w.GetId()+" "+op.GetName()] = struct{}{}
+				r.log.Warn("a worker registers an op the compute service serves; compute's is used, the worker's ignored",
+					"worker", w.GetId(), "op", op.GetName())
+			}
+			continue
 		}
 		spec := proto.Clone(op).(*tandemv1.OpSpec)
 		spec.Provider, spec.LiveWorkers = ProviderName, 0
@@ -495,6 +503,9 @@ func (r *Registry) decode(ctx context.Context, m *nats.Msg, s Step, op, outObjec
 			err.Metadata = map[string]string{}
 		}
 		err.Metadata[apierr.KeyStep], err.Metadata[apierr.KeyOp] = strconv.Itoa(s.Index), op
+		if ms, perr := strconv.ParseInt(err.Metadata[apierr.KeyRetryAfterMs], 10, 64); perr == nil && ms > 0 {
+			err.RetryAfter = min(time.Duration(ms)*time.Millisecond, time.Minute) // a full worker's hint
+		}
 		return Output{}, err
 	}
 	out := Output{Data: resp.GetOutput(), ContentType: resp.GetContentType()}

@@ -10,6 +10,8 @@
 
 * :class:`Client` / :class:`AsyncClient` talk to the orchestrator over gRPC.
 * :mod:`tandem.local` runs the same transforms in-process (``tandem._native``).
+* :class:`Worker` serves ops written in Python (``tandem worker MODULE:OBJECT``)
+  beside the built-in ones; see :mod:`tandem._worker`.
 * Every error is a :class:`TandemError`; see its subclasses.
 * The ``tandem`` command-line tool is :mod:`tandem.cli`.
 """
@@ -24,6 +26,8 @@ from tandem._errors import (
     JobFailed,
     NotFound,
     Overloaded,
+    PermanentError,
+    RetryableError,
     TandemError,
     Timeout,
     Unavailable,
@@ -39,9 +43,12 @@ from tandem._types import (
     Ops,
     OpSpec,
     ParamSpec,
+    Progress,
     QueueInfo,
     Step,
+    WorkerInfo,
 )
+from tandem._worker import MaxLen, Param, Range, StepContext, Worker
 
 __version__ = "0.1.0"
 
@@ -61,16 +68,25 @@ __all__ = [
     "JobSpec",
     "JobState",
     "Limits",
+    "MaxLen",
     "NO_RETRY",
     "NotFound",
     "OpSpec",
     "Ops",
     "Overloaded",
+    "Param",
     "ParamSpec",
+    "PermanentError",
+    "Progress",
     "QueueInfo",
+    "Range",
     "RetryPolicy",
+    "RetryableError",
     "Step",
+    "StepContext",
     "TandemError",
     "Timeout",
     "Unavailable",
+    "Worker",
+    "WorkerInfo",
 ]

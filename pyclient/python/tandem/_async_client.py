@@ -14,7 +14,7 @@ from tandem import _core as core
 from tandem._core import WATCH_MAX_IDS, job_outcome
 from tandem._errors import InternalError, TandemError, from_rpc_error
 from tandem._requests import JobSpec, channel_options
-from tandem._types import DeadLetters, Job, Ops, Payload, QueueInfo, StepsLike
+from tandem._types import DeadLetters, Job, Ops, Payload, QueueInfo, StepsLike, WorkerInfo
 from tandem.v1 import compute_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 __all__ = ["AsyncClient", "AsyncJobHandle"]
@@ -245,6 +245,10 @@ class AsyncClient(core.ClientBase):
     async def queues(self) -> list[QueueInfo]:
         """See :meth:`tandem.Client.queues`."""
         return await self._run(core.list_queues())
+
+    async def workers(self) -> list[WorkerInfo]:
+        """See :meth:`tandem.Client.workers`."""
+        return await self._run(core.list_workers())
 
     async def pause_queue(self, queue: str) -> QueueInfo:
         """See :meth:`tandem.Client.pause_queue`."""

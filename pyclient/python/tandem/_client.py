@@ -12,7 +12,7 @@ from tandem import _core as core
 from tandem._core import WATCH_MAX_IDS, job_outcome
 from tandem._errors import InternalError, TandemError, from_rpc_error
 from tandem._requests import JobSpec, channel_options
-from tandem._types import DeadLetters, Job, Ops, Payload, QueueInfo, StepsLike
+from tandem._types import DeadLetters, Job, Ops, Payload, QueueInfo, StepsLike, WorkerInfo
 from tandem.v1 import compute_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 __all__ = ["Client", "JobHandle"]
@@ -349,6 +349,11 @@ class Client(core.ClientBase):
     def queues(self) -> list[QueueInfo]:
         """Every queue's configuration and live figures."""
         return self._run(core.list_queues())
+
+    def workers(self) -> list[WorkerInfo]:
+        """The live op workers (``tandem worker``): their ops, concurrency,
+        steps in flight, outcome counts and last heartbeat."""
+        return self._run(core.list_workers())
 
     def pause_queue(self, queue: str) -> QueueInfo:
         """Stops the queue's workers from pulling; submits still queue."""

@@ -49,10 +49,11 @@ from tandem._types import (
     Payload,
     QueueInfo,
     StepsLike,
+    WorkerInfo,
     ops_from_proto,
     read_payload,
 )
-from tandem.v1 import compute_pb2, jobs_pb2, jobs_pb2_grpc
+from tandem.v1 import compute_pb2, jobs_pb2, jobs_pb2_grpc, worker_pb2
 
 R = TypeVar("R")
 C = TypeVar("C")
@@ -425,6 +426,15 @@ def purge_dead_letters(queue: str, job_ids: Sequence[str] | None) -> Rpc[int]:
 def list_ops() -> Rpc[Ops]:
     """ComputeService.ListOps (asked of the orchestrator, else of compute)."""
     return Rpc("ListOps", compute_pb2.ListOpsRequest(), ops_from_proto)
+
+
+def list_workers() -> Rpc[list[WorkerInfo]]:
+    """JobService.ListWorkers: the live op workers."""
+    return Rpc(
+        "ListWorkers",
+        worker_pb2.ListWorkersRequest(),
+        lambda resp: [WorkerInfo.from_proto(w) for w in resp.workers],
+    )
 
 
 # ---------------------------------------------------------------- submit_many

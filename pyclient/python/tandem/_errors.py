@@ -41,6 +41,8 @@ __all__ = [
     "Cancelled",
     "InternalError",
     "JobFailed",
+    "PermanentError",
+    "RetryableError",
     "ERROR_DOMAIN",
     "CATALOGUE",
     "ReasonEntry",
@@ -206,6 +208,26 @@ class JobFailed(TandemError):
         # The job is over: asking for its result again gives the same answer
         # (``.error.retryable`` says whether the job's own failure was transient).
         return False
+
+
+class PermanentError(TandemError):
+    """Raised by an op's own code (``tandem worker``): the input or the params
+    are wrong for good, so the job ends FAILED at once with reason
+    ``OP_FAILED`` (not retried). ``metadata`` (a few short ``str`` pairs)
+    travels with the error into the job record."""
+
+    def __init__(self, message: str, *, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message, reason="OP_FAILED", metadata=metadata)
+
+
+class RetryableError(TandemError):
+    """Raised by an op's own code (``tandem worker``): the failure is transient
+    (a dependency was down), so the attempt is retried with backoff, like any
+    other exception the op raises (reason ``OP_ERROR``); the job goes DEAD when
+    its attempts are used up. Raising it says so explicitly."""
+
+    def __init__(self, message: str, *, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message, reason="OP_ERROR", metadata=metadata)
 
 
 # ---------------------------------------------------------------- the catalogue

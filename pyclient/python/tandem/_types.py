@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import IO, Any, TypeVar, Union
 
 from tandem._errors import TandemError, from_proto_error
-from tandem.v1 import compute_pb2, jobs_pb2
+from tandem.v1 import compute_pb2, jobs_pb2, worker_pb2
 
 _D = TypeVar("_D")
 
@@ -25,6 +25,8 @@ __all__ = [
     "Payload",
     "Job",
     "Attempt",
+    "Progress",
+    "WorkerInfo",
     "OpSpec",
     "ParamSpec",
     "Limits",
@@ -199,6 +201,25 @@ class Attempt:
     finished_at: _dt.datetime | None
     error: TandemError | None
     worker: str
+    #: The W3C trace id of the job ("" when unknown): find its spans and logs by it.
+    trace_id: str = ""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the running step of a worker op last reported
+    (``StepContext.progress``)."""
+
+    #: Index of the step in the pipeline.
+    step: int
+    #: In [0, 1].
+    fraction: float
+    message: str
+    updated_at: _dt.datetime | None
+
+    def __str__(self) -> str:
+        text = f"step {self.step} {self.fraction:.0%}"
+        return f"{text} {self.message}" if self.message else text
 
 
 @dataclass(frozen=True)
@@ -226,6 +247,8 @@ class Job:
     result: bytes | None
     #: Per-attempt timeout in seconds.
     timeout: float | None
+    #: Progress reported by the running step of a worker op, if any.
+    progress: Progress | None = None
 
     @property
     def done(self) -> bool:
@@ -261,6 +284,7 @@ class Job:
                     finished_at=_ts(a, "finished_at"),
                     error=from_proto_error(a.error) if a.HasField("error") else None,
                     worker=a.worker,
+                    trace_id=a.trace_id,
                 )
                 for a in msg.attempts
             ],
@@ -270,6 +294,14 @@ class Job:
             if msg.result or (state is JobState.SUCCEEDED and msg.result_size == 0)
             else None,
             timeout=_dur(msg, "timeout"),
+            progress=Progress(
+                step=msg.progress.step,
+                fraction=msg.progress.fraction,
+                message=msg.progress.message,
+                updated_at=_ts(msg.progress, "updated_at"),
+            )
+            if msg.HasField("progress")
+            else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -316,6 +348,14 @@ class Job:
             "result_size": self.result_size,
             "result_content_type": self.result_content_type,
             "timeout": self.timeout,
+            "progress": None
+            if self.progress is None
+            else {
+                "step": self.progress.step,
+                "fraction": self.progress.fraction,
+                "message": self.progress.message,
+                "updated_at": iso(self.progress.updated_at),
+            },
         }
 
 
@@ -335,7 +375,8 @@ class ParamSpec:
 
 @dataclass(frozen=True)
 class OpSpec:
-    """One op the compute service runs."""
+    """One op: run by the compute service (``provider`` ``"compute"``) or by
+    op workers (``"worker"``, ``tandem worker``)."""
 
     name: str
     description: str
@@ -343,6 +384,12 @@ class OpSpec:
     output_content_type: str
     output_encoding: str
     debug: bool
+    #: ``"compute"`` or ``"worker"``; empty when the server did not say.
+    provider: str = ""
+    #: For worker ops: how many live workers serve it (0: its jobs wait).
+    live_workers: int = 0
+    #: The op's own version, as its worker declares it.
+    version: str = ""
 
     @classmethod
     def from_proto(cls, msg: compute_pb2.OpSpec) -> OpSpec:
@@ -365,6 +412,9 @@ class OpSpec:
             output_content_type=msg.output_content_type,
             output_encoding=msg.output_encoding,
             debug=msg.debug,
+            provider=msg.provider,
+            live_workers=msg.live_workers,
+            version=msg.version,
         )
 
     @classmethod
@@ -464,6 +514,50 @@ class DeadLetters:
     queue: str
     jobs: list[Job]
     total: int
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A live op worker (``tandem worker``) as the orchestrator last heard of it."""
+
+    id: str
+    ops: list[OpSpec]
+    #: Steps it runs at once, and runs now.
+    concurrency: int
+    in_flight: int
+    #: ``"async"``, ``"thread"`` or ``"process"``.
+    pool: str
+    host: str
+    pid: int
+    #: The tandem package version of the worker.
+    version: str
+    started_at: _dt.datetime | None
+    last_heartbeat: _dt.datetime | None
+    #: Seconds between its heartbeats.
+    heartbeat_interval: float | None
+    #: Steps it finished since it started, by outcome.
+    succeeded: int
+    failed: int
+    draining: bool
+
+    @classmethod
+    def from_proto(cls, msg: worker_pb2.WorkerInfo) -> WorkerInfo:
+        return _same_fields(
+            cls,
+            msg,
+            ops=[OpSpec.from_proto(o) for o in msg.ops],
+            started_at=_ts(msg, "started_at"),
+            last_heartbeat=_ts(msg, "last_heartbeat"),
+            heartbeat_interval=_dur(msg, "heartbeat_interval"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict (datetimes as ISO 8601, op names only)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["ops"] = [o.name for o in self.ops]
+        for k in ("started_at", "last_heartbeat"):
+            d[k] = d[k].isoformat() if d[k] else None
+        return d
 
 
 def ops_from_proto(resp: compute_pb2.ListOpsResponse) -> Ops:

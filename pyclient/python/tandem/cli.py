@@ -76,6 +76,7 @@ environment:
   TANDEM_ADDRESS          orchestrator address (default 127.0.0.1:50051)
   TANDEM_COMPUTE_ADDRESS  compute address, used by `tandem ops` only when the
                           orchestrator does not serve ListOps itself
+  TANDEM_NATS_URL, TANDEM_WORKER_*  `tandem worker` (see `tandem worker --help`)
 """
 
 
@@ -275,6 +276,8 @@ def _print_result(out: Out, data: bytes, content_type: str, output: str | None) 
 
 def _job_line(job: Job) -> str:
     parts = [job.id, job.state.name, f"attempt {job.attempt}/{job.max_attempts}", job.queue or "-"]
+    if job.progress is not None and job.state is JobState.RUNNING:
+        parts.append(f"progress: {job.progress}")
     if job.last_error is not None and job.state in (
         JobState.FAILED,
         JobState.DEAD,
@@ -417,6 +420,9 @@ def _ops_table(ops: Any, limits: Any, out: Out) -> None:
                         "debug": o.debug,
                         "output_content_type": o.output_content_type,
                         "output_encoding": o.output_encoding,
+                        "provider": o.provider or "compute",
+                        "live_workers": o.live_workers,
+                        "version": o.version,
                         "params": [p.__dict__ for p in o.params],
                     }
                     for o in ops
@@ -429,6 +435,7 @@ def _ops_table(ops: Any, limits: Any, out: Out) -> None:
 
     table = Table(title="ops", title_justify="left")
     table.add_column("op", style="bold")
+    table.add_column("provider")
     table.add_column("params")
     table.add_column("output")
     table.add_column("description")
@@ -446,7 +453,14 @@ def _ops_table(ops: Any, limits: Any, out: Out) -> None:
                 desc += " (required)"
             params.append(desc)
         name = o.name + (" (debug)" if o.debug else "")
-        table.add_row(name, "\n".join(params) or "-", o.output_content_type, o.description)
+        if o.provider == "worker":
+            live = f"{o.live_workers} live" if o.live_workers else "[red]no live worker[/red]"
+            provider = f"worker ({live})" + (f"\nv{o.version}" if o.version else "")
+        else:
+            provider = o.provider or "compute"
+        table.add_row(
+            name, provider, "\n".join(params) or "-", o.output_content_type, o.description
+        )
     console = _console()
     console.print(table)
     if limits:
@@ -502,6 +516,67 @@ def cmd_queues(ns: argparse.Namespace, out: Out) -> int:
         )
     _console().print(table)
     return EXIT_OK
+
+
+def cmd_workers(ns: argparse.Namespace, out: Out) -> int:
+    with _client(ns) as client:
+        workers = client.workers()
+    if out.json:
+        out.emit({"workers": [w.to_dict() for w in workers]})
+        return EXIT_OK
+    if not workers:
+        out.line("no live workers (start one with `tandem worker MODULE:OBJECT`)")
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table(title="workers", title_justify="left")
+    for col in ("worker", "ops", "pool", "running", "succeeded", "failed", "host/pid", "seen"):
+        table.add_column(
+            col, justify="right" if col in ("running", "succeeded", "failed") else "left"
+        )
+    now = time.time()
+    for w in workers:
+        seen = f"{now - w.last_heartbeat.timestamp():.1f}s ago" if w.last_heartbeat else "-"
+        table.add_row(
+            w.id + (" (draining)" if w.draining else ""),
+            "\n".join(o.name for o in w.ops),
+            w.pool,
+            f"{w.in_flight}/{w.concurrency}",
+            str(w.succeeded),
+            str(w.failed),
+            f"{w.host}/{w.pid}",
+            seen,
+        )
+    _console().print(table)
+    return EXIT_OK
+
+
+def cmd_worker(ns: argparse.Namespace, out: Out) -> int:
+    from tandem._worker import WorkerConfig, load, run
+
+    try:
+        worker = load(ns.target)
+        config = WorkerConfig(
+            nats_url=ns.nats_url,
+            nats_user=ns.nats_user,
+            nats_password=ns.nats_password,
+            nats_creds=ns.nats_creds,
+            concurrency=ns.concurrency,
+            pool=ns.pool,
+            backlog=ns.backlog,
+            heartbeat_interval=ns.heartbeat_interval,
+            cancel_grace=ns.cancel_grace,
+            drain_timeout=ns.drain_timeout,
+            worker_id=ns.id,
+            log_level=ns.log_level,
+        )
+        config.check()
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from None
+    try:
+        return run(worker, config)
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from None
 
 
 def cmd_pause_resume(ns: argparse.Namespace, out: Out) -> int:
@@ -746,6 +821,118 @@ def _kv(items: Sequence[str], flag: str) -> Iterator[tuple[str, str]]:
 
 # ---------------------------------------------------------------- parser
 
+WORKER_HELP = """\
+Serve the ops of a tandem.Worker (OBJECT, default `worker`, in the importable
+module MODULE; the current folder is importable) until SIGTERM or SIGINT,
+which drain it: no new steps, running ones finish (up to --drain-timeout),
+the rest go back to the orchestrator uncounted; exit 0.
+
+`async def` ops run on the worker's event loop; plain functions in a pool of
+processes (--pool process: CPU-bound code cannot stall the heartbeats) or
+threads (--pool thread: blocking I/O). Logs are JSON lines on stderr.
+"""
+
+
+def _add_worker(sub: Any) -> None:
+    from tandem._worker.runtime import DEFAULT_NATS_URL
+
+    p = sub.add_parser(
+        "worker",
+        help="serve Python ops: tandem worker MODULE:OBJECT",
+        description=WORKER_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("target", metavar="MODULE:OBJECT", help="e.g. myops:worker")
+    # Defaults from the environment are strings: argparse converts them
+    # with `type`, so a bad value is a usage error naming the option.
+    env = os.environ.get
+    p.add_argument(
+        "--nats-url",
+        default=env("TANDEM_NATS_URL") or DEFAULT_NATS_URL,
+        metavar="URL",
+        help=f"NATS server(s), comma-separated (env TANDEM_NATS_URL; default {DEFAULT_NATS_URL})",
+    )
+    p.add_argument(
+        "--nats-user",
+        default=env("TANDEM_NATS_USER", ""),
+        metavar="USER",
+        help="NATS user (env TANDEM_NATS_USER)",
+    )
+    p.add_argument(
+        "--nats-password",
+        default=env("TANDEM_NATS_PASSWORD", ""),
+        metavar="PASSWORD",
+        help="NATS password (env TANDEM_NATS_PASSWORD)",
+    )
+    p.add_argument(
+        "--nats-creds",
+        default=env("TANDEM_NATS_CREDS", ""),
+        metavar="FILE",
+        help="NATS credentials file (env TANDEM_NATS_CREDS)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=env("TANDEM_WORKER_CONCURRENCY") or None,
+        metavar="N",
+        help="steps at once (env TANDEM_WORKER_CONCURRENCY; default: number of cores for "
+        "the process pool, 16 for threads, 100 when every op is async)",
+    )
+    p.add_argument(
+        "--pool",
+        choices=("process", "thread"),
+        default=env("TANDEM_WORKER_POOL") or "process",
+        help="where plain (sync) functions run (env TANDEM_WORKER_POOL; default process)",
+    )
+    p.add_argument(
+        "--backlog",
+        type=int,
+        default=env("TANDEM_WORKER_BACKLOG") or None,
+        metavar="N",
+        help="steps accepted beyond --concurrency that wait for a slot; more are refused "
+        "OVERLOADED and offered elsewhere (env TANDEM_WORKER_BACKLOG; default half of "
+        "--concurrency, at least 1)",
+    )
+    p.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=env("TANDEM_WORKER_HEARTBEAT_INTERVAL") or "1.0",
+        metavar="SECONDS",
+        help="how often it announces itself and each running step; the orchestrator "
+        "retries a step after 5 silent intervals (env TANDEM_WORKER_HEARTBEAT_INTERVAL; "
+        "default 1)",
+    )
+    p.add_argument(
+        "--cancel-grace",
+        type=float,
+        default=env("TANDEM_WORKER_CANCEL_GRACE") or "5.0",
+        metavar="SECONDS",
+        help="after a cancel or timeout, how long a step may take to notice ctx.cancelled "
+        "before it is stopped hard (env TANDEM_WORKER_CANCEL_GRACE; default 5)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=env("TANDEM_WORKER_DRAIN_TIMEOUT") or "30.0",
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long running steps may finish (env "
+        "TANDEM_WORKER_DRAIN_TIMEOUT; default 30)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        type=str.lower,
+        default=env("TANDEM_WORKER_LOG_LEVEL") or "info",
+        help="log level of the JSON lines on stderr (env TANDEM_WORKER_LOG_LEVEL; default info)",
+    )
+    p.add_argument(
+        "--id",
+        default=env("TANDEM_WORKER_ID", ""),
+        help="worker id, 1 to 64 of A-Z a-z 0-9 _ - (env TANDEM_WORKER_ID; default "
+        "NAME-HOST-PID-RANDOM)",
+    )
+    p.set_defaults(func=cmd_worker)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
@@ -836,11 +1023,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.set_defaults(func=cmd_cancel)
 
-    p = add("ops", "list the ops the compute service runs, with their params")
+    p = add("ops", "list the ops (built-in and served by workers), with their params")
     p.set_defaults(func=cmd_ops)
 
     p = add("queues", "list queues with their live figures")
     p.set_defaults(func=cmd_queues)
+
+    p = add("workers", "list the live op workers (`tandem worker`) with their ops and load")
+    p.set_defaults(func=cmd_workers)
+
+    _add_worker(sub)
 
     for name, text in (
         ("pause", "stop a queue's workers from pulling (submits still queue)"),

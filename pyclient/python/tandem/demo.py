@@ -1,15 +1,21 @@
 """``python -m tandem.demo``: start a local Tandem stack, run a small batch
 through it, print what happened, stop the stack.
 
-The stack is one ``tandem-compute`` and one ``tandem-orchestrator`` with its
-embedded NATS JetStream, on loopback ports, with a temporary data folder.
-The batch: generated PNG images get thumbnails and fingerprints, generated
-texts get statistics and content-defined chunk fingerprints, and one
-deliberately corrupt image shows what a clear error looks like.
+The stack is one ``tandem-compute``, one ``tandem-orchestrator`` with its
+embedded NATS JetStream, and one op worker (``tandem worker
+tandem.demo_ops:worker``, a Python op), on loopback ports, with a temporary
+data folder. The batch: generated PNG images get thumbnails and
+fingerprints, generated texts get statistics, a summary written by the
+Python op from the Rust op's statistics (one mixed pipeline), and
+content-defined chunk fingerprints, and one deliberately corrupt image
+shows what a clear error looks like.
 
-``--serve`` keeps the stack up after the demo (orchestrator on
-127.0.0.1:50051 unless ``--address`` says otherwise) until Ctrl-C, so the
-``tandem`` command can be tried against it. Exits 0 when the demo went as
+``--serve`` keeps the stack up after the demo until Ctrl-C, on the
+documented ports: orchestrator 127.0.0.1:50051, compute 127.0.0.1:50052,
+NATS 127.0.0.1:4222 (so ``tandem`` and ``tandem worker`` work with their
+defaults); ``--address``, ``--compute-address`` and ``--nats-address``
+choose others, and a port already taken is an error that says so. Without
+``--serve`` every port is a free one. Exits 0 when the demo went as
 expected; leaves no process running either way.
 """
 
@@ -38,15 +44,35 @@ from tandem._errors import JobFailed, TandemError
 from tandem._stack import Process, StackError, free_port, grpc_ready, which
 from tandem._types import Job, JobState, Ops, Step
 
+#: The ports ``--serve`` keeps the stack on (README: ``make up``).
+SERVE_ADDRESS = "127.0.0.1:50051"
+SERVE_COMPUTE_ADDRESS = "127.0.0.1:50052"
+SERVE_NATS_ADDRESS = "127.0.0.1:4222"
+
 __all__ = ["main", "LocalStack"]
 
 
 # ---------------------------------------------------------------- the stack
 
 
+def address_free(address: str) -> bool:
+    """True when ``host:port`` can be listened on now."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host or "127.0.0.1", int(port)))
+        except (OSError, ValueError):
+            return False
+    return True
+
+
 @dataclass
 class LocalStack:
-    """compute + orchestrator (embedded NATS) on loopback, in ``workdir``."""
+    """compute + orchestrator (embedded NATS) + one op worker on loopback,
+    in ``workdir``."""
 
     compute_bin: str
     orchestrator_bin: str
@@ -54,9 +80,24 @@ class LocalStack:
     address: str = ""
     compute_address: str = ""
     nats_address: str = ""
+    worker_id: str = field(default_factory=lambda: f"demo-{os.getpid()}")
     processes: list[Process] = field(default_factory=list)
 
+    def check_ports(self) -> None:
+        """Raises :class:`StackError` naming any address already in use."""
+        for address, flag in (
+            (self.address, "--address"),
+            (self.compute_address, "--compute-address"),
+            (self.nats_address, "--nats-address"),
+        ):
+            if address and not address_free(address):
+                raise StackError(
+                    f"{address} is already in use (another `make up` or Tandem stack?): "
+                    f"stop it, or choose another address with {flag}"
+                )
+
     def start(self) -> None:
+        self.check_ports()
         self.compute_address = self.compute_address or f"127.0.0.1:{free_port()}"
         self.address = self.address or f"127.0.0.1:{free_port()}"
         self.nats_address = self.nats_address or f"127.0.0.1:{free_port()}"
@@ -89,6 +130,33 @@ class LocalStack:
         self.processes = [compute, orchestrator]
         for p in self.processes:
             p.start()
+        # The Python op, served over the orchestrator's embedded NATS.
+        probe = Client(self.address)
+        worker = Process(
+            "tandem-worker",
+            [
+                sys.executable,
+                "-m",
+                "tandem.cli",
+                "worker",
+                "tandem.demo_ops:worker",
+                "--nats-url",
+                f"nats://{self.nats_address}",
+                "--id",
+                self.worker_id,
+                "--concurrency",
+                "2",
+            ],
+            log_path=logs / "worker.log",
+            ready=lambda: any(w.id == self.worker_id for w in probe.workers()),
+            ready_timeout=60.0,
+            group=True,
+        )
+        self.processes.append(worker)
+        try:
+            worker.start()
+        finally:
+            probe.close()
 
     def stop(self) -> None:
         for p in reversed(self.processes):
@@ -197,6 +265,9 @@ def pipelines(ops: Ops) -> dict[str, tuple[str, list[Step]]]:
     out["fingerprint"] = ("any", [Step(fp)])
     if "text.stats" in have:
         out["stats"] = ("text", [Step("text.stats")])
+        if "demo.summary" in have:
+            # Rust counts, Python writes the sentence: one job, two providers.
+            out["summary"] = ("text", [Step("text.stats"), Step("demo.summary", top=1)])
     if "chunk.fastcdc" in have:
         # Small chunks, so that the demo's texts show several.
         params = _int_param(ops, "chunk.fastcdc", ("min_size",), 256)
@@ -227,6 +298,9 @@ def describe(kind: str, job: Job) -> str:
             return f"{len(items)} chunk{'s' if len(items) != 1 else ''}"
         except (ValueError, TypeError, AttributeError):
             pass
+    if kind == "summary":
+        t = data.decode(errors="replace")
+        return (t[:60] + "…") if len(t) > 60 else t
     if kind == "fingerprint" or (len(data) <= 64 and not data.isascii()):
         return data.hex()[:16] + "…"
     try:
@@ -245,7 +319,11 @@ def run_demo(client: Client, workdir: Path, console: Any) -> bool:
     from rich.table import Table
 
     ops = client.ops()
-    console.print(f"compute serves {len(ops)} ops: {', '.join(ops.names())}", highlight=False)
+    built_in = [o.name for o in ops if o.provider != "worker"]
+    python = [f"{o.name} ({o.live_workers} worker)" for o in ops if o.provider == "worker"]
+    console.print(f"compute serves {len(built_in)} ops: {', '.join(built_in)}", highlight=False)
+    if python:
+        console.print(f"Python op workers serve: {', '.join(python)}", highlight=False)
     files = make_inputs(workdir / "inputs")
     plan = pipelines(ops)
     jobs: list[tuple[Path, str, list[Step]]] = []
@@ -359,11 +437,11 @@ def run_demo(client: Client, workdir: Path, console: Any) -> bool:
                 if done_job is None or done_job.state is not JobState.SUCCEEDED:
                     continue
                 checked += 1
-                same += local.run(steps, f) == done_job.result
+                same += run_locally(steps, f.read_bytes()) == done_job.result
             mark = "[green]✓[/green]" if same == checked else "[red]✗[/red]"
             console.print(
                 f"{mark} native parity: {same}/{checked} results identical when run "
-                "in-process with tandem.local.run",
+                "in-process with tandem.local.run (and the Python op called directly)",
                 highlight=False,
             )
             ok = ok and same == checked
@@ -381,6 +459,27 @@ def run_demo(client: Client, workdir: Path, console: Any) -> bool:
     summary.add_row("throughput", f"{len(jobs) / seconds:.0f} jobs/s" if seconds else "-")
     console.print(summary)
     return ok
+
+
+def run_locally(steps: Sequence[Step], data: bytes) -> bytes:
+    """A pipeline in this process: Rust ops through ``tandem.local``, the
+    demo's Python op by calling its function."""
+    from tandem import demo_ops, local
+    from tandem._worker.api import StepContext, StepInfo
+    from tandem._worker.runner import LocalSignals
+
+    for step in steps:
+        op = demo_ops.worker.get(step.op)
+        if op is None:
+            data = local.run([step], data)
+            continue
+        kwargs = op.kwargs(dict(step.params))
+        if op.signature.ctx_arg:
+            info = StepInfo("local", 1, 0, op.name)
+            kwargs[op.signature.ctx_arg] = StepContext(info, LocalSignals())
+        out = op.fn(data, **kwargs)
+        data = out.encode() if isinstance(out, str) else bytes(out)
+    return data
 
 
 _stop_requested = False
@@ -410,8 +509,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--address",
-        help="orchestrator listen address "
-        "(default: 127.0.0.1:50051 with --serve, a free port otherwise)",
+        help=f"orchestrator listen address (default: {SERVE_ADDRESS} with --serve, "
+        "a free port otherwise)",
+    )
+    parser.add_argument(
+        "--compute-address",
+        help=f"compute listen address (default: {SERVE_COMPUTE_ADDRESS} with --serve, "
+        "a free port otherwise)",
+    )
+    parser.add_argument(
+        "--nats-address",
+        help=f"the embedded NATS server's listen address (default: {SERVE_NATS_ADDRESS} "
+        "with --serve, a free port otherwise)",
     )
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary folder (logs, data)"
@@ -434,8 +543,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         compute_bin,
         orchestrator_bin,
         workdir,
-        address=ns.address or ("127.0.0.1:50051" if ns.serve else ""),
+        address=ns.address or (SERVE_ADDRESS if ns.serve else ""),
+        compute_address=ns.compute_address or (SERVE_COMPUTE_ADDRESS if ns.serve else ""),
+        nats_address=ns.nats_address or (SERVE_NATS_ADDRESS if ns.serve else ""),
     )
+    try:
+        stack.check_ports()
+    except StackError as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+        return 2
     ok = False
     try:
         console.print(f"starting the local stack in {workdir} …", highlight=False)
@@ -451,8 +568,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.serve:
             console.print(
                 f"\nserving: export TANDEM_ADDRESS={stack.address} TANDEM_COMPUTE_ADDRESS="
-                f"{stack.compute_address}; try `tandem ops`, `tandem queues`, "
-                "`tandem submit --op hash.sha256 --data hi --wait`.\nCtrl-C stops.",
+                f"{stack.compute_address} TANDEM_NATS_URL=nats://{stack.nats_address}; try "
+                "`tandem ops`, `tandem workers`, `tandem queues`, "
+                "`tandem submit --op text.stats --op demo.summary --data 'hi there' --wait`, "
+                "and serve your own ops with `tandem worker MODULE:OBJECT`.\nCtrl-C stops.",
                 highlight=False,
             )
             while True:
