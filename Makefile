@@ -32,6 +32,7 @@ NATS_BIN    := $(BIN)/nats-server
 
 # The integration harness finds the binaries through these.
 export TANDEM_COMPUTE_BIN := $(COMPUTE_BIN)
+export TANDEM_ACME_COMPUTE_BIN := $(CARGO_TARGET_DIR)/release/acme-compute
 export TANDEM_ORCHESTRATOR_BIN := $(ORCH_BIN)
 export TANDEM_NATS_SERVER_BIN := $(NATS_BIN)
 
@@ -118,8 +119,10 @@ proto-lock: $(STAMP)/npm
 
 # ---------------------------------------------------------------- build
 
+# tandem-compute, and acme-compute: the example of a team's own compute
+# binary with an extra Rust op (tests/test_native_ops.py runs it in a stack).
 $(COMPUTE_BIN): $(RUST_SRC)
-	cd compute-rs && cargo build --release --locked -p tandem-compute
+	cd compute-rs && cargo build --release --locked -p tandem-compute -p acme-compute
 
 $(ORCH_BIN): $(GO_SRC)
 	mkdir -p $(BIN)
