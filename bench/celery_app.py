@@ -16,12 +16,14 @@ and use msgpack, which carries bytes natively (JSON would need base64).
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
+import sys
 from typing import Any
 
 from celery import Celery
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import transforms  # noqa: E402
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 MODE = os.environ.get("BENCH_CELERY_MODE", "reliable")
@@ -65,21 +67,15 @@ else:
 
 @app.task(name="bench.sha256")
 def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    # The same function Tandem's Python op bench.sha256 runs (bench/user_ops.py).
+    return transforms.sha256_hex(data)
 
 
 @app.task(name="bench.thumbnail")
 def thumbnail(data: bytes, box: int = 256, fmt: str = "png") -> bytes:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        # Image.thumbnail keeps the aspect ratio, lets the JPEG decoder scale
-        # down in the DCT (draft mode) and resizes with a Lanczos filter:
-        # what a Celery user would write.
-        img.thumbnail((box, box), Image.Resampling.LANCZOS)
-        out = io.BytesIO()
-        img.convert("RGB").save(out, format=fmt.upper())
-    return out.getvalue()
+    # Pillow's Image.thumbnail (bench/transforms.py); Tandem's Python op
+    # bench.thumbnail_pillow runs the same function.
+    return transforms.pillow_thumbnail(data, box, fmt)
 
 
 _zstd_cache: dict[int, Any] = {}

@@ -1,6 +1,8 @@
 """The results chart: python bench/chart.py RESULTS.json OUT.png (bench venv).
 
-Four panels: tiny jobs/s (single and batch submit), thumbnails images/s,
+Four panels: tiny jobs/s (single and batch submit; Tandem's Python op as
+user-tiny beside Celery's tiny, the same task), thumbnails images/s (and
+the Pillow op, user-thumbnails),
 compress MB/s, and latency percentiles at equal offered load. Bars are
 medians with min–max whiskers; dashed lines are the limits (raw JetStream
 publish+consume, in-process native).
@@ -52,12 +54,15 @@ def bars(
     limits: list[tuple[str, str, str]],
     log: bool = False,
 ) -> None:
+    # Groups nobody ran (e.g. the user-* ones in a run without them) are left out.
+    groups = [g for g in groups if any(find(ms, s, g) for s in ORDER)]
     systems = [s for s in ORDER if any(find(ms, s, g) for g in groups)]
     if not systems:
         ax.set_title(title + " (no data)")
         ax.axis("off")
         return
     width = 0.8 / len(systems)
+    labelled: set[str] = set()
     for gi, g in enumerate(groups):
         for si, s in enumerate(systems):
             m = find(ms, s, g)
@@ -69,10 +74,11 @@ def bars(
                 m["median"],
                 width,
                 color=COLOURS[s],
-                label=s if gi == 0 else None,
+                label=None if s in labelled else s,
                 yerr=[[m["median"] - m["min"]], [m["max"] - m["median"]]],
                 capsize=2,
             )
+            labelled.add(s)
     for lsys, lwl, label in limits:
         m = find(ms, lsys, lwl)
         if m is not None:
@@ -111,10 +117,12 @@ def latency(ax: Any, ms: list[dict[str, Any]]) -> None:
     for label, csys, cload, tsys, tload in pairs:
         c = [find(ms, csys, "latency", q, cload) for q in ("p50", "p99", "p999")]
         t = [find(ms, tsys, "latency", q, tload) for q in ("p50", "p99", "p999")]
-        if all(x is None for x in c + t):
+        # Tandem's Python op (user-latency) at the same rate as Celery's sha256 task.
+        u = [find(ms, tsys, "user-latency", q, tload) for q in ("p50", "p99", "p999")]
+        if all(x is None for x in c + t + u):
             continue
         labels.append(label)
-        for name, vals in (("Celery", c), ("Tandem", t)):
+        for name, vals in (("Celery", c), ("Tandem", t), ("Tandem Python op", u)):
             for q, m in zip(("p50", "p99", "p999"), vals):
                 series.setdefault(f"{name} {q}", []).append(m["median"] if m else float("nan"))
     if not labels:
@@ -130,6 +138,9 @@ def latency(ax: Any, ms: list[dict[str, Any]]) -> None:
             "Tandem p50",
             "Tandem p99",
             "Tandem p999",
+            "Tandem Python op p50",
+            "Tandem Python op p99",
+            "Tandem Python op p999",
         )
         if k in series
     ]
@@ -141,6 +152,9 @@ def latency(ax: Any, ms: list[dict[str, Any]]) -> None:
         "Tandem p50": "#aed6f1",
         "Tandem p99": "#3498db",
         "Tandem p999": "#1b4f72",
+        "Tandem Python op p50": "#a9dfbf",
+        "Tandem Python op p99": "#27ae60",
+        "Tandem Python op p999": "#145a32",
     }
     for ki, k in enumerate(keys):
         xs = [i + (ki - (len(keys) - 1) / 2) * width for i in range(len(labels))]
@@ -168,8 +182,8 @@ def main() -> int:
     bars(
         axes[0][0],
         ms,
-        ["tiny/single", "tiny/batch"],
-        "tiny: sha256 of 1 KiB, submit → all results",
+        ["tiny/single", "tiny/batch", "user-tiny/single", "user-tiny/batch"],
+        "tiny: sha256 of 1 KiB, submit → all results (user-*: Tandem's Python op)",
         "jobs/s",
         [
             ("jetstream/always", "jetstream/pubsub", "raw JetStream pub+consume, sync always"),
@@ -180,8 +194,8 @@ def main() -> int:
     bars(
         axes[0][1],
         ms,
-        ["thumbnails"],
-        "thumbnails: 1920×1080 JPEG → 256 px PNG",
+        ["thumbnails", "user-thumbnails"],
+        "thumbnails: 1920×1080 JPEG → 256 px PNG (user-*: Tandem's Pillow op)",
         "images/s",
         [("native", "thumbnails", "native in-process")],
     )

@@ -44,9 +44,43 @@ CACHE = os.path.join(BENCH_VENV, "cache", "workloads")
 JSBENCH_BIN = os.path.join(BENCH_VENV, "bin", "jsbench")
 RESULTS = os.path.join(HERE, "results")
 QUEUE = "bench"
+# The Python ops bench/user_ops.py serves (tandem worker user_ops:worker).
+USER_OPS = ("bench.sha256", "bench.thumbnail_pillow")
 CORES = os.cpu_count() or 1
 
-ALL_WORKLOADS = ("limits", "tiny", "latency", "thumbnails", "compress")
+ALL_WORKLOADS = (
+    "limits",
+    "tiny",
+    "latency",
+    "thumbnails",
+    "compress",
+    # User ops: Python functions on Tandem's op worker (bench/user_ops.py);
+    # Celery runs its counterpart (workloads.USER_WORKLOADS) for the ratio.
+    "user-tiny",
+    "user-latency",
+    "user-thumbnails",
+)
+# Shorter spellings accepted by --only.
+WORKLOAD_ALIASES = {"user-thumbs": "user-thumbnails", "thumbs": "thumbnails"}
+
+
+def parse_only(values: list[str] | None) -> tuple[str, ...]:
+    """--only's values (repeatable, each a comma list, aliases allowed) as
+    workload names in ALL_WORKLOADS order; every workload when none."""
+    if not values:
+        return ALL_WORKLOADS
+    wanted = set()
+    for v in values:
+        for name in v.split(","):
+            name = WORKLOAD_ALIASES.get(name.strip(), name.strip())
+            if not name:
+                continue
+            if name not in ALL_WORKLOADS:
+                raise SystemExit(
+                    f"--only: unknown workload {name!r} (one of {', '.join(ALL_WORKLOADS)})"
+                )
+            wanted.add(name)
+    return tuple(w for w in ALL_WORKLOADS if w in wanted)
 
 
 @dataclass
@@ -68,13 +102,17 @@ class Settings:
 def settings_from(args: argparse.Namespace) -> Settings:
     plan = workloads.plan(args.quick)
     counts = {k: w.count for k, w in plan.items()}
+    given = set()
     for kv in args.count or []:
         k, _, v = kv.partition("=")
         counts[k] = int(v)
-    only = tuple(args.only) if args.only else ALL_WORKLOADS
-    for w in only:
-        if w not in ALL_WORKLOADS:
-            raise SystemExit(f"--only: unknown workload {w!r} (one of {', '.join(ALL_WORKLOADS)})")
+        given.add(k)
+    # A user-* workload runs on its counterpart's inputs: it follows that
+    # count (--count tiny=N sizes user-tiny too) unless given its own.
+    for k, w in plan.items():
+        if w.inputs != k and k not in given:
+            counts[k] = counts[w.inputs]
+    only = parse_only(args.only)
     return Settings(
         quick=args.quick,
         # --quick is a smoke run: one run per figure unless --repeats says more.
@@ -141,13 +179,26 @@ def binary(env: str, default: str) -> str:
     return os.path.abspath(path)
 
 
-def generate_workloads(st: Settings) -> dict[str, dict[str, Any]]:
-    names = set()
+def input_counts(st: Settings) -> dict[str, int]:
+    """The input sets a run needs and how many inputs of each: a user-*
+    workload reads its counterpart's set, so that set holds enough for both."""
+    need: dict[str, int] = {}
     if {"tiny", "latency", "limits"} & set(st.workloads):
-        names.add("tiny")
+        need["tiny"] = st.counts["tiny"]
     for w in ("thumbnails", "compress"):
         if w in st.workloads or "limits" in st.workloads:
-            names.add(w)
+            need[w] = st.counts[w]
+    for w in st.workloads:
+        if w in workloads.USER_WORKLOADS:
+            spec = workloads.throughput_spec(w)
+            src = workloads.input_set(w)
+            need[src] = max(need.get(src, 0), st.counts[spec])
+    return need
+
+
+def generate_workloads(st: Settings) -> dict[str, dict[str, Any]]:
+    need = input_counts(st)
+    names = set(need)
     cmd = [
         BENCH_PY,
         os.path.join(HERE, "workloads.py"),
@@ -158,7 +209,7 @@ def generate_workloads(st: Settings) -> dict[str, dict[str, Any]]:
         *sorted(names),
     ]
     for k in sorted(names):
-        cmd += ["--count", f"{k}={st.counts[k]}"]
+        cmd += ["--count", f"{k}={need[k]}"]
     log(f"generating workloads {sorted(names)} (cached under bench/.venv/cache)")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     manifests = {}
@@ -232,7 +283,8 @@ class Bench:
         self.measurements: list[dict[str, Any]] = []
         self.runs: list[dict[str, Any]] = []
         self.failures: list[dict[str, Any]] = []
-        self.tiny_max: dict[str, float] = {}  # system -> median single-submit jobs/s
+        # (system, "tiny" | "user-tiny") -> median single-submit jobs/s
+        self.tiny_max: dict[tuple[str, str], float] = {}
         self.jetstream_with_tandem = False
 
     # -- helpers
@@ -293,7 +345,9 @@ class Bench:
         self.measurements.append(m)
         log(f"  {system:<28} {workload:<14} {report.fmt_figure(m)}")
 
-    def add_latency(self, system: str, load: str, results: list[dict[str, Any]]) -> None:
+    def add_latency(
+        self, system: str, load: str, results: list[dict[str, Any]], workload: str = "latency"
+    ) -> None:
         if not results:
             return
         sums = [report.latency_summary(r["latencies"]) for r in results]
@@ -301,7 +355,7 @@ class Bench:
         for metric in ("p50", "p99", "p999"):
             m = report.measurement(
                 system,
-                "latency",
+                workload,
                 metric,
                 "ms",
                 [s[metric] for s in sums],
@@ -311,7 +365,7 @@ class Bench:
             )
             self.measurements.append(m)
         log(
-            f"  {system:<28} latency @{load} ({rate:.0f}/s): p50 {report.fmt_num(self.measurements[-3]['median'])} ms, "
+            f"  {system:<28} {workload} @{load} ({rate:.0f}/s): p50 {report.fmt_num(self.measurements[-3]['median'])} ms, "
             f"p99 {report.fmt_num(self.measurements[-2]['median'])} ms, p999 {report.fmt_num(self.measurements[-1]['median'])} ms"
         )
 
@@ -330,9 +384,10 @@ class Bench:
         count unless a short probe run says it would take longer than the
         target; then what fits (the same first-N inputs for every repeat)."""
         full = self.st.counts[workload]
-        probe = min(full, self.PROBE[workload])
-        min_count = (self.MIN_COUNT_QUICK if self.st.quick else self.MIN_COUNT)[workload]
-        target = 4.0 if self.st.quick else self.TARGET_SECONDS[workload]
+        kind = workloads.input_set(workload)  # user-tiny is sized as tiny, etc.
+        probe = min(full, self.PROBE[kind])
+        min_count = (self.MIN_COUNT_QUICK if self.st.quick else self.MIN_COUNT)[kind]
+        target = 4.0 if self.st.quick else self.TARGET_SECONDS[kind]
         if full <= min_count or self.st.quick:
             return full
         res = self.driver(
@@ -490,10 +545,14 @@ class Bench:
                 "--data",
                 CACHE,
             ]
+            # Celery's tasks are Python functions already: for a user-*
+            # workload it runs the counterpart (the same task and inputs),
+            # once even when both are wanted.
+            mine = tuple(dict.fromkeys(workloads.celery_counterpart(w) for w in self.st.workloads))
             wanted = (
-                self.st.workloads
+                mine
                 if mode == "reliable"
-                else tuple(w for w in self.st.workloads if w in self.st.celery_fast_workloads)
+                else tuple(w for w in mine if w in self.st.celery_fast_workloads)
             )
             self.run_workloads(system, base, wanted, celery=True)
         finally:
@@ -536,6 +595,8 @@ class Bench:
                 )
             cp = None
             op = None
+            wp = None
+            nport = svc.free_port()
             try:
                 cp = self.services.start(
                     f"compute-{durability}",
@@ -564,7 +625,7 @@ class Bench:
                         "--compute",
                         f"127.0.0.1:{cport}",
                         "--nats-listen",
-                        f"127.0.0.1:{svc.free_port()}",
+                        f"127.0.0.1:{nport}",
                         "--data-dir",
                         os.path.join(d, "data"),
                         "--config",
@@ -579,6 +640,8 @@ class Bench:
                     ready=svc.grpc_ready(f"127.0.0.1:{oport}"),
                     ready_timeout=60,
                 )
+                if set(self.st.workloads) & set(workloads.USER_WORKLOADS):
+                    wp = self.start_op_worker(durability, f"127.0.0.1:{oport}", nport)
                 base = [
                     sys.executable,
                     os.path.join(HERE, "tandem_driver.py"),
@@ -598,41 +661,110 @@ class Bench:
                     {"system": system, "workload": "start", "error": str(e)[-3000:]}
                 )
             finally:
+                if wp is not None:
+                    self.services.stop(wp, timeout=40)  # SIGTERM: it drains, then exits
                 if op is not None:
                     self.services.stop(op, timeout=40)
                 if cp is not None:
                     self.services.stop(cp)
+
+    def start_op_worker(self, durability: str, address: str, nats_port: int) -> Any:
+        """``tandem worker user_ops:worker`` on the orchestrator's embedded
+        NATS: the process pool with as many processes as Celery's prefork
+        pool; ready once the orchestrator lists its ops with a live worker."""
+        backlog = self.st.extra.get("tandem_worker_backlog")
+        if backlog is None:
+            backlog = self.st.extra.get("tandem_max_workers", 16)
+        cmd = [
+            sys.executable,
+            "-m",
+            "tandem.cli",
+            "worker",
+            "user_ops:worker",
+            "--nats-url",
+            f"nats://127.0.0.1:{nats_port}",
+            "--pool",
+            "process",
+            "--concurrency",
+            str(CORES),
+            "--backlog",
+            str(backlog),
+            "--id",
+            f"bench-{durability}-{os.getpid()}",
+            "--log-level",
+            "warning",
+        ]
+        pythonpath = os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH", "")) if p)
+        log(
+            f"tandem/{durability}: starting tandem worker user_ops:worker "
+            f"(process pool, {CORES} processes, backlog {backlog})"
+        )
+        return self.services.start(
+            f"op-worker-{durability}",
+            cmd,
+            env={"PYTHONPATH": pythonpath},
+            cwd=HERE,
+            ready=svc.ops_ready(address, USER_OPS),
+            ready_timeout=60,
+        )
 
     # -- workloads common to both systems
 
     def run_workloads(
         self, system: str, base: list[str], wanted: tuple[str, ...], celery: bool
     ) -> None:
-        if "tiny" in wanted or "latency" in wanted:
-            n = self.sized(system, base, "tiny")
+        for tiny, latency in (("tiny", "latency"), ("user-tiny", "user-latency")):
+            if celery and tiny.startswith("user-"):
+                continue  # Celery runs the counterparts (run_celery_mode)
+            self.run_tiny(system, base, wanted, celery, tiny, latency)
+        for w in ("thumbnails", "compress", "user-thumbnails"):
+            if w in wanted:
+                cmd = base + ["--workload", w, "--limit", str(self.sized(system, base, w))]
+                self.add_throughput(
+                    system, w, self.repeat(system, w, cmd, self.timeout_for(w)), self.unit_of(w)
+                )
+
+    def run_tiny(
+        self,
+        system: str,
+        base: list[str],
+        wanted: tuple[str, ...],
+        celery: bool,
+        tiny: str,
+        latency: str,
+    ) -> None:
+        """tiny (or user-tiny): single and batch submits; then latency (or
+        user-latency) at 25% and 50% of the single-submit max, and for
+        Tandem also at Celery's two rates (equal offered load)."""
+        if tiny in wanted or latency in wanted:
+            n = self.sized(system, base, tiny)
             for submit in ("single", "batch"):
-                if submit == "batch" and ("tiny" not in wanted or system.startswith("celery-fast")):
+                if submit == "batch" and (tiny not in wanted or system.startswith("celery-fast")):
                     continue
-                cmd = base + ["--workload", "tiny", "--submit", submit, "--limit", str(n)]
-                res = self.repeat(system, f"tiny/{submit}", cmd, self.timeout_for("tiny"))
-                self.add_throughput(system, f"tiny/{submit}", res, "jobs/s")
+                label = f"{tiny}/{submit}"
+                cmd = base + ["--workload", tiny, "--submit", submit, "--limit", str(n)]
+                res = self.repeat(system, label, cmd, self.timeout_for(tiny))
+                self.add_throughput(system, label, res, "jobs/s")
                 if submit == "single" and res:
-                    self.tiny_max[system] = report.summarize(
+                    self.tiny_max[(system, tiny)] = report.summarize(
                         [r["jobs"] / r["elapsed_seconds"] for r in res]
                     )["median"]
-        if "latency" in wanted and system in self.tiny_max and not system.startswith("celery-fast"):
-            loads: list[tuple[str, float]] = [
-                (f"{p}%", self.tiny_max[system] * p / 100) for p in (25, 50)
-            ]
+        if (
+            latency in wanted
+            and (system, tiny) in self.tiny_max
+            and not system.startswith("celery-fast")
+        ):
+            own = self.tiny_max[(system, tiny)]
+            loads: list[tuple[str, float]] = [(f"{p}%", own * p / 100) for p in (25, 50)]
             if not celery:
                 d = report.SYSTEMS[system]["durability"]
-                ref = report.CELERY_REFERENCE[d]
+                ref = (report.CELERY_REFERENCE[d], workloads.celery_counterpart(tiny))
                 if ref in self.tiny_max:
                     loads += [(f"celery {p}%", self.tiny_max[ref] * p / 100) for p in (25, 50)]
             for load, rate in loads:
                 cmd = base + [
                     "--workload",
-                    "latency",
+                    latency,
                     "--rate",
                     f"{rate:.3f}",
                     "--count",
@@ -641,13 +773,8 @@ class Bench:
                 self.add_latency(
                     system,
                     load,
-                    self.repeat(system, f"latency@{load}", cmd, self.timeout_for("latency")),
-                )
-        for w in ("thumbnails", "compress"):
-            if w in wanted:
-                cmd = base + ["--workload", w, "--limit", str(self.sized(system, base, w))]
-                self.add_throughput(
-                    system, w, self.repeat(system, w, cmd, self.timeout_for(w)), self.unit_of(w)
+                    self.repeat(system, f"{latency}@{load}", cmd, self.timeout_for(latency)),
+                    workload=latency,
                 )
 
 
@@ -677,13 +804,17 @@ def write_outputs(doc: dict[str, Any], names: list[str]) -> list[str]:
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--quick", action="store_true", help="smoke run: small sizes, under 2 minutes")
     ap.add_argument(
-        "--only", action="append", choices=ALL_WORKLOADS, help="run only this workload (repeatable)"
+        "--only",
+        action="append",
+        metavar="WORKLOAD[,WORKLOAD...]",
+        help=f"run only these workloads (repeatable; of {', '.join(ALL_WORKLOADS)}; "
+        "user-thumbs = user-thumbnails)",
     )
     ap.add_argument("--repeats", type=int, default=0, help="runs per figure (default 3)")
     ap.add_argument(
@@ -713,14 +844,29 @@ def main(argv: list[str] | None = None) -> int:
         help="the bench queue's min_workers (default: max)",
     )
     ap.add_argument(
+        "--tandem-worker-backlog",
+        type=int,
+        default=-1,
+        help="user-* workloads: the op worker's --backlog (default: the queue's max_workers, "
+        "so no step the orchestrator offers is refused OVERLOADED)",
+    )
+    ap.add_argument(
         "--keep", action="store_true", help="keep the work dir (logs, data) after the run"
     )
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.repeats and args.repeats < 1:
         raise SystemExit("--repeats must be >= 1")
     st = settings_from(args)
     st.extra["tandem_max_workers"] = args.tandem_max_workers
     st.extra["tandem_min_workers"] = args.tandem_min_workers or args.tandem_max_workers
+    st.extra["tandem_worker_backlog"] = (
+        args.tandem_worker_backlog if args.tandem_worker_backlog >= 0 else args.tandem_max_workers
+    )
+    st.extra["tandem_worker_concurrency"] = CORES
     systems = {s.strip() for s in args.systems.split(",") if s.strip()}
 
     svc.install_signal_handlers()
@@ -818,7 +964,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.format_table(rows))
     if checks:
-        print("\nTargets (goals from issue 6, not asserts):")
+        print('\nTargets (goals from issue 6 and issue "Your own ops", not asserts):')
         print(report.format_targets(checks))
     if bench.failures:
         print(f"\n{len(bench.failures)} run(s) failed:")

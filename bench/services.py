@@ -33,6 +33,7 @@ __all__ = [
     "tandem_queue_toml",
     "install_signal_handlers",
     "ensure_redis_server",
+    "ops_ready",
 ]
 
 
@@ -46,6 +47,29 @@ def redis_ready(port: int) -> Callable[[], bool]:
                 return s.recv(64).startswith(b"+PONG")
         except OSError:
             return False
+
+    return probe
+
+
+def ops_ready(address: str, ops: Sequence[str]) -> Callable[[], bool]:
+    """A readiness probe: the orchestrator at ``address`` lists every op in
+    ``ops`` (ComputeService/ListOps, which has the op workers' ops) with a
+    live worker, so jobs using them are accepted and run."""
+
+    def probe() -> bool:
+        import grpc
+
+        from tandem.v1 import compute_pb2, compute_pb2_grpc
+
+        try:
+            with grpc.insecure_channel(address) as ch:
+                resp = compute_pb2_grpc.ComputeServiceStub(ch).ListOps(
+                    compute_pb2.ListOpsRequest(), timeout=2
+                )
+        except grpc.RpcError:
+            return False
+        live = {op.name for op in resp.ops if op.provider == "worker" and op.live_workers > 0}
+        return all(name in live for name in ops)
 
     return probe
 

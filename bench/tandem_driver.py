@@ -41,6 +41,8 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MSG),
     ("grpc.max_receive_message_length", MAX_MSG),
 ]
+LATENCY_WORKLOADS = ("latency", "user-latency")
+SHA256_WORKLOADS = ("tiny", "latency", "user-tiny", "user-latency")
 TERMINAL = {
     jobs_pb2.JOB_STATE_SUCCEEDED,
     jobs_pb2.JOB_STATE_FAILED,
@@ -319,7 +321,7 @@ def verify(
         if not res and j.result_size:
             note = note or "results not delivered inline by WatchJobs"
             continue
-        if workload in ("tiny", "latency"):
+        if workload in SHA256_WORKLOADS:
             d = hashlib.sha256(payloads[i % len(payloads)])
             if res not in (d.digest(), d.hexdigest().encode()):
                 errors += 1
@@ -338,16 +340,30 @@ def verify(
             if not (res.startswith(b"\x89PNG") or res[:4] == b"RIFF" or res[:2] == b"\xff\xd8"):
                 errors += 1
                 note = note or f"thumbnail is not an image: {res[:16]!r}"
+        elif i == 0 and workload == "user-thumbnails":
+            # The Python op runs Celery's Pillow code: the bytes must be the
+            # ones that code makes here (same Pillow, pinned in both venvs).
+            import transforms
+
+            kw = workloads.plan()["user-thumbnails"].celery_kwargs
+            if res != transforms.pillow_thumbnail(payloads[0], **kw):
+                errors += 1
+                note = note or f"Pillow thumbnail differs from bench/transforms.py's: {res[:16]!r}"
     return errors, note, result_bytes
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    source = "tiny" if args.workload == "latency" else args.workload
+    source = workloads.input_set(args.workload)
+    is_latency = args.workload in LATENCY_WORKLOADS
     _, payloads = workloads.load_workload(args.data, source)
     if args.limit:
         payloads = payloads[: args.limit]
-    spec = workloads.plan()[source]
-    steps = workloads.resolve_steps(spec.steps_as_dicts(), declared_params(args.compute_address))
+    spec = workloads.plan()[workloads.throughput_spec(args.workload)]
+    # Python ops are the orchestrator's to list (ListOps there has both the
+    # compute service's ops and the live op workers').
+    user = args.workload in workloads.USER_WORKLOADS
+    ops_at = args.address if user else args.compute_address
+    steps = workloads.resolve_steps(spec.steps_as_dicts(), declared_params(ops_at))
     pb_steps = to_proto_steps(steps)
 
     ch = grpc.aio.insecure_channel(args.address, options=CHANNEL_OPTIONS)
@@ -357,8 +373,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         stub,
         args.queue,
         args.timeout + 300,
-        use_queue_watch=args.collect == "queue"
-        or (args.collect == "auto" and args.workload == "latency"),
+        use_queue_watch=args.collect == "queue" or (args.collect == "auto" and is_latency),
         group=args.group,
     )
     try:
@@ -382,7 +397,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ids: list[str] = []
         sends: list[float] = []
         lag_max = 0.0
-        if args.workload == "latency":
+        if is_latency:
             n = args.count
             sched = workloads.poisson_schedule(args.rate, n)
             ids = [""] * n
@@ -478,7 +493,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "input_bytes": sum(len(payloads[i % len(payloads)]) for i in range(n)),
         "steps": steps,
     }
-    if args.workload == "latency":
+    if is_latency:
         out.update(
             {
                 "rate": args.rate,
@@ -498,7 +513,9 @@ def main() -> int:
     ap.add_argument("--queue", default="bench")
     ap.add_argument("--data", required=True)
     ap.add_argument(
-        "--workload", required=True, choices=["tiny", "thumbnails", "compress", "latency"]
+        "--workload",
+        required=True,
+        choices=["tiny", "thumbnails", "compress", "latency", *workloads.USER_WORKLOADS],
     )
     ap.add_argument("--submit", default="single", choices=["single", "batch"])
     ap.add_argument("--window", type=int, default=64, help="single submits in flight")

@@ -51,6 +51,13 @@ class Workload:
     # What the headline figure counts: "jobs" (jobs/s), "images" (images/s)
     # or "MB" (input megabytes per second, 1 MB = 10**6 bytes).
     unit: str = "jobs"
+    # The input set it runs on (workloads.py generate NAME): its own name
+    # unless it reuses another workload's inputs (the user-* workloads).
+    source: str = ""
+
+    @property
+    def inputs(self) -> str:
+        return self.source or self.name
 
     def steps_as_dicts(self) -> list[dict[str, Any]]:
         return [{"op": op, "params": dict(params)} for op, params in self.steps]
@@ -95,7 +102,53 @@ def plan(quick: bool = False) -> dict[str, Workload]:
             celery_kwargs={"level": 3},
             unit="MB",
         ),
+        # User ops: the same Python functions as Celery's tasks
+        # (bench/transforms.py), run by Tandem's Python op worker
+        # (bench/user_ops.py) instead of the Rust compute service.
+        "user-tiny": Workload(
+            name="user-tiny",
+            count=400 if quick else 20000,
+            steps=_steps(("bench.sha256", {})),
+            celery_task="bench.sha256",
+            unit="jobs",
+            source="tiny",
+        ),
+        "user-thumbnails": Workload(
+            name="user-thumbnails",
+            count=12 if quick else 500,
+            steps=_steps(("bench.thumbnail_pillow", {"box": str(THUMB_BOX), "fmt": "png"})),
+            celery_task="bench.thumbnail",
+            celery_kwargs={"box": THUMB_BOX, "fmt": "png"},
+            unit="images",
+            source="thumbnails",
+        ),
     }
+
+
+# The user-op workloads (Tandem's Python worker) and the workload Celery runs
+# for each: Celery's tasks are Python functions already, so its rows of the
+# counterpart (the same task on the same inputs) are the reference.
+USER_WORKLOADS: dict[str, str] = {
+    "user-tiny": "tiny",
+    "user-latency": "latency",
+    "user-thumbnails": "thumbnails",
+}
+
+
+def throughput_spec(workload: str) -> str:
+    """The plan() entry a driver's --workload runs: latency runs the tiny
+    pipeline, user-latency the user-tiny one."""
+    return {"latency": "tiny", "user-latency": "user-tiny"}.get(workload, workload)
+
+
+def input_set(workload: str) -> str:
+    """The generated input set a driver's --workload reads."""
+    return plan()[throughput_spec(workload)].inputs
+
+
+def celery_counterpart(workload: str) -> str:
+    """The workload Celery runs in place of ``workload`` (itself unless a user-* one)."""
+    return USER_WORKLOADS.get(workload, workload)
 
 
 # Other spellings a server may use for the benchmark's params; the first one
@@ -375,11 +428,15 @@ def main(argv: list[str] | None = None) -> int:
         "--count", action="append", default=[], metavar="NAME=N", help="override a count"
     )
     args = ap.parse_args(argv)
-    counts = {k: w.count for k, w in plan(args.quick).items()}
+    p = plan(args.quick)
+    counts = {k: w.count for k, w in p.items() if w.inputs == k}
     for kv in args.count:
         k, _, v = kv.partition("=")
         counts[k] = int(v)
     names = args.only or list(counts)
+    for name in names:
+        if name not in counts:
+            raise SystemExit(f"generate: unknown input set {name!r} (one of {', '.join(counts)})")
     for name in names:
         # One cached set per (name, count), so quick and full runs keep theirs;
         # DIR/<name> is a symlink to the set in use (what the drivers read).

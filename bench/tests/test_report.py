@@ -203,3 +203,84 @@ def test_markdown_section() -> None:
     assert lines[0].startswith("| system | workload |")
     assert any(ln.startswith("| tandem/always | tiny/batch | 1,500 jobs/s") for ln in lines)
     assert "median of 3 runs" in md and "MISSED" in md
+
+
+def user_sample() -> list[dict[str, Any]]:
+    """Tandem's Python-op rows beside Celery's rows of the same tasks."""
+    return [
+        _m("tandem/always", "user-tiny/single", 900.0),
+        _m("tandem/interval", "user-tiny/batch", 2000.0),
+        _m("celery-reliable/aof-always", "tiny/single", 300.0),
+        _m("celery-reliable/default", "tiny/batch", 800.0),
+        _m("jetstream/always", "jetstream/pubsub", 2000.0, unit="msgs/s"),
+        _m("tandem/always", "user-thumbnails", 60.0, unit="images/s"),
+        _m("tandem/interval", "user-thumbnails", 70.0, unit="images/s"),
+        _m("celery-reliable/aof-always", "thumbnails", 40.0, unit="images/s"),
+        _m("celery-reliable/default", "thumbnails", 63.0, unit="images/s"),
+        _m("native", "thumbnails", 200.0, unit="images/s"),
+        _m("tandem/always", "user-latency", 12.0, metric="p99", unit="ms", load="celery 50%"),
+        _m("tandem/always", "user-latency", 5.0, metric="p50", unit="ms", load="celery 50%"),
+        _m("tandem/always", "latency", 30.0, metric="p99", unit="ms", load="celery 50%"),
+        _m("celery-reliable/aof-always", "latency", 40.0, metric="p99", unit="ms", load="50%"),
+    ]
+
+
+def test_celery_workload_maps_user_workloads_to_their_counterparts() -> None:
+    assert report.celery_workload("user-tiny/single") == "tiny/single"
+    assert report.celery_workload("user-tiny/batch") == "tiny/batch"
+    assert report.celery_workload("user-thumbnails") == "thumbnails"
+    assert report.celery_workload("user-latency") == "latency"
+    assert report.celery_workload("tiny/single") == "tiny/single"
+    assert report.celery_workload("compress") == "compress"
+
+
+def test_user_rows_take_celerys_rows_of_the_same_task() -> None:
+    rows = report.build_rows(user_sample())
+    r = row(rows, "tandem/always", "user-tiny/single")
+    assert r["ratio_to_celery"] == pytest.approx(3.0)
+    assert r["celery_reference"] == "celery-reliable/aof-always"
+    # A Python op's job crosses JetStream like any other: the same limit.
+    assert r["fraction_of_limit"] == pytest.approx(0.45)
+    assert row(rows, "tandem/interval", "user-tiny/batch")["ratio_to_celery"] == pytest.approx(2.5)
+    th = row(rows, "tandem/always", "user-thumbnails")
+    assert th["ratio_to_celery"] == pytest.approx(1.5)
+    # The native figure is the Rust op's: no limit for the Pillow op.
+    assert th["fraction_of_limit"] is None
+    assert row(rows, "tandem/interval", "user-thumbnails")["ratio_to_celery"] == pytest.approx(
+        70.0 / 63.0
+    )
+    # Latency: equal offered load, against Celery's latency row.
+    lat = row(rows, "tandem/always", "user-latency", "p99", "celery 50%")
+    assert lat["ratio_to_celery"] == pytest.approx(0.3)
+
+
+def test_user_rows_in_the_table() -> None:
+    text = report.format_table(report.build_rows(user_sample()))
+    lines = text.splitlines()
+    [tiny] = [ln for ln in lines if "user-tiny/single" in ln]
+    assert tiny.startswith("tandem/always") and "900 jobs/s (810–990)" in tiny and "3.00×" in tiny
+    [thumbs] = [ln for ln in lines if ln.startswith("tandem/always") and "user-thumbnails" in ln]
+    assert "60.0 images/s" in thumbs and "1.50×" in thumbs
+    # The Python op's latency and the Rust op's keep lines of their own.
+    [user_lat] = [ln for ln in lines if "user-latency @celery 50%" in ln]
+    assert "p50 5.00 / p99 12.0 ms" in user_lat and "p99 0.30×" in user_lat
+    [rust_lat] = [ln for ln in lines if ln.split()[1:3] == ["latency", "@celery"]]
+    assert "p99 30.0 ms" in rust_lat and "p99 0.75×" in rust_lat
+
+
+def test_user_targets_met_and_missed() -> None:
+    checks = report.check_targets(report.build_rows(user_sample()))
+    by = {(c["target"], c["system"], c["workload"]): c for c in checks}
+    t = by[("user-tiny ≥ 3× Celery", "tandem/always", "user-tiny/single")]
+    assert t["met"] is True and t["value"] == pytest.approx(3.0) and t["bound"] == 3.0
+    assert by[("user-tiny ≥ 3× Celery", "tandem/interval", "user-tiny/batch")]["met"] is False
+    assert by[("user-thumbnails ≥ 1.2× Celery", "tandem/always", "user-thumbnails")]["met"] is True
+    assert (
+        by[("user-thumbnails ≥ 1.2× Celery", "tandem/interval", "user-thumbnails")]["met"] is False
+    )
+    # The Rust-op targets do not pick up the Python-op rows.
+    assert not [c for c in checks if c["target"].startswith("tiny") and "user" in c["workload"]]
+    assert not [c for c in checks if c["target"].startswith("thumbnails")]
+    text = report.format_targets(checks)
+    assert "met     user-tiny ≥ 3× Celery" in text
+    assert "MISSED  user-thumbnails ≥ 1.2× Celery" in text and "1.11 (goal >= 1.2)" in text

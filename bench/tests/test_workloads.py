@@ -148,3 +148,31 @@ def test_generate_cli_keeps_one_set_per_count(tmp_path: Path) -> None:
     assert sets == ["tiny-5-%d" % workloads.DEFAULT_SEED, "tiny-7-%d" % workloads.DEFAULT_SEED]
     workloads.main(["generate", "--out", out, "--only", "tiny", "--count", "tiny=5"])
     assert workloads.load_workload(out, "tiny")[1] == workloads.tiny_payloads(5)
+
+
+def test_user_workloads_reuse_their_counterparts_inputs() -> None:
+    p = workloads.plan()
+    assert p["user-tiny"].inputs == "tiny" and p["user-thumbnails"].inputs == "thumbnails"
+    assert p["tiny"].inputs == "tiny"
+    assert workloads.input_set("user-latency") == "tiny"
+    assert workloads.input_set("user-thumbnails") == "thumbnails"
+    assert workloads.throughput_spec("user-latency") == "user-tiny"
+    assert workloads.throughput_spec("latency") == "tiny"
+    assert workloads.throughput_spec("compress") == "compress"
+    # Celery runs the same task: its counterpart workload.
+    assert workloads.celery_counterpart("user-tiny") == "tiny"
+    assert workloads.celery_counterpart("user-latency") == "latency"
+    assert workloads.celery_counterpart("user-thumbnails") == "thumbnails"
+    assert workloads.celery_counterpart("compress") == "compress"
+    for user, counterpart in (("user-tiny", "tiny"), ("user-thumbnails", "thumbnails")):
+        assert p[user].celery_task == p[counterpart].celery_task
+        assert p[user].celery_kwargs == p[counterpart].celery_kwargs
+        assert p[user].unit == p[counterpart].unit
+    assert p["user-thumbnails"].steps_as_dicts() == [
+        {"op": "bench.thumbnail_pillow", "params": {"box": "256", "fmt": "png"}}
+    ]
+
+
+def test_generate_cli_knows_input_sets_only(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="unknown input set 'user-tiny'"):
+        workloads.main(["generate", "--out", str(tmp_path), "--only", "user-tiny"])
