@@ -62,7 +62,9 @@ def test_demo_serve_until_interrupted(tmp_path: Path) -> None:
 
     from tandem._stack import free_port
 
-    address = f"127.0.0.1:{free_port()}"
+    # Free ports for every listener, so the test never depends on the fixed
+    # ones `make up` uses being free.
+    address, compute, nats, dash = (f"127.0.0.1:{free_port()}" for _ in range(4))
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -77,6 +79,12 @@ def test_demo_serve_until_interrupted(tmp_path: Path) -> None:
                 "--serve",
                 "--address",
                 address,
+                "--compute-address",
+                compute,
+                "--nats-address",
+                nats,
+                "--dashboard-address",
+                dash,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -96,6 +104,11 @@ def test_demo_serve_until_interrupted(tmp_path: Path) -> None:
             timeout=60,
         )
         assert queues.returncode == 0, queues.stderr
+        # `make up` serves the dashboard too.
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{dash}/", timeout=30) as page:
+            assert page.status == 200 and b'data-queue="default"' in page.read()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, log.read_text()
     finally:

@@ -98,6 +98,8 @@ class FakeJobs(jobs_pb2_grpc.JobServiceServicer, compute_pb2_grpc.ComputeService
         self.watch_calls = 0
         self.keys_seen: list[str] = []
         self.traces_seen: list[str] = []
+        # (method, traceparent or "") of every call.
+        self.calls: list[tuple[str, str]] = []
         # Scripts: called with the call number; return a grpc.Status to fail.
         self.submit_script: Callable[[int, jobs_pb2.SubmitJobRequest], grpc.Status | None] = (
             lambda n, r: None
@@ -125,6 +127,9 @@ class FakeJobs(jobs_pb2_grpc.JobServiceServicer, compute_pb2_grpc.ComputeService
         self.queue_end: grpc.Status | None = None
         # What ListWorkers answers.
         self.workers: list[worker_pb2.WorkerInfo] = []
+        # What ListQueues answers (None: one `default` queue).
+        self.queues: list[jobs_pb2.QueueInfo] | None = None
+        self.list_requests: list[jobs_pb2.ListJobsRequest] = []
 
     def _succeed(self, job: jobs_pb2.Job, payload: bytes) -> None:
         job.state = jobs_pb2.JOB_STATE_SUCCEEDED
@@ -167,14 +172,22 @@ class FakeJobs(jobs_pb2_grpc.JobServiceServicer, compute_pb2_grpc.ComputeService
             out.ClearField("result")
         return out
 
+    def _seen(self, method: str, context: Any) -> str:
+        md = dict(context.invocation_metadata())
+        tp = str(md.get("traceparent", ""))
+        self.calls.append((method, tp))
+        return tp
+
+    def traces_of(self, method: str) -> list[str]:
+        return [tp for m, tp in self.calls if m == method]
+
     # JobService -------------------------------------------------------
 
     def SubmitJob(self, request: Any, context: Any) -> Any:
         with self.lock:
             self.submit_calls += 1
             self.keys_seen.append(request.idempotency_key)
-            md = dict(context.invocation_metadata())
-            self.traces_seen.append(str(md.get("traceparent", "")))
+            self.traces_seen.append(self._seen("SubmitJob", context))
             st = self.submit_script(self.submit_calls, request)
             if st is not None:
                 context.abort_with_status(st)
@@ -182,6 +195,7 @@ class FakeJobs(jobs_pb2_grpc.JobServiceServicer, compute_pb2_grpc.ComputeService
 
     def SubmitJobs(self, request: Any, context: Any) -> Any:
         with self.lock:
+            self._seen("SubmitJobs", context)
             self.batch_calls += 1
             st = self.submit_script(self.batch_calls, request)
             if st is not None:
@@ -198,6 +212,7 @@ class FakeJobs(jobs_pb2_grpc.JobServiceServicer, compute_pb2_grpc.ComputeService
 
     def GetJob(self, request: Any, context: Any) -> Any:
         with self.lock:
+            self._seen("GetJob", context)
             self.get_calls += 1
             st = self.get_script(self.get_calls, request)
             job = self.jobs.get(request.job_id)
@@ -216,6 +231,7 @@ class FakeJobs(jobs_pb2_grpc.JobServiceServicer, compute_pb2_grpc.ComputeService
 
     def WatchJobs(self, request: Any, context: Any) -> Iterator[Any]:
         with self.lock:
+            self._seen("WatchJobs", context)
             self.watch_calls += 1
             brk = self.break_watch_after
             self.break_watch_after = None
@@ -272,6 +288,10 @@ class FakeJobs(jobs_pb2_grpc.JobServiceServicer, compute_pb2_grpc.ComputeService
         return jobs_pb2.CancelJobResponse(job=self._public(job))
 
     def ListQueues(self, request: Any, context: Any) -> Any:
+        with self.lock:
+            self._seen("ListQueues", context)
+            if self.queues is not None:
+                return jobs_pb2.ListQueuesResponse(queues=self.queues)
         q = jobs_pb2.QueueInfo(
             name="default",
             depth=3,
@@ -308,6 +328,26 @@ class FakeJobs(jobs_pb2_grpc.JobServiceServicer, compute_pb2_grpc.ComputeService
         for i in ids:
             del self.jobs[i]
         return jobs_pb2.PurgeDeadLettersResponse(purged=len(ids))
+
+    def ListJobs(self, request: Any, context: Any) -> Any:
+        with self.lock:
+            self.list_requests.append(request)
+            found = [
+                self._public(j)
+                for j in sorted(self.jobs.values(), key=lambda j: j.id, reverse=True)
+                if (not request.queue or j.queue == request.queue)
+                and (not request.state or j.state == request.state)
+                and (
+                    not request.label_key
+                    or (
+                        request.label_key in j.labels
+                        and request.label_value in ("", j.labels[request.label_key])
+                    )
+                )
+            ]
+        return jobs_pb2.ListJobsResponse(
+            jobs=found[: request.limit or 50], scanned=len(self.jobs), truncated=False
+        )
 
     def ListWorkers(self, request: Any, context: Any) -> Any:
         return worker_pb2.ListWorkersResponse(workers=self.workers)

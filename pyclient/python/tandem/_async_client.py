@@ -9,12 +9,24 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
+from opentelemetry.trace import SpanContext
 
 from tandem import _core as core
 from tandem._core import WATCH_MAX_IDS, job_outcome
 from tandem._errors import InternalError, TandemError, from_rpc_error
 from tandem._requests import JobSpec, channel_options
-from tandem._types import DeadLetters, Job, Ops, Payload, QueueInfo, StepsLike, WorkerInfo
+from tandem._tracing import Metadata
+from tandem._types import (
+    DeadLetters,
+    Job,
+    JobList,
+    JobState,
+    Ops,
+    Payload,
+    QueueInfo,
+    StepsLike,
+    WorkerInfo,
+)
 from tandem.v1 import compute_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 __all__ = ["AsyncClient", "AsyncJobHandle"]
@@ -34,12 +46,13 @@ class AsyncJobHandle(core.HandleBase["AsyncClient"]):
 
     async def wait(self, timeout: float | None = None) -> Job:
         """Waits until the job is terminal; returns its record."""
-        return (await self._client.wait([self.id], timeout=timeout))[self.id]
+        return (await self._client._wait([self.id], timeout, True, "wait", self._links))[self.id]
 
     async def result(self, timeout: float | None = None) -> bytes:
         """Waits for the job and returns its result bytes; raises
         :class:`JobFailed`, :class:`Cancelled` or :class:`Timeout`."""
-        return job_outcome(await self.wait(timeout))
+        job = (await self._client._wait([self.id], timeout, True, "result", self._links))[self.id]
+        return job_outcome(job)
 
     async def cancel(self) -> Job:
         """Cancels the job."""
@@ -107,7 +120,7 @@ class AsyncClient(core.ClientBase):
         rpc = self._job_request(
             steps, payload, queue, idempotency_key, max_attempts, timeout, labels
         )
-        return AsyncJobHandle(self, *await self._run(rpc))
+        return AsyncJobHandle(self, *await self._drive(self._submit(rpc)))
 
     async def submit_many(
         self, jobs: Iterable[JobSpec | jobs_pb2.SubmitJobRequest], *, batch_size: int = 256
@@ -121,6 +134,18 @@ class AsyncClient(core.ClientBase):
     async def get(self, job_id: str, *, include_result: bool = False) -> Job:
         """See :meth:`tandem.Client.get`."""
         return await self._run(core.get_job(job_id, include_result))
+
+    async def jobs(
+        self,
+        queue: str | None = None,
+        *,
+        state: JobState | str | None = None,
+        label: str | None = None,
+        limit: int = 50,
+        scan: int = 0,
+    ) -> JobList:
+        """See :meth:`tandem.Client.jobs`."""
+        return await self._run(core.list_jobs(queue, state, label, limit, scan))
 
     async def handle(self, job_id: str) -> AsyncJobHandle:
         """A handle for an existing job (fetches its record)."""
@@ -140,18 +165,30 @@ class AsyncClient(core.ClientBase):
     ) -> AsyncIterator[Job]:
         """See :meth:`tandem.Client.watch`."""
         ids = core.watch_ids(job_ids, queue)
+        with self._wait_span("watch", ids, queue) as span:
+            async for job in self._watch(ids, queue, include_result, timeout, span.metadata):
+                yield job
+
+    async def _watch(
+        self,
+        ids: list[str],
+        queue: str | None,
+        include_result: bool,
+        timeout: float | None,
+        metadata: Metadata | None,
+    ) -> AsyncIterator[Job]:
         if len(ids) > WATCH_MAX_IDS:
             deadline = core.deadline_after(timeout)
             for group in core.id_groups(ids):
-                async for job in self.watch(
-                    group, include_result=include_result, timeout=core.remaining(deadline)
+                async for job in self._watch(
+                    group, None, include_result, core.remaining(deadline), metadata
                 ):
                     yield job
             return
-        w = core.Watch(ids, queue, include_result, timeout, self._closed, self.retry)
+        w = core.Watch(ids, queue, include_result, timeout, self._closed, self.retry, metadata)
         while True:
             req, rem = w.request()
-            call = self._stub.WatchJobs(req, timeout=rem)
+            call = self._stub.WatchJobs(req, timeout=rem, metadata=w.metadata)
             try:
                 if w.wants_headers:
                     await call.initial_metadata()
@@ -169,24 +206,43 @@ class AsyncClient(core.ClientBase):
             await asyncio.sleep(w.reconnect_delay())
 
     async def _settle(
-        self, job_ids: Sequence[str], timeout: float | None, include_result: bool
+        self,
+        job_ids: list[str],
+        timeout: float | None,
+        include_result: bool,
+        metadata: Metadata | None = None,
     ) -> AsyncIterator[Job]:
         """See :meth:`tandem.Client._settle`."""
         deadline = core.deadline_after(timeout)
-        async for job in self.watch(job_ids, include_result=include_result, timeout=timeout):
+        async for job in self._watch(job_ids, None, include_result, timeout, metadata):
             if job.done:
                 if core.lacks_result(job, include_result):
-                    job = await self._drive(self._unary(core.get_job(job.id, True), deadline))
+                    rpc = core.get_job(job.id, True, metadata)
+                    job = await self._drive(self._unary(rpc, deadline))
                 yield job
 
     async def wait(
         self, job_ids: Sequence[str], *, timeout: float | None = None, include_result: bool = True
     ) -> dict[str, Job]:
         """See :meth:`tandem.Client.wait`."""
+        return await self._wait(job_ids, timeout, include_result, "wait")
+
+    async def _wait(
+        self,
+        job_ids: Sequence[str],
+        timeout: float | None,
+        include_result: bool,
+        call: str,
+        links: Sequence[SpanContext] = (),
+    ) -> dict[str, Job]:
         want = core.wait_ids(job_ids)
         if not want:
             return {}
-        return {job.id: job async for job in self._settle(want, timeout, include_result)}
+        with self._wait_span(call, want, links=links) as span:
+            return {
+                job.id: job
+                async for job in self._settle(want, timeout, include_result, span.metadata)
+            }
 
     async def map(
         self,

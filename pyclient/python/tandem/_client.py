@@ -7,12 +7,24 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
+from opentelemetry.trace import SpanContext
 
 from tandem import _core as core
 from tandem._core import WATCH_MAX_IDS, job_outcome
 from tandem._errors import InternalError, TandemError, from_rpc_error
 from tandem._requests import JobSpec, channel_options
-from tandem._types import DeadLetters, Job, Ops, Payload, QueueInfo, StepsLike, WorkerInfo
+from tandem._tracing import Metadata
+from tandem._types import (
+    DeadLetters,
+    Job,
+    JobList,
+    JobState,
+    Ops,
+    Payload,
+    QueueInfo,
+    StepsLike,
+    WorkerInfo,
+)
 from tandem.v1 import compute_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 __all__ = ["Client", "JobHandle"]
@@ -40,7 +52,7 @@ class JobHandle(core.HandleBase["Client"]):
         restarts and broker outages. Raises :class:`tandem.Timeout` after
         ``timeout`` seconds (None: never), :class:`NotFound` for an unknown
         job."""
-        return self._client.wait([self.id], timeout=timeout)[self.id]
+        return self._client._wait([self.id], timeout, True, "wait", self._links)[self.id]
 
     def result(self, timeout: float | None = None) -> bytes:
         """Waits for the job and returns its result bytes.
@@ -52,7 +64,8 @@ class JobHandle(core.HandleBase["Client"]):
                 Failures of the service or its broker before then are waited
                 out (see :meth:`Client.watch`), never raised.
         """
-        return job_outcome(self.wait(timeout))
+        job = self._client._wait([self.id], timeout, True, "result", self._links)[self.id]
+        return job_outcome(job)
 
     def cancel(self) -> Job:
         """Cancels the job (see :meth:`Client.cancel`)."""
@@ -154,7 +167,7 @@ class Client(core.ClientBase):
         rpc = self._job_request(
             steps, payload, queue, idempotency_key, max_attempts, timeout, labels
         )
-        return JobHandle(self, *self._run(rpc))
+        return JobHandle(self, *self._drive(self._submit(rpc)))
 
     def submit_many(
         self,
@@ -180,6 +193,23 @@ class Client(core.ClientBase):
         Raises :class:`NotFound` for an unknown (or expired) job.
         """
         return self._run(core.get_job(job_id, include_result))
+
+    def jobs(
+        self,
+        queue: str | None = None,
+        *,
+        state: JobState | str | None = None,
+        label: str | None = None,
+        limit: int = 50,
+        scan: int = 0,
+    ) -> JobList:
+        """Finds recent jobs, newest first (``ListJobs``): of ``queue`` (None:
+        every queue), in ``state`` (a :class:`JobState` or its name), carrying
+        ``label`` (``"KEY"``: any value, or ``"KEY=VALUE"``); at most
+        ``limit`` (server default 50, max 500). It looks at the newest
+        ``scan`` records only (0: the server's 5000, max 50000): a tool for
+        finding a job, not an index; ``truncated`` says older ones exist."""
+        return self._run(core.list_jobs(queue, state, label, limit, scan))
 
     def handle(self, job_id: str) -> JobHandle:
         """A handle for an existing job (fetches its record)."""
@@ -223,19 +253,33 @@ class Client(core.ClientBase):
         More than :data:`WATCH_MAX_IDS` ids are watched in consecutive
         groups, so later groups report their current state when their turn
         comes rather than every intermediate change.
+
+        The watch is one ``tandem.wait`` span, from the first ``next`` to the
+        iterator's end.
         """
         ids = core.watch_ids(job_ids, queue)
+        with self._wait_span("watch", ids, queue) as span:
+            yield from self._watch(ids, queue, include_result, timeout, span.metadata)
+
+    def _watch(
+        self,
+        ids: list[str],
+        queue: str | None,
+        include_result: bool,
+        timeout: float | None,
+        metadata: Metadata | None,
+    ) -> Iterator[Job]:
         if len(ids) > WATCH_MAX_IDS:
             deadline = core.deadline_after(timeout)
             for group in core.id_groups(ids):
-                yield from self.watch(
-                    group, include_result=include_result, timeout=core.remaining(deadline)
+                yield from self._watch(
+                    group, None, include_result, core.remaining(deadline), metadata
                 )
             return
-        w = core.Watch(ids, queue, include_result, timeout, self._closed, self.retry)
+        w = core.Watch(ids, queue, include_result, timeout, self._closed, self.retry, metadata)
         while True:
             req, rem = w.request()
-            call = self._stub.WatchJobs(req, timeout=rem)
+            call = self._stub.WatchJobs(req, timeout=rem, metadata=w.metadata)
             try:
                 if w.wants_headers:
                     call.initial_metadata()
@@ -253,15 +297,21 @@ class Client(core.ClientBase):
             time.sleep(w.reconnect_delay())
 
     def _settle(
-        self, job_ids: Sequence[str], timeout: float | None, include_result: bool
+        self,
+        job_ids: list[str],
+        timeout: float | None,
+        include_result: bool,
+        metadata: Metadata | None = None,
     ) -> Iterator[Job]:
         """Each job's final record as it ends (with its result bytes when
-        asked), through broken streams and failing calls until ``timeout``."""
+        asked), through broken streams and failing calls until ``timeout``;
+        every call carries ``metadata`` (else the caller's trace context)."""
         deadline = core.deadline_after(timeout)
-        for job in self.watch(job_ids, include_result=include_result, timeout=timeout):
+        for job in self._watch(job_ids, None, include_result, timeout, metadata):
             if job.done:
                 if core.lacks_result(job, include_result):
-                    job = self._drive(self._unary(core.get_job(job.id, True), deadline))
+                    rpc = core.get_job(job.id, True, metadata)
+                    job = self._drive(self._unary(rpc, deadline))
                 yield job
 
     def wait(
@@ -272,8 +322,23 @@ class Client(core.ClientBase):
         orchestrator restarts and broker outages (see :meth:`watch`).
         Raises :class:`tandem.Timeout` after ``timeout`` seconds (None:
         never), or a permanent error (:class:`NotFound` for an unknown id)."""
+        return self._wait(job_ids, timeout, include_result, "wait")
+
+    def _wait(
+        self,
+        job_ids: Sequence[str],
+        timeout: float | None,
+        include_result: bool,
+        call: str,
+        links: Sequence[SpanContext] = (),
+    ) -> dict[str, Job]:
         want = core.wait_ids(job_ids)
-        return {job.id: job for job in self._settle(want, timeout, include_result)} if want else {}
+        if not want:
+            return {}
+        with self._wait_span(call, want, links=links) as span:
+            return {
+                job.id: job for job in self._settle(want, timeout, include_result, span.metadata)
+            }
 
     def map(
         self,

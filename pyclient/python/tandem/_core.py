@@ -13,10 +13,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import grpc
+from opentelemetry import trace
 
 from tandem._errors import (
     CATALOGUE,
@@ -38,12 +39,13 @@ from tandem._requests import (
     default_address,
     spec_request,
     submit_request,
-    traceparent,
 )
 from tandem._retry import RetryPolicy
+from tandem._tracing import ClientSpan, Metadata, current_metadata, op_names
 from tandem._types import (
     DeadLetters,
     Job,
+    JobList,
     JobState,
     Ops,
     Payload,
@@ -67,7 +69,6 @@ WATCH_MAX_IDS = 1000
 MAP_WINDOW = 256
 MAP_WINDOW_BYTES = 128 * 1024 * 1024
 
-Metadata = tuple[tuple[str, str], ...]
 #: A submitted job as the server answered it: its record and whether the
 #: idempotency key matched an existing job.
 Submitted = tuple[Job, bool]
@@ -188,11 +189,15 @@ def _call_timeout(policy: Retry) -> float | None:
 
 
 def unary(rpc: Rpc[R], policy: Retry, closed: threading.Event) -> Plan[R]:
-    """One unary call, retried under ``policy`` (not once the client is closed)."""
+    """One unary call, retried under ``policy`` (not once the client is closed).
+
+    It carries ``rpc.metadata``, else the caller's current trace context
+    (every try the same)."""
+    metadata = rpc.metadata if rpc.metadata is not None else current_metadata()
     attempt = 0
     while True:
         attempt += 1
-        reply = yield Send(rpc.method, rpc.request, rpc.metadata, _call_timeout(policy))
+        reply = yield Send(rpc.method, rpc.request, metadata, _call_timeout(policy))
         if not isinstance(reply, TandemError):
             return rpc.convert(reply)
         if not policy.should_retry(reply, attempt) or closed.is_set():
@@ -268,7 +273,33 @@ class ClientBase:
             labels=labels,
         )
         check_size(req, self.max_message_bytes)
-        return Rpc("SubmitJob", req, _submitted, traceparent())
+        return Rpc("SubmitJob", req, _submitted)
+
+    def _submit(self, rpc: Rpc[Submitted]) -> Plan[tuple[Job, bool, trace.SpanContext]]:
+        """The plan of :meth:`submit`: its call in a ``tandem.submit`` span;
+        returns the job, whether it was deduplicated, and the span's context
+        (which the handle's waits link to)."""
+        req = rpc.request
+        attributes = {"tandem.queue": req.queue or "default", "tandem.ops": op_names(req.steps)}
+        with ClientSpan("tandem.submit", attributes, new_trace=True) as span:
+            job, dedup = yield from self._unary(replace(rpc, metadata=span.metadata))
+            span.set_ids([job.id])
+            span.set("tandem.deduplicated", dedup)
+            return job, dedup, span.context
+
+    def _wait_span(
+        self,
+        call: str,
+        ids: Sequence[str],
+        queue: str | None = None,
+        links: Sequence[trace.SpanContext] = (),
+    ) -> ClientSpan:
+        """The ``tandem.wait`` span of a wait, result or watch (``call``)."""
+        span = ClientSpan("tandem.wait", {"tandem.call": call}, links=links)
+        span.set_ids(ids)
+        if not ids:
+            span.set("tandem.queue", queue or "default")
+        return span
 
     def _unary(self, rpc: Rpc[R], deadline: float | None | _NotWaiting = NOT_WAITING) -> Plan[R]:
         """The plan of one call: retried under the client's policy, or, when
@@ -330,13 +361,23 @@ class ClientBase:
 
 
 class HandleBase(Generic[C]):
-    """What a job handle holds; the sync and asyncio handles add the calls."""
+    """What a job handle holds; the sync and asyncio handles add the calls.
 
-    def __init__(self, client: C, job: Job, deduplicated: bool = False) -> None:
+    ``submitted`` is the context of the ``tandem.submit`` span that made the
+    handle: the ``tandem.wait`` spans of the handle link to it."""
+
+    def __init__(
+        self,
+        client: C,
+        job: Job,
+        deduplicated: bool = False,
+        submitted: trace.SpanContext | None = None,
+    ) -> None:
         self._client = client
         self.job = job
         self.id = job.id
         self.deduplicated = deduplicated
+        self._links = (submitted,) if submitted is not None else ()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r}, deduplicated={self.deduplicated})"
@@ -368,8 +409,9 @@ def _queue(resp: Any) -> QueueInfo:
     return QueueInfo.from_proto(resp.queue)
 
 
-def get_job(job_id: str, include_result: bool) -> Rpc[Job]:
-    return Rpc("GetJob", jobs_pb2.GetJobRequest(job_id=job_id, include_result=include_result), _job)
+def get_job(job_id: str, include_result: bool, metadata: Metadata | None = None) -> Rpc[Job]:
+    req = jobs_pb2.GetJobRequest(job_id=job_id, include_result=include_result)
+    return Rpc("GetJob", req, _job, metadata)
 
 
 def cancel_job(job_id: str) -> Rpc[Job]:
@@ -423,6 +465,43 @@ def purge_dead_letters(queue: str, job_ids: Sequence[str] | None) -> Rpc[int]:
     )
 
 
+def job_state(state: JobState | str | None) -> JobState:
+    """A state given as a :class:`JobState` or its name (any case)."""
+    if state is None:
+        return JobState.UNSPECIFIED
+    if isinstance(state, JobState):
+        return state
+    try:
+        return JobState[str(state).upper()]
+    except KeyError:
+        names = ", ".join(s.name.lower() for s in JobState if s is not JobState.UNSPECIFIED)
+        raise ValueError(f"unknown job state {state!r}: one of {names}") from None
+
+
+def list_jobs(
+    queue: str | None, state: JobState | str | None, label: str | None, limit: int, scan: int
+) -> Rpc[JobList]:
+    """JobService.ListJobs; ``label`` is ``KEY`` (any value) or ``KEY=VALUE``."""
+    key, _, value = (label or "").partition("=")
+    req = jobs_pb2.ListJobsRequest(
+        queue=queue or "",
+        state=f"JOB_STATE_{job_state(state).name}",
+        label_key=key,
+        label_value=value,
+        limit=max(0, limit),
+        scan=max(0, scan),
+    )
+    return Rpc(
+        "ListJobs",
+        req,
+        lambda resp: JobList(
+            jobs=[Job.from_proto(j) for j in resp.jobs],
+            scanned=int(resp.scanned),
+            truncated=bool(resp.truncated),
+        ),
+    )
+
+
 def list_ops() -> Rpc[Ops]:
     """ComputeService.ListOps (asked of the orchestrator, else of compute)."""
     return Rpc("ListOps", compute_pb2.ListOpsRequest(), ops_from_proto)
@@ -472,7 +551,8 @@ class SubmitMany:
         self.batch_size = batch_size
         self.policy = policy
         self.attempt = 0
-        self.trace = traceparent()
+        self._queues = sorted({r.queue or "default" for r in requests})
+        self._ops = op_names(s for r in requests for s in r.steps)
         self._retry_later: Batch = []
         self._last_err: TandemError | None = None
 
@@ -522,20 +602,39 @@ class SubmitMany:
         return None
 
     def run(self, handle: Callable[[Job, bool], R]) -> Plan[list[R | TandemError]]:
-        """The whole submit_many as a plan."""
-        while self.pending:
-            for batch in self.round():
-                reply = yield Send(
-                    "SubmitJobs", self.request(batch), self.trace, _call_timeout(self.policy)
-                )
-                if isinstance(reply, TandemError):
-                    self.failed(batch, reply)
-                else:
-                    self.answered(batch, reply)
-            delay = self.end_round()
-            if delay is not None:
-                yield Sleep(delay)
-        return self.outcome(handle)
+        """The whole submit_many as a plan, in one ``tandem.submit`` span
+        (one trace context for every batch and retry)."""
+        attributes = {
+            "tandem.queue": ",".join(self._queues),
+            "tandem.ops": self._ops,
+            "tandem.job_count": len(self.results),
+        }
+        with ClientSpan("tandem.submit", attributes, new_trace=True) as span:
+            while self.pending:
+                for batch in self.round():
+                    reply = yield Send(
+                        "SubmitJobs", self.request(batch), span.metadata, _call_timeout(self.policy)
+                    )
+                    if isinstance(reply, TandemError):
+                        self.failed(batch, reply)
+                    else:
+                        self.answered(batch, reply)
+                delay = self.end_round()
+                if delay is not None:
+                    yield Sleep(delay)
+            self.traced(span)
+            return self.outcome(handle)
+
+    def traced(self, span: ClientSpan) -> None:
+        """Records the outcome on the span: the job ids, how many were
+        rejected; failed when none was submitted."""
+        ids = [r[0].id for r in self.results if isinstance(r, tuple)]
+        span.set_ids(ids)
+        span.set("tandem.job_count", len(self.results))
+        rejected = [r for r in self.results if isinstance(r, TandemError)]
+        span.set("tandem.rejected", len(rejected))
+        if rejected and not ids:
+            span.fail(rejected[0])
 
     def outcome(self, handle: Callable[[Job, bool], R]) -> list[R | TandemError]:
         """One entry per job, in order: ``handle(job, deduplicated)`` or the
@@ -617,6 +716,8 @@ class Watch:
     #: The backoff between reopenings (not its max_attempts: a watch goes on
     #: until its deadline).
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    #: What every WatchJobs call carries (the trace context of its span).
+    metadata: Metadata | None = None
     deadline: float | None = field(init=False)
     open_ids: set[str] = field(init=False)
     finished: bool = field(init=False, default=False)

@@ -112,13 +112,6 @@ class JobSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
-def traceparent() -> tuple[tuple[str, str], ...]:
-    """gRPC metadata starting a new W3C trace (``traceparent``), so the
-    orchestrator's and compute's logs of one submit share a trace id; one per
-    logical call, reused by its retries."""
-    return (("traceparent", f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"),)
-
-
 def new_idempotency_key() -> str:
     return "auto-" + uuid.uuid4().hex
 

@@ -33,6 +33,7 @@ __all__ = [
     "Ops",
     "QueueInfo",
     "DeadLetters",
+    "JobList",
 ]
 
 
@@ -342,6 +343,7 @@ class Job:
                     "finished_at": iso(a.finished_at),
                     "error": err(a.error),
                     "worker": a.worker,
+                    "trace_id": a.trace_id,
                 }
                 for a in self.attempts
             ],
@@ -505,6 +507,17 @@ class QueueInfo:
     @classmethod
     def from_proto(cls, msg: jobs_pb2.QueueInfo) -> QueueInfo:
         return _same_fields(cls, msg, job_timeout=_dur(msg, "job_timeout"))
+
+
+@dataclass(frozen=True)
+class JobList:
+    """What ``Client.jobs`` found: the newest matching jobs first (without
+    result bytes), how many records were looked at, and whether older ones
+    exist that were not."""
+
+    jobs: list[Job]
+    scanned: int
+    truncated: bool
 
 
 @dataclass(frozen=True)

@@ -551,6 +551,89 @@ def cmd_workers(ns: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
+def _when(t: Any) -> str:
+    return t.astimezone().strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+
+
+def cmd_jobs(ns: argparse.Namespace, out: Out) -> int:
+    labels = ns.label or []
+    if len(labels) > 1:
+        raise UsageError("--label: jobs are found by one label (KEY or KEY=VALUE)")
+    if ns.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    with _client(ns) as client:
+        found = client.jobs(
+            ns.queue or None,
+            state=ns.state,
+            label=labels[0] if labels else None,
+            limit=ns.limit,
+            scan=ns.scan,
+        )
+    if out.json:
+        out.emit(
+            {
+                "jobs": [_job_dict(j) for j in found.jobs],
+                "scanned": found.scanned,
+                "truncated": found.truncated,
+            }
+        )
+        return EXIT_OK
+    note = f"looked at the newest {found.scanned} records"
+    if found.truncated:
+        note += " (older ones exist: --scan looks further)"
+    if not found.jobs:
+        out.line(f"no jobs found; {note}")
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table(title="jobs (newest first)", title_justify="left")
+    for col in ("job", "state", "queue", "ops", "attempt", "created", "labels", "last error"):
+        table.add_column(col, justify="right" if col == "attempt" else "left")
+    for j in found.jobs:
+        error = ""
+        if j.last_error is not None and j.state is not JobState.SUCCEEDED:
+            error = str(j.last_error)
+            error = error if len(error) <= 80 else error[:79] + "…"
+        table.add_row(
+            j.id,
+            j.state.name,
+            j.queue,
+            " → ".join(st.op for st in j.steps),
+            f"{j.attempt}/{j.max_attempts}",
+            _when(j.created_at),
+            " ".join(f"{k}={v}" for k, v in sorted(j.labels.items())),
+            error,
+        )
+    console = _console()
+    console.print(table)
+    console.print(f"{len(found.jobs)} job{'s' if len(found.jobs) != 1 else ''}; {note}")
+    return EXIT_OK
+
+
+def cmd_top(ns: argparse.Namespace, out: Out) -> int:
+    from tandem import _top
+    from tandem._retry import NO_RETRY
+
+    if not 0.2 <= ns.interval <= 3600:
+        raise UsageError("--interval must be 0.2 to 3600 seconds")
+    # No retries and a short deadline: the next refresh is the retry, and a
+    # hung call must not freeze the view.
+    with Client(ns.address, timeout=min(ns.timeout, max(2.0, ns.interval)), retry=NO_RETRY) as c:
+        try:
+            _top.run(
+                c,
+                ns.address,
+                interval=ns.interval,
+                once=ns.once,
+                as_json=out.json,
+                console=_console(),
+            )
+        except KeyboardInterrupt:
+            if ns.once:
+                raise
+    return EXIT_OK  # q or Ctrl-C: how a live view ends
+
+
 def cmd_worker(ns: argparse.Namespace, out: Out) -> int:
     from tandem._worker import WorkerConfig, load, run
 
@@ -1031,6 +1114,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("workers", "list the live op workers (`tandem worker`) with their ops and load")
     p.set_defaults(func=cmd_workers)
+
+    p = add("jobs", "find recent jobs by queue, state and label (newest first)")
+    p.add_argument("-q", "--queue", default="", help="only this queue (default: every queue)")
+    p.add_argument(
+        "--state",
+        type=str.lower,
+        choices=[s.name.lower() for s in JobState if s is not JobState.UNSPECIFIED],
+        help="only jobs in this state",
+    )
+    p.add_argument(
+        "--label",
+        action="append",
+        metavar="KEY[=VALUE]",
+        help="only jobs carrying this label (KEY alone: any value)",
+    )
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50, max 500)")
+    p.add_argument(
+        "--scan",
+        type=int,
+        default=0,
+        metavar="N",
+        help="look at the newest N records (default: the server's 5000, max 50000)",
+    )
+    p.set_defaults(func=cmd_jobs)
+
+    p = add("top", "a live view of queues, rates and op workers (q or Ctrl-C quits)")
+    p.add_argument(
+        "-n",
+        "--interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between refreshes (default 2)",
+    )
+    p.add_argument(
+        "--once", action="store_true", help="print one frame and exit (for scripts and tests)"
+    )
+    p.set_defaults(func=cmd_top)
 
     _add_worker(sub)
 

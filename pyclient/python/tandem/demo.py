@@ -48,6 +48,7 @@ from tandem._types import Job, JobState, Ops, Step
 SERVE_ADDRESS = "127.0.0.1:50051"
 SERVE_COMPUTE_ADDRESS = "127.0.0.1:50052"
 SERVE_NATS_ADDRESS = "127.0.0.1:4222"
+SERVE_DASHBOARD_ADDRESS = "127.0.0.1:8080"
 
 __all__ = ["main", "LocalStack"]
 
@@ -80,6 +81,8 @@ class LocalStack:
     address: str = ""
     compute_address: str = ""
     nats_address: str = ""
+    #: The web dashboard's address ("" = off).
+    dashboard_address: str = ""
     worker_id: str = field(default_factory=lambda: f"demo-{os.getpid()}")
     processes: list[Process] = field(default_factory=list)
 
@@ -89,6 +92,7 @@ class LocalStack:
             (self.address, "--address"),
             (self.compute_address, "--compute-address"),
             (self.nats_address, "--nats-address"),
+            (self.dashboard_address, "--dashboard-address"),
         ):
             if address and not address_free(address):
                 raise StackError(
@@ -122,6 +126,7 @@ class LocalStack:
                 str(self.workdir / "data"),
                 "--metrics-listen",
                 "",
+                *(["--dashboard-listen", self.dashboard_address] if self.dashboard_address else []),
             ],
             log_path=logs / "orchestrator.log",
             ready=grpc_ready(self.address),
@@ -523,6 +528,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "with --serve, a free port otherwise)",
     )
     parser.add_argument(
+        "--dashboard-address",
+        help=f"the web dashboard's listen address (default: {SERVE_DASHBOARD_ADDRESS} "
+        "with --serve, off otherwise)",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the temporary folder (logs, data)"
     )
     ns = parser.parse_args(argv)
@@ -546,6 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         address=ns.address or (SERVE_ADDRESS if ns.serve else ""),
         compute_address=ns.compute_address or (SERVE_COMPUTE_ADDRESS if ns.serve else ""),
         nats_address=ns.nats_address or (SERVE_NATS_ADDRESS if ns.serve else ""),
+        dashboard_address=ns.dashboard_address or (SERVE_DASHBOARD_ADDRESS if ns.serve else ""),
     )
     try:
         stack.check_ports()
@@ -571,7 +582,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{stack.compute_address} TANDEM_NATS_URL=nats://{stack.nats_address}; try "
                 "`tandem ops`, `tandem workers`, `tandem queues`, "
                 "`tandem submit --op text.stats --op demo.summary --data 'hi there' --wait`, "
-                "and serve your own ops with `tandem worker MODULE:OBJECT`.\nCtrl-C stops.",
+                "and serve your own ops with `tandem worker MODULE:OBJECT`."
+                + (
+                    f"\ndashboard: http://{stack.dashboard_address}"
+                    if stack.dashboard_address
+                    else ""
+                )
+                + "\nCtrl-C stops.",
                 highlight=False,
             )
             while True:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from tandem._worker import schema
-from tandem._worker.logs import StepLogger
+from tandem._worker.logs import StepLogger, step_fields
 from tandem.v1 import compute_pb2
 
 __all__ = ["Worker", "OpDef", "StepContext", "StepInfo", "Signals", "load"]
@@ -219,7 +219,12 @@ class StepInfo:
     op: str
     #: ``time.time()`` by which the step must end, or None.
     deadline: float | None = None
+    #: The W3C trace context of the step's span (``tandem.worker.step``).
     traceparent: str = ""
+
+    def log_fields(self) -> dict[str, Any]:
+        """What every log line about the step carries."""
+        return step_fields(self.job_id, self.attempt, self.step, self.op, self.traceparent)
 
 
 class StepContext:
@@ -227,7 +232,13 @@ class StepContext:
 
     Attributes:
         job_id, attempt, step (its index in the pipeline), op: which step.
-        logger: a logger whose JSON lines carry job_id, attempt, step and op.
+        traceparent: the W3C trace context of the step's span
+            (``tandem.worker.step``; "" when the job carries none). The op
+            runs with that span current, so OpenTelemetry's
+            ``start_as_current_span`` nests under it by itself (a
+            process-pool child exports nothing unless it sets up an SDK).
+        logger: a logger whose JSON lines carry job_id, attempt, step, op,
+            trace_id and span_id.
     """
 
     def __init__(self, info: StepInfo, signals: Signals) -> None:
@@ -239,8 +250,7 @@ class StepContext:
         self.op = info.op
         self.traceparent = info.traceparent
         self.logger: logging.LoggerAdapter[logging.Logger] = StepLogger(
-            logging.getLogger(f"tandem.op.{info.op}"),
-            {"job_id": info.job_id, "attempt": info.attempt, "step": info.step, "op": info.op},
+            logging.getLogger(f"tandem.op.{info.op}"), info.log_fields()
         )
 
     def __repr__(self) -> str:

@@ -121,6 +121,7 @@ def child_main(
     except BaseException as err:  # noqa: BLE001 - reported to the parent, which exits
         conn.send(("failed", f"importing the op modules failed: {type(err).__name__}: {err}"))
         return
+    from tandem._tracing import attached
     from tandem._worker.api import StepContext, StepInfo
     from tandem._worker.logs import StepLogger
     from tandem._worker.outcome import Failure, call_sync, describe
@@ -140,11 +141,9 @@ def child_main(
             kwargs = dict(kwargs)
             if ctx_arg:
                 kwargs[ctx_arg] = StepContext(info, signals)
-            log = StepLogger(
-                logging.getLogger(f"tandem.op.{info.op}"),
-                {"job_id": info.job_id, "attempt": info.attempt, "step": info.step, "op": info.op},
-            )
-            result: Any = call_sync(fn, data, kwargs, log)
+            log = StepLogger(logging.getLogger(f"tandem.op.{info.op}"), info.log_fields())
+            with attached(info.traceparent):  # the step span, for the op's own spans
+                result: Any = call_sync(fn, data, kwargs, log)
         except BaseException as err:  # noqa: BLE001 - an unpicklable task, a SystemExit...
             result = Failure("OP_ERROR", describe(err))
         try:

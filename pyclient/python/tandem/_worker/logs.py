@@ -1,6 +1,7 @@
 """The worker's logs: JSON lines on stderr, one object per record, with the
-step's ``job_id``, ``attempt``, ``step`` and ``op`` when it logs about one
-(the orchestrator and compute log JSON lines with the same keys)."""
+step's ``job_id``, ``attempt``, ``step``, ``op``, ``trace_id`` and ``span_id``
+when it logs about one, and what went wrong under ``error`` (the
+orchestrator and compute log JSON lines with the same keys)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-__all__ = ["JsonFormatter", "configure", "StepLogger", "LOGGER"]
+__all__ = ["JsonFormatter", "configure", "StepLogger", "LOGGER", "step_fields"]
 
 #: The worker machinery's own logger; an op's ``ctx.logger`` is ``tandem.op.<name>``.
 LOGGER = logging.getLogger("tandem.worker")
@@ -20,8 +21,18 @@ LOGGER = logging.getLogger("tandem.worker")
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
+def step_fields(job_id: str, attempt: int, step: int, op: str, traceparent: str) -> dict[str, Any]:
+    """The fields of every log line about one step: which step, and the
+    trace id and span id of its span (the W3C ``traceparent`` it runs in)."""
+    from tandem._tracing import ids_of
+
+    return {"job_id": job_id, "attempt": attempt, "step": step, "op": op, **ids_of(traceparent)}
+
+
 class JsonFormatter(logging.Formatter):
-    """``{"time", "level", "msg", "logger", ...extra, "error"}`` per line."""
+    """``{"time", "level", "msg", "logger", ...extra}`` per line; a logged
+    exception adds ``error`` (``"Type: message"``, unless the call gave one)
+    and ``traceback``."""
 
     def __init__(self, static: Mapping[str, Any] | None = None) -> None:
         super().__init__()
@@ -41,7 +52,10 @@ class JsonFormatter(logging.Formatter):
             if key not in _STANDARD and not key.startswith("_"):
                 out[key] = value if isinstance(value, (str, int, float, bool)) else str(value)
         if record.exc_info:
-            out["error"] = self.formatException(record.exc_info)
+            exc = record.exc_info[1]
+            if exc is not None:
+                out.setdefault("error", f"{type(exc).__name__}: {exc}")
+            out["traceback"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from tandem._tracing import attached
 from tandem._worker.api import OpDef, StepContext, StepInfo
 from tandem._worker.child import SharedSignals, child_main
 from tandem._worker.logs import LOGGER, StepLogger
@@ -70,10 +71,7 @@ class Running:
 
 
 def _log(info: StepInfo) -> StepLogger:
-    return StepLogger(
-        LOGGER.getChild("op").getChild(info.op),
-        {"job_id": info.job_id, "attempt": info.attempt, "step": info.step, "op": info.op},
-    )
+    return StepLogger(LOGGER.getChild("op").getChild(info.op), info.log_fields())
 
 
 def _kwargs(op: OpDef, kwargs: dict[str, Any], info: StepInfo, signals: Any) -> dict[str, Any]:
@@ -110,9 +108,13 @@ class AsyncRunner:
         self, op: OpDef, data: bytes, kwargs: dict[str, Any], info: StepInfo
     ) -> Running:
         signals = LocalSignals()
+
+        async def call() -> Outcome:
+            with attached(info.traceparent):  # the task's own context
+                return await call_async(op.fn, data, _kwargs(op, kwargs, info, signals), _log(info))
+
         task = asyncio.get_running_loop().create_task(
-            call_async(op.fn, data, _kwargs(op, kwargs, info, signals), _log(info)),
-            name=f"tandem-step-{info.job_id}-{info.attempt}",
+            call(), name=f"tandem-step-{info.job_id}-{info.attempt}"
         )
 
         def hard_stop() -> None:
@@ -175,7 +177,8 @@ class ThreadRunner:
                 fut.set_result(outcome)
 
         def job() -> None:
-            outcome = call_sync(op.fn, data, args, log)
+            with attached(info.traceparent):
+                outcome = call_sync(op.fn, data, args, log)
             try:
                 loop.call_soon_threadsafe(settle, outcome)
             except RuntimeError:
@@ -323,7 +326,7 @@ class ProcessRunner:
                 slot = await loop.run_in_executor(self._io, self._spawn)
             except Exception as err:  # noqa: BLE001 - logged; tried again with backoff
                 LOGGER.error(
-                    "starting a pool process failed; trying again", extra={"err": str(err)}
+                    "starting a pool process failed; trying again", extra={"error": str(err)}
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)

@@ -20,6 +20,10 @@ user code (but ``async def`` ops) and speaks the op-worker protocol
 
 Inputs and outputs above the request's ``inline_limit`` travel through the
 ``tandem_payloads`` object store under the names the orchestrator gives.
+
+Each step request is a ``tandem.worker.step`` span, child of the
+orchestrator's attempt span, ended when the answer is sent
+(:mod:`tandem._worker.telemetry`).
 """
 
 from __future__ import annotations
@@ -39,9 +43,13 @@ from typing import Any, Literal
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError
 
+from opentelemetry import trace
+
 from tandem._errors import CATALOGUE
+from tandem._tracing import traceparent_of
+from tandem._worker import telemetry
 from tandem._worker.api import OpDef, StepInfo, Worker
-from tandem._worker.logs import LOGGER, StepLogger, configure
+from tandem._worker.logs import LOGGER, StepLogger, configure, step_fields
 from tandem._worker.outcome import Failure, Outcome
 from tandem._worker.runner import AsyncRunner, ProcessRunner, Runner, Running, ThreadRunner
 from tandem._worker.schema import ParamError
@@ -150,10 +158,12 @@ def error_proto(failure: Failure) -> errors_pb2.Error:
 class _Step:
     """A step this worker accepted, until it is answered."""
 
-    def __init__(self, msg: Any, req: worker_pb2.StepRequest, op: OpDef) -> None:
+    def __init__(self, msg: Any, req: worker_pb2.StepRequest, op: OpDef, span: trace.Span) -> None:
         self.msg = msg
         self.req = req
         self.op = op
+        self.span = span
+        self.traceparent = traceparent_of(span)
         self.key = (req.job_id, req.attempt, req.index)
         self.accepted = time.monotonic()
         self.running: Running | None = None
@@ -164,8 +174,7 @@ class _Step:
         self.task: asyncio.Task[None] | None = None
         self.timers: list[asyncio.TimerHandle] = []
         self.log = StepLogger(
-            LOGGER,
-            {"job_id": req.job_id, "attempt": req.attempt, "step": req.index, "op": op.name},
+            LOGGER, step_fields(req.job_id, req.attempt, req.index, op.name, self.traceparent)
         )
 
     def progress(self) -> tuple[float, str] | None:
@@ -231,7 +240,7 @@ class Runtime:
                 if runner is not None:
                     await runner.start()
         except Exception as err:  # noqa: BLE001 - reported, exit 1
-            self.log.error("starting the pool failed", extra={"err": str(err)})
+            self.log.error("starting the pool failed", extra={"error": str(err)})
             return 1
         try:
             try:
@@ -307,7 +316,7 @@ class Runtime:
                 "cannot connect to NATS",
                 extra={
                     "nats_url": redact(self.config.nats_url),
-                    "err": str(err) or type(err).__name__,
+                    "error": str(err) or type(err).__name__,
                 },
             )
             raise ConnectionError(str(err)) from err
@@ -330,7 +339,7 @@ class Runtime:
         # While a server is down the same error comes every second: once is enough.
         level = logging.DEBUG if text == self._last_error else logging.WARNING
         self._last_error = text
-        self.log.log(level, "NATS error", extra={"err": text})
+        self.log.log(level, "NATS error", extra={"error": text})
 
     async def _nats_disconnected(self) -> None:
         if not self._closing:
@@ -395,7 +404,7 @@ class Runtime:
         try:
             await nc.publish(subject, data)
         except Exception as err:  # noqa: BLE001 - a missed beat is the next one's job
-            self.log.debug("publish failed", extra={"subject": subject, "err": str(err)})
+            self.log.debug("publish failed", extra={"subject": subject, "error": str(err)})
 
     async def _publish_info(self) -> None:
         await self._publish(HEARTBEAT_SUBJECT, self.info().SerializeToString())
@@ -438,11 +447,13 @@ class Runtime:
         try:
             await msg.respond(resp.SerializeToString())
         except Exception as err:  # noqa: BLE001 - the orchestrator sees a lost worker and retries
-            self.log.warning("answering a step failed", extra={"err": str(err)})
+            self.log.warning("answering a step failed", extra={"error": str(err)})
 
-    async def _reject(self, msg: Any, failure: Failure) -> None:
+    async def _reject(self, msg: Any, failure: Failure, span: trace.Span | None = None) -> None:
         if msg.reply:
             await self._reply(msg, worker_pb2.StepResponse(error=error_proto(failure)))
+        if span is not None:
+            telemetry.end_step_span(span, failure)
 
     async def _on_request(self, msg: Any) -> None:
         try:
@@ -451,20 +462,27 @@ class Runtime:
             await self._reject(msg, Failure("REQUEST_INVALID", "undecodable StepRequest"))
             return
         name = msg.subject[len(OP_SUBJECT) :]
+        span = telemetry.step_span(req, name, self.id)
         op = self.ops.get(name)
         if op is None or req.step.op not in ("", name):
             await self._reject(
-                msg, Failure("UNKNOWN_OP", f"this worker does not serve {req.step.op[:128]!r}")
+                msg,
+                Failure("UNKNOWN_OP", f"this worker does not serve {req.step.op[:128]!r}"),
+                span,
             )
             return
         if self.draining:
             await self._reject(
-                msg, Failure("SHUTTING_DOWN", f"worker {self.id} is draining; the step goes back")
+                msg,
+                Failure("SHUTTING_DOWN", f"worker {self.id} is draining; the step goes back"),
+                span,
             )
             return
         key = (req.job_id, req.attempt, req.index)
         if key in self.steps:
-            await self._reject(msg, Failure("REQUEST_INVALID", "this step is already running here"))
+            await self._reject(
+                msg, Failure("REQUEST_INVALID", "this step is already running here"), span
+            )
             return
         if self.waiting + self.in_flight >= self.concurrency + self.backlog:
             await self._reject(
@@ -474,9 +492,10 @@ class Runtime:
                     f"worker {self.id} is busy ({self.in_flight} running, {self.waiting} waiting)",
                     {"retry_after_ms": str(RETRY_AFTER_MS)},
                 ),
+                span,
             )
             return
-        step = _Step(msg, req, op)
+        step = _Step(msg, req, op, span)
         self.steps[key] = step
         self.waiting += 1
         await self._beat_step(step)
@@ -566,7 +585,7 @@ class Runtime:
         data = await self._input(req)
         if isinstance(data, Failure):
             return data
-        info = StepInfo(req.job_id, req.attempt, req.index, op.name, deadline, req.traceparent)
+        info = StepInfo(req.job_id, req.attempt, req.index, op.name, deadline, step.traceparent)
         runner = self.async_runner if op.is_async else self.sync_runner
         assert runner is not None
         step.running = await runner.begin(op, data, kwargs, info)
@@ -627,7 +646,7 @@ class Runtime:
                 "step failed",
                 extra={
                     "reason": outcome.reason,
-                    "err": outcome.message,
+                    "error": outcome.message,
                     "seconds": round(time.monotonic() - step.accepted, 3),
                 },
             )
@@ -642,6 +661,7 @@ class Runtime:
                 },
             )
         await self._reply(step.msg, resp)
+        telemetry.end_step_span(step.span, outcome)
 
     async def _put_output(self, req: worker_pb2.StepRequest, data: bytes) -> Failure | None:
         if not req.output_object:
@@ -704,9 +724,13 @@ def loop_task(coro: Any) -> asyncio.Task[Any]:
 
 
 def run(worker: Worker, config: WorkerConfig) -> int:
-    """Configures JSON logs and serves ``worker`` until drained; returns
-    the exit code."""
+    """Configures JSON logs (and, when the environment asks, span export)
+    and serves ``worker`` until drained; returns the exit code."""
     runtime = Runtime(worker, config)
     configure(config.log_level, worker_id=runtime.id)
     logging.getLogger("nats").setLevel(logging.WARNING)
-    return asyncio.run(runtime.serve())
+    stop_tracing = telemetry.setup(runtime.id, runtime.log)
+    try:
+        return asyncio.run(runtime.serve())
+    finally:
+        stop_tracing()  # flushes the spans still buffered
