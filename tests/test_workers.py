@@ -622,3 +622,36 @@ def test_a_worker_rides_out_a_nats_restart(private: Workers) -> None:
     assert worker.running
     job = c.submit("fixture.upper_async", b"after").wait(timeout=WAIT)
     assert job.state is tandem.JobState.SUCCEEDED and job.result == b"AFTER"
+
+
+def test_tandem_top_once_and_tandem_jobs(env: Env) -> None:
+    """`tandem top --once` and `tandem jobs` as a person runs them: the CLI in
+    a process of its own, against the stack with a live op worker."""
+    key, value = "run", uuid.uuid4().hex[:12]
+    job = env.client.submit("hash.sha256", b"top", labels={key: value}).wait(timeout=WAIT)
+    assert job.state is tandem.JobState.SUCCEEDED
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "tandem.cli", "--address", env.stack.address, *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+    env.client.pause_queue("patient")
+    try:
+        top = cli("top", "--once")
+        assert top.returncode == 0, top.stderr
+        rows = {line.split("│")[1].strip(): line for line in top.stdout.splitlines() if "│" in line}
+        assert env.stack.address in top.stdout and "shared" in rows, top.stdout
+        assert "paused" in rows["patient"] and "paused" not in rows["default"], top.stdout
+        assert "fixture.gunzip_upper" in rows["shared"], top.stdout
+        frame = json.loads(cli("top", "--once", "--json").stdout)
+    finally:
+        env.client.resume_queue("patient")
+    queues = {q["name"]: q for q in frame["queues"]}
+    assert queues["patient"]["paused"] and not queues["default"]["paused"]
+    assert [w["id"] for w in frame["workers"]] == ["shared"] and frame["error"] is None
+
+    found = cli("jobs", "--label", f"{key}={value}", "--state", "succeeded", "--json")
+    assert found.returncode == 0, found.stderr
+    assert [j["id"] for j in json.loads(found.stdout)["jobs"]] == [job.id]
+    table = cli("jobs", "-q", "default", "--label", key)
+    assert job.id in table.stdout and f"{key}={value}" in table.stdout, table.stdout
