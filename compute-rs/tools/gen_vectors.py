@@ -275,6 +275,42 @@ def main() -> None:
        abc)
     err("debug op without debug_ops", [step("debug.fail")], abc, "UNKNOWN_OP", 3)
 
+    # --- identifier limits (docs/ARCHITECTURE.md "Identifiers"), checked at
+    # every API edge before any op lookup: REQUEST_INVALID naming the field.
+    # At limit - 1 and at the limit the request goes on to the op lookup and
+    # the param parser; at limit + 1 it is refused.
+    for n in (127, 128):
+        err(f"op name of {n} bytes is looked up", [step("x" * n)], abc, "UNKNOWN_OP", 3)
+    err("op name of 129 bytes is refused", [step("x" * 129)], abc, "REQUEST_INVALID", 3)
+    for n in (63, 64):
+        err(f"param name of {n} bytes is looked up", [step("hash.sha256", **{"p" * n: 1})], abc, "PARAM_INVALID", 3)
+    err("param name of 65 bytes is refused", [step("hash.sha256", **{"p" * 65: 1})], abc, "REQUEST_INVALID", 3)
+    # An int with leading zeros: parsed as 3 up to the value limit.
+    for n in (4095, 4096):
+        ok(f"param value of {n} bytes is parsed", [step("compress.zstd", level="0" * (n - 1) + "3"),
+           step("decompress.zstd")], abc, abc)
+    err("param value of 4097 bytes is refused", [step("compress.zstd", level="0" * 4096 + "3")], abc,
+        "REQUEST_INVALID", 3)
+    err("64 params per step are looked up", [step("hash.sha256", **{f"p{i}": 1 for i in range(64)})], abc,
+        "PARAM_INVALID", 3)
+    err("65 params per step are refused", [step("hash.sha256", **{f"p{i}": 1 for i in range(65)})], abc,
+        "REQUEST_INVALID", 3)
+    hostile_ops = {
+        "wildcard *": "hash.*", "wildcard >": "hash.>", "space": "hash sha256", "path": "../..",
+        "slash": "hash/sha256", "newline": "hash.sha256\n", "NUL": "hash\x00sha256", "DEL": "hash.sha256\x7f",
+        "non-ASCII": "hash.shä256", "leading dot": ".hash.sha256", "trailing dot": "hash.sha256.",
+        "empty token": "hash..sha256", "empty": "",
+    }
+    for what, op in hostile_ops.items():
+        err(f"op name with {what} is refused", [step("hash.sha256"), step(op)], abc, "REQUEST_INVALID", 3)
+    for what, name in {"wildcard *": "*", "wildcard >": ">", "space": "a b", "path": "../..",
+                       "control character": "lev\x01el", "empty": ""}.items():
+        err(f"param name with {what} is refused", [step("compress.zstd", **{name: 3})], abc, "REQUEST_INVALID", 3)
+    for what, value in {"newline": "3\n", "NUL": "\x00", "tab": "\t3", "DEL": "3\x7f", "C1 control": "3\x85"}.items():
+        err(f"param value with {what} is refused", [step("compress.zstd", level=value)], abc, "REQUEST_INVALID", 3)
+    # Values are free text: * > spaces and ../.. pass the identifier check.
+    err("param value * > ../.. is free text", [step("compress.zstd", level="* > ../..")], abc, "PARAM_INVALID", 3)
+
     # --- debug ops (debug_ops = true)
     err("debug.fail default", [step("debug.fail")], abc, "INJECTED_FAULT", 14, debug_ops=True)
     err("debug.fail while attempt <= until", [step("debug.fail", code="RESOURCE_EXHAUSTED", until_attempt=2)], abc,

@@ -10,6 +10,10 @@ use tandem_core::Op;
 
 use crate::metrics::Metrics;
 use crate::server::{CUT_OFF_GRACE, Config, serve};
+use crate::telemetry::Telemetry;
+
+/// How long shutdown waits for the last spans to be exported.
+const SPAN_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The flags of every compute binary; `--help` lists them with their
 /// environment variables and defaults (docs/ARCHITECTURE.md has the table).
@@ -86,8 +90,10 @@ impl Flags {
 }
 
 /// Runs a compute process until SIGTERM or SIGINT: JSON logs on stderr,
-/// Prometheus metrics, gRPC serving the built-in ops plus `ops`, and the
-/// bounded drain ([`serve`]). Returns an error (and serves nothing) when
+/// Prometheus metrics, OpenTelemetry spans exported over OTLP when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set ([`crate::telemetry`]), gRPC serving
+/// the built-in ops plus `ops`, and the bounded drain ([`serve`]), after
+/// which the spans still buffered are exported. Returns an error (and serves nothing) when
 /// an op of `ops` is defined wrongly or a listen address cannot be bound;
 /// `Ok` after a shutdown, drained or cut off.
 ///
@@ -97,8 +103,15 @@ impl Flags {
 /// }
 /// ```
 pub fn run(flags: Flags, ops: impl IntoIterator<Item = Op>) -> Result<(), Box<dyn std::error::Error>> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&flags.log_level)
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&flags.log_level)
         .map_err(|e| format!("--log-level {:?}: {e}", flags.log_level))?;
+    // OpenTelemetry's own logs (export failures are errors) at warn and
+    // above, unless the filter names them.
+    if !flags.log_level.contains("opentelemetry")
+        && let Ok(d) = "opentelemetry=warn".parse()
+    {
+        filter = filter.add_directive(d);
+    }
     tracing_subscriber::fmt()
         .json()
         .with_current_span(true)
@@ -110,7 +123,7 @@ pub fn run(flags: Flags, ops: impl IntoIterator<Item = Op>) -> Result<(), Box<dy
     // Panics inside ops are caught and answered INTERNAL; log them as JSON
     // too instead of the default hook's plain text.
     std::panic::set_hook(Box::new(|info| {
-        tracing::error!(panic = %info, "panic");
+        tracing::error!(error = %info, "panic");
     }));
 
     let config = Config { ops: ops.into_iter().collect(), ..flags.config() };
@@ -123,14 +136,23 @@ pub fn run(flags: Flags, ops: impl IntoIterator<Item = Op>) -> Result<(), Box<dy
         .max_blocking_threads(workers as usize * 2 + 16)
         .enable_all()
         .build()?;
-    let result = runtime.block_on(serve_process(flags, config));
+    // The exporter's gRPC channel runs on this runtime.
+    let telemetry = {
+        let _in_runtime = runtime.enter();
+        Telemetry::init()?
+    };
+    let result = runtime.block_on(serve_process(flags, config, telemetry.exporting()));
+    // The runtime still runs: the last spans (the drain's too) go out.
+    telemetry.shutdown(SPAN_FLUSH_TIMEOUT);
     // An op that was cut off and never reaches a checkpoint keeps its
     // thread: do not wait for it past the grace.
     runtime.shutdown_timeout(CUT_OFF_GRACE);
     result
 }
 
-async fn serve_process(flags: Flags, config: Config) -> Result<(), Box<dyn std::error::Error>> {
+async fn serve_process(flags: Flags, config: Config, exporting: bool) -> Result<(), Box<dyn std::error::Error>> {
+    // Before anything listens: SIGTERM is a drain from the first moment on.
+    let shutdown = shutdown_signal().map_err(|e| format!("cannot listen for SIGINT/SIGTERM: {e}"))?;
     let metrics = Metrics::new()?;
     let metrics_addr = if flags.metrics_listen.trim().is_empty() {
         None
@@ -155,38 +177,42 @@ async fn serve_process(flags: Flags, config: Config) -> Result<(), Box<dyn std::
         debug_ops = config.enable_debug_ops,
         drain_timeout = %crate::duration::format(config.drain_timeout),
         extra_ops = %extra_ops.join(","),
+        tracing = if exporting { "otlp" } else { "off" },
         version = env!("CARGO_PKG_VERSION"),
         "tandem-compute listening"
     );
-    serve(config, listener, metrics, shutdown_signal()).await?;
+    serve(config, listener, metrics, shutdown).await?;
     tracing::info!("tandem-compute stopped");
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
+/// A future that resolves on SIGINT or SIGTERM. The handlers are installed
+/// here, at once, not when the future is first polled: a signal that
+/// arrives any time after this call (e.g. right after the first call was
+/// served) starts the drain instead of killing the process.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
+    })
+}
+
+/// A future that resolves on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send> {
+    Ok(async {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => tracing::info!(signal = "SIGINT", "signal received"),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                tracing::warn!(error = %e, "cannot listen for Ctrl-C");
                 std::future::pending::<()>().await;
             }
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!(signal = "SIGINT", "signal received"),
-        () = term => tracing::info!(signal = "SIGTERM", "signal received"),
-    }
+    })
 }

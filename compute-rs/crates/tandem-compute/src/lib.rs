@@ -19,6 +19,7 @@ pub mod pool;
 pub mod server;
 pub mod service;
 pub mod status;
+pub mod telemetry;
 
 pub use cli::{Flags, run};
 pub use server::{CUT_OFF_GRACE, Config, DEFAULT_DRAIN_TIMEOUT, ServeError, serve};

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tandem_core::{CancelFlag, Ctx, Error, ParamType, PipelineOutput, Quoted, Registry, StepRequest};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TraceContextExt;
+use tandem_core::{CancelFlag, Ctx, Error, ParamType, PipelineOutput, Quoted, Registry, StepRequest, ident};
 use tandem_proto::v1::{self, compute_service_server::ComputeService};
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use tracing::Instrument;
@@ -13,6 +15,7 @@ use tracing::Instrument;
 use crate::metrics::Metrics;
 use crate::pool::{self, Pool};
 use crate::status;
+use crate::telemetry::{self, CallSpan};
 
 /// The ComputeService implementation. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -25,6 +28,7 @@ struct Inner {
     registry: Arc<Registry>,
     pool: Pool,
     metrics: Metrics,
+    tracer: Arc<opentelemetry::global::BoxedTracer>,
 }
 
 /// Sets the cancel flag when the request future is dropped (client gone,
@@ -38,9 +42,11 @@ impl Drop for CancelOnDrop {
 }
 
 impl ComputeSvc {
-    /// The service for `registry`, running its ops on `pool`.
+    /// The service for `registry`, running its ops on `pool`. Its spans go
+    /// to the global tracer provider as it is now (see [`telemetry`]).
     pub fn new(registry: Registry, pool: Pool, metrics: Metrics) -> Self {
-        ComputeSvc { inner: Arc::new(Inner { registry: Arc::new(registry), pool, metrics }) }
+        let tracer = telemetry::tracer();
+        ComputeSvc { inner: Arc::new(Inner { registry: Arc::new(registry), pool, metrics, tracer }) }
     }
 
     /// The ops served.
@@ -82,10 +88,18 @@ impl ComputeSvc {
         Ok((slot, in_flight))
     }
 
-    /// Runs one pipeline through the pool.
-    async fn run_one(&self, req: v1::TransformRequest, deadline: Option<Instant>) -> Result<PipelineOutput, Error> {
+    /// Runs one pipeline through the pool, with a step span per step under
+    /// `call` (when it is recorded).
+    async fn run_one(
+        &self,
+        req: v1::TransformRequest,
+        deadline: Option<Instant>,
+        call: &CallSpan,
+    ) -> Result<PipelineOutput, Error> {
+        // Validate before taking a pool slot: bad requests never queue. The
+        // identifiers first (prepare checks those of the steps).
+        ident::check_job_id("job_id", &req.job_id)?;
         let steps = steps_from_proto(req.steps);
-        // Validate before taking a pool slot: bad requests never queue.
         self.inner.registry.prepare(&steps)?;
         check_deadline(deadline)?;
         let (slot, in_flight) = self.admit(1).await?;
@@ -95,11 +109,16 @@ impl ComputeSvc {
         let registry = self.inner.registry.clone();
         let input = req.input;
         let attempt = req.attempt;
+        let mut spans = call.steps(Vec::new);
         pool::run_blocking(Some(slot), move || {
             // Counted until the work really ends, even if the caller left.
             let _in_flight = in_flight;
             let ctx = Ctx { limits: registry.limits(), cancel: Some(&cancel), deadline, attempt };
-            registry.prepare(&steps)?.run(&ctx, &input)
+            let pipeline = registry.prepare(&steps)?;
+            match &mut spans {
+                Some(spans) => pipeline.run_observed(&ctx, &input, &mut |e| spans.observe(e)),
+                None => pipeline.run(&ctx, &input),
+            }
         })
         .await
     }
@@ -110,6 +129,7 @@ impl ComputeSvc {
         &self,
         items: Vec<v1::TransformRequest>,
         deadline: Option<Instant>,
+        call: &CallSpan,
     ) -> Result<Vec<v1::TransformResult>, Error> {
         let max = self.inner.registry.limits().max_batch_items as usize;
         if items.len() > max {
@@ -121,18 +141,24 @@ impl ComputeSvc {
             });
         }
         let mut results: Vec<Option<Result<PipelineOutput, Error>>> = Vec::with_capacity(items.len());
-        let mut work: Vec<(usize, Vec<StepRequest>, Vec<u8>, u32)> = Vec::new();
+        let mut work: Vec<Item> = Vec::new();
         let mut job_ids = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
             let steps = steps_from_proto(item.steps);
-            job_ids.push(item.job_id);
-            match self.inner.registry.prepare(&steps) {
+            let valid = ident::check_job_id("job_id", &item.job_id).and_then(|()| self.inner.registry.prepare(&steps));
+            match valid {
                 Ok(_) => {
                     results.push(None);
-                    work.push((i, steps, item.input, item.attempt));
+                    let mut span_attrs = Vec::new();
+                    if call.recording() {
+                        span_attrs.push(KeyValue::new("tandem.batch.item", i as i64));
+                        span_attrs.extend(telemetry::job_attributes(&item.job_id, item.attempt));
+                    }
+                    work.push(Item { index: i, steps, input: item.input, attempt: item.attempt, span_attrs });
                 }
                 Err(e) => results.push(Some(Err(e))),
             }
+            job_ids.push(item.job_id);
         }
         if !work.is_empty() {
             check_deadline(deadline)?;
@@ -142,6 +168,7 @@ impl ComputeSvc {
             let cancel = CancelFlag::new();
             let _guard = CancelOnDrop(cancel.clone());
             let registry = self.inner.registry.clone();
+            let call = call.clone();
             let done = pool::run_blocking(Some(slot), move || {
                 let _in_flight = in_flight;
                 // Each thread takes the next unclaimed item, so slow items
@@ -151,9 +178,17 @@ impl ComputeSvc {
                     let mut done = Vec::new();
                     loop {
                         let k = next.fetch_add(1, Ordering::Relaxed);
-                        let Some((i, steps, input, attempt)) = work.get(k) else { return done };
-                        let ctx = Ctx { limits: registry.limits(), cancel: Some(&cancel), deadline, attempt: *attempt };
-                        done.push((*i, tandem_core::catch_panic(|| registry.prepare(steps)?.run(&ctx, input))));
+                        let Some(item) = work.get(k) else { return done };
+                        let ctx =
+                            Ctx { limits: registry.limits(), cancel: Some(&cancel), deadline, attempt: item.attempt };
+                        let r = tandem_core::catch_panic(|| {
+                            let pipeline = registry.prepare(&item.steps)?;
+                            match call.steps(|| item.span_attrs.clone()) {
+                                Some(mut spans) => pipeline.run_observed(&ctx, &item.input, &mut |e| spans.observe(e)),
+                                None => pipeline.run(&ctx, &item.input),
+                            }
+                        });
+                        done.push((item.index, r));
                     }
                 };
                 let mut out = Vec::with_capacity(work.len());
@@ -211,6 +246,16 @@ impl ComputeSvc {
         m.request_seconds.with_label_values(&[method]).observe(start.elapsed().as_secs_f64());
         r.map(Response::new)
     }
+}
+
+/// One valid batch item waiting for a worker.
+struct Item {
+    index: usize,
+    steps: Vec<StepRequest>,
+    input: Vec<u8>,
+    attempt: u32,
+    /// Attributes of its step spans.
+    span_attrs: Vec<KeyValue>,
 }
 
 /// Counts a request in a gauge while alive.
@@ -275,16 +320,11 @@ pub fn grpc_deadline(md: &MetadataMap) -> Option<Instant> {
     Instant::now().checked_add(d)
 }
 
-/// The W3C trace id from a `traceparent` header, if well-formed.
+/// The W3C trace id from a `traceparent` header, if well-formed (else "").
 pub fn trace_id(md: &MetadataMap) -> String {
-    let Some(tp) = md.get("traceparent").and_then(|v| v.to_str().ok()) else {
-        return String::new();
-    };
-    let parts: Vec<&str> = tp.split('-').collect();
-    match parts.as_slice() {
-        [_, trace, _, _] if trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()) => (*trace).to_owned(),
-        _ => String::new(),
-    }
+    let cx = telemetry::extract(md);
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() { sc.trace_id().to_string() } else { String::new() }
 }
 
 fn code_name(code: tonic::Code) -> &'static str {
@@ -352,15 +392,29 @@ impl ComputeService for ComputeSvc {
     ) -> Result<Response<v1::TransformResponse>, Status> {
         let start = Instant::now();
         let deadline = grpc_deadline(request.metadata());
-        let trace_id = trace_id(request.metadata());
-        let req = request.into_inner();
+        let req = request.get_ref();
         let job_id = req.job_id.clone();
-        let span = tracing::info_span!("transform", trace_id = %trace_id, job_id = %Quoted::new(&job_id), attempt = req.attempt);
+        let call = CallSpan::start(&self.inner.tracer, "Transform", request.metadata(), || {
+            let mut attrs = telemetry::job_attributes(&job_id, req.attempt);
+            attrs.push(KeyValue::new("tandem.steps", req.steps.len() as i64));
+            attrs.push(KeyValue::new("tandem.input_bytes", req.input.len() as i64));
+            attrs
+        });
+        let (trace_id, span_id) = call.ids();
+        let req = request.into_inner();
+        let span = tracing::info_span!(
+            "transform",
+            trace_id = %trace_id,
+            span_id = %span_id,
+            job_id = %Quoted::new(&job_id),
+            attempt = req.attempt
+        );
         let r = async {
-            let r = self.run_one(req, deadline).await;
+            let r = self.run_one(req, deadline, &call).await;
             match r {
                 Ok(out) => {
                     self.record_ok(&out);
+                    call.ok(|| vec![KeyValue::new("tandem.output_bytes", out.data.len() as i64)]);
                     tracing::debug!(
                         bytes_out = out.data.len(),
                         micros = start.elapsed().as_micros() as u64,
@@ -370,6 +424,7 @@ impl ComputeService for ComputeSvc {
                 }
                 Err(e) => {
                     self.record_err(&e);
+                    call.failed(&e);
                     tracing::info!(reason = e.reason().as_str(), error = %e, "transform failed");
                     Err(status::to_status(&e, &[("job_id", &job_id)]))
                 }
@@ -386,14 +441,27 @@ impl ComputeService for ComputeSvc {
     ) -> Result<Response<v1::TransformBatchResponse>, Status> {
         let start = Instant::now();
         let deadline = grpc_deadline(request.metadata());
-        let trace_id = trace_id(request.metadata());
+        let items = request.get_ref().items.len();
+        let call = CallSpan::start(&self.inner.tracer, "TransformBatch", request.metadata(), || {
+            vec![KeyValue::new("tandem.batch.items", items as i64)]
+        });
+        let (trace_id, span_id) = call.ids();
         let items = request.into_inner().items;
-        let span = tracing::info_span!("transform_batch", trace_id = %trace_id, items = items.len());
+        let span =
+            tracing::info_span!("transform_batch", trace_id = %trace_id, span_id = %span_id, items = items.len());
         let r = async {
-            match self.run_batch(items, deadline).await {
-                Ok(results) => Ok(v1::TransformBatchResponse { results }),
+            match self.run_batch(items, deadline, &call).await {
+                Ok(results) => {
+                    let failed = results
+                        .iter()
+                        .filter(|r| matches!(r.outcome, Some(v1::transform_result::Outcome::Error(_))))
+                        .count();
+                    call.ok(|| vec![KeyValue::new("tandem.batch.failed_items", failed as i64)]);
+                    Ok(v1::TransformBatchResponse { results })
+                }
                 Err(e) => {
                     self.record_err(&e);
+                    call.failed(&e);
                     tracing::info!(reason = e.reason().as_str(), error = %e, "batch failed");
                     Err(status::to_status(&e, &[]))
                 }

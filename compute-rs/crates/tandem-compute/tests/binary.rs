@@ -29,6 +29,8 @@ impl Compute {
             .env("TANDEM_COMPUTE_METRICS_LISTEN", "127.0.0.1:0")
             .env("TANDEM_COMPUTE_WORKERS", "1")
             .env("TANDEM_COMPUTE_ENABLE_DEBUG_OPS", "1")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
@@ -127,6 +129,7 @@ async fn binary_serves_and_stops_on_sigterm() {
     assert_eq!(compute.startup["fields"]["debug_ops"], true);
     assert_eq!(compute.startup["fields"]["drain_timeout"], "10s");
     assert_eq!(compute.startup["fields"]["extra_ops"], "");
+    assert_eq!(compute.startup["fields"]["tracing"], "off", "no OTEL_EXPORTER_OTLP_ENDPOINT here");
 
     let mut c = compute.client().await;
     let out = c.transform(sleep_request("1")).await.unwrap().into_inner();

@@ -210,3 +210,68 @@ async fn too_many_steps_and_batch_items() {
     assert_eq!(resp.results.len(), 10);
     srv.stop().await;
 }
+
+/// The identifier limits at compute's own API edge (docs/ARCHITECTURE.md
+/// "Identifiers"), limit − 1 / limit / limit + 1 over real gRPC, for a
+/// Transform and for a TransformBatch item: REQUEST_INVALID naming the
+/// field and the limit, before any op lookup.
+#[tokio::test]
+async fn identifiers_at_the_limit() {
+    let srv = TestServer::start(small_config()).await;
+    let mut c = srv.client().await;
+    let with_job = |job_id: &str| v1::TransformRequest {
+        job_id: job_id.to_owned(),
+        ..request(vec![step("hash.sha256", &[])], b"x")
+    };
+    for n in [1, 63, 64] {
+        c.transform(with_job(&"j".repeat(n))).await.unwrap_or_else(|e| panic!("job id of {n} bytes: {e:?}"));
+    }
+    let refused = |st: tonic::Status, field: &str, limit: &str| {
+        assert_eq!(st.code(), tonic::Code::InvalidArgument, "{st:?}");
+        let (reason, _, md) = error_info(&st);
+        assert_eq!(
+            (reason.as_str(), md["field"].as_str(), md["limit"].as_str()),
+            ("REQUEST_INVALID", field, limit),
+            "{st:?}"
+        );
+        st.message().to_owned()
+    };
+    let msg = refused(c.transform(with_job(&"j".repeat(65))).await.unwrap_err(), "job_id", "64");
+    assert!(msg.starts_with("job_id: is 65 bytes, longer than 64 (got \""), "{msg}");
+    for id in ["a.b", "*", "a b", "../..", "a\n"] {
+        refused(c.transform(with_job(id)).await.unwrap_err(), "job_id", "64");
+    }
+
+    let one = |s: v1::Step| request(vec![step("hash.sha256", &[]), s], b"x");
+    for n in [127, 128] {
+        let st = c.transform(one(step(&"x".repeat(n), &[]))).await.unwrap_err();
+        assert_eq!(error_info(&st).0, "UNKNOWN_OP", "{n}: {st:?}");
+    }
+    let msg = refused(c.transform(one(step(&"x".repeat(129), &[]))).await.unwrap_err(), "steps[1].op", "128");
+    assert!(msg.starts_with("steps[1].op: is 129 bytes, longer than 128"), "{msg}");
+    refused(c.transform(one(step("hash.*", &[]))).await.unwrap_err(), "steps[1].op", "128");
+    let name = "p".repeat(65);
+    refused(c.transform(one(step("hash.sha256", &[(&name, "1")]))).await.unwrap_err(), "steps[1].params", "64");
+    let value = "0".repeat(4096) + "3";
+    let st = c.transform(one(step("compress.zstd", &[("level", &value)]))).await.unwrap_err();
+    refused(st, "steps[1].params[level]", "4096");
+    let value = "0".repeat(4095) + "3";
+    c.transform(one(step("compress.zstd", &[("level", &value)]))).await.expect("4096 bytes is the limit");
+
+    // A batch: each item is checked on its own, with the same fields.
+    let items = vec![with_job("ok"), with_job("bad job"), one(step("hash.>", &[]))];
+    let resp = c.transform_batch(v1::TransformBatchRequest { items }).await.unwrap().into_inner();
+    let fields: Vec<Option<String>> = resp
+        .results
+        .iter()
+        .map(|r| match &r.outcome {
+            Some(v1::transform_result::Outcome::Error(e)) => {
+                assert_eq!(e.code, tonic::Code::InvalidArgument as i32);
+                Some(e.metadata["field"].clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fields, [None, Some("job_id".to_owned()), Some("steps[1].op".to_owned())]);
+    srv.stop().await;
+}

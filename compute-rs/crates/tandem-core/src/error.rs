@@ -54,6 +54,16 @@ impl Quoted {
         Quoted { prefix: value[..end].to_owned(), len: value.len() }
     }
 
+    /// The length of the whole value, in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the value was empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Whether the value was longer than [`QUOTE_LIMIT`] and got cut.
     pub fn is_cut(&self) -> bool {
         self.prefix.len() < self.len
@@ -272,6 +282,23 @@ pub enum Error {
         actual: Option<u64>,
     },
 
+    /// `REQUEST_INVALID`: an identifier of the request (op name, param name
+    /// or value, job id) is outside the limits every API edge checks
+    /// ([`crate::ident`]). Metadata `field`, `limit` and `actual` (the
+    /// value's length in bytes).
+    #[error("{field}: {detail} (got {})", .value.quoted())]
+    IdentifierInvalid {
+        /// The request field at fault: `steps[0].op`, `steps[0].params`
+        /// (a param name), `steps[0].params[level]` (its value), `job_id`.
+        field: String,
+        /// What is wrong, e.g. `is 200 bytes, longer than 128`.
+        detail: String,
+        /// The field's length limit in bytes.
+        limit: u64,
+        /// The value given.
+        value: Quoted,
+    },
+
     /// `OVERLOADED` (RESOURCE_EXHAUSTED, retried): the pool and its queue
     /// are full.
     #[error("server overloaded: every worker is busy and the wait queue is full; retry after {retry_after_ms} ms")]
@@ -367,7 +394,7 @@ impl Error {
             Error::InputCorrupt { .. } => Reason::InputCorrupt,
             Error::OpFailed { .. } => Reason::OpFailed,
             Error::OutputTooLarge { .. } => Reason::OutputTooLarge,
-            Error::RequestInvalid { .. } => Reason::RequestInvalid,
+            Error::RequestInvalid { .. } | Error::IdentifierInvalid { .. } => Reason::RequestInvalid,
             Error::Overloaded { .. } => Reason::Overloaded,
             Error::Timeout { .. } => Reason::Timeout,
             Error::Cancelled => Reason::Cancelled,
@@ -445,6 +472,11 @@ impl Error {
                     put("actual", a.to_string());
                 }
             }
+            Error::IdentifierInvalid { field, limit, value, .. } => {
+                put("field", field.clone());
+                put("limit", limit.to_string());
+                put("actual", value.len().to_string());
+            }
             Error::Overloaded { retry_after_ms } => put("retry_after_ms", retry_after_ms.to_string()),
             Error::Timeout { .. } | Error::Internal { .. } | Error::InjectedFault { .. } => {}
             Error::Step { index, op, source } => {
@@ -492,12 +524,17 @@ mod tests {
         assert!(!Quoted::new(&s).is_cut());
     }
 
-    /// Every path that quotes a caller value, with a 1 MiB value: the
-    /// message and every metadata value stay short.
+    /// Every path that quotes a caller value, with a 1 MiB value (refused
+    /// by the identifier checks) and with the longest value those let
+    /// through (refused by the op lookup or the param parser): the message
+    /// and every metadata value stay short.
     #[test]
     fn errors_never_echo_whole_caller_input() {
         let huge = "x".repeat(1 << 20);
         let zeros_then_40 = format!("{}40", "0".repeat(1 << 20));
+        let op = "x".repeat(crate::registry::MAX_OP_NAME_BYTES);
+        let value = "x".repeat(crate::params::MAX_PARAM_VALUE_BYTES);
+        let zeros_then_40_at_limit = format!("{}40", "0".repeat(crate::params::MAX_PARAM_VALUE_BYTES - 2));
         let reg = Registry::new(Limits::default(), false);
         let cases: Vec<(&str, Vec<StepRequest>)> = vec![
             ("op name", vec![StepRequest::new(huge.as_str())]),
@@ -506,6 +543,13 @@ mod tests {
             ("int value", vec![StepRequest::new("compress.zstd").param("level", huge.as_str())]),
             ("int value in range syntax", vec![StepRequest::new("compress.zstd").param("level", zeros_then_40)]),
             ("enum value", vec![StepRequest::new("image.thumbnail").param("fit", huge.as_str())]),
+            ("unknown op at the limit", vec![StepRequest::new("hash.sha256"), StepRequest::new(op.as_str())]),
+            ("int value at the limit", vec![StepRequest::new("compress.zstd").param("level", value.as_str())]),
+            (
+                "int in range syntax at the limit",
+                vec![StepRequest::new("compress.zstd").param("level", zeros_then_40_at_limit)],
+            ),
+            ("enum value at the limit", vec![StepRequest::new("image.thumbnail").param("fit", value.as_str())]),
         ];
         for (what, steps) in cases {
             let e = reg.run(&steps, b"", &reg.ctx()).unwrap_err();
@@ -537,6 +581,12 @@ mod tests {
             Error::OpFailed { detail: "no".to_owned() },
             Error::OutputTooLarge { what: "output".to_owned(), unit: "bytes", param: None, limit: 1, actual: None },
             Error::RequestInvalid { field: "steps".to_owned(), detail: String::new(), limit: None, actual: None },
+            Error::IdentifierInvalid {
+                field: "job_id".to_owned(),
+                detail: String::new(),
+                limit: 64,
+                value: Quoted::new("*"),
+            },
             Error::Overloaded { retry_after_ms: 100 },
             Error::Timeout { started: true },
             Error::Cancelled,
@@ -555,6 +605,7 @@ mod tests {
                 | Error::OpFailed { .. }
                 | Error::OutputTooLarge { .. }
                 | Error::RequestInvalid { .. }
+                | Error::IdentifierInvalid { .. }
                 | Error::Overloaded { .. }
                 | Error::Timeout { .. }
                 | Error::Cancelled

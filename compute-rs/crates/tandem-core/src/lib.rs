@@ -11,6 +11,7 @@
 
 pub mod cancel;
 pub mod error;
+pub mod ident;
 pub mod limits;
 pub mod ops;
 pub mod params;
@@ -21,6 +22,6 @@ pub use error::{CatalogueCode, Code, Error, QUOTE_LIMIT, Quoted, Reason, Result}
 pub use limits::{Limits, read_capped};
 pub use params::{ParamSpec, ParamType, Params};
 pub use registry::{
-    DefinitionError, JSON, OCTET_STREAM, Op, Output, Pipeline, PipelineOutput, Registry, StepRequest, StepStats,
-    catch_panic,
+    DefinitionError, JSON, OCTET_STREAM, Op, Output, Pipeline, PipelineOutput, Registry, StepEvent, StepRequest,
+    StepStats, catch_panic,
 };

@@ -318,6 +318,31 @@ pub struct StepStats {
     pub duration: Duration,
 }
 
+/// What [`Pipeline::run_observed`] reports around each step.
+#[derive(Debug, Clone, Copy)]
+pub enum StepEvent<'a> {
+    /// The step is about to run.
+    Start {
+        /// The step's index, from 0.
+        index: usize,
+        /// Its op.
+        op: &'static str,
+        /// Bytes it reads.
+        input_bytes: u64,
+    },
+    /// The step ended: what it cost, or its error (as the pipeline returns
+    /// it, wrapped with the step). Not reported for a step that never
+    /// started (cancelled or past its deadline before it).
+    End {
+        /// The step's index, from 0.
+        index: usize,
+        /// Its op.
+        op: &'static str,
+        /// Its stats, or its error.
+        result: std::result::Result<&'a StepStats, &'a Error>,
+    },
+}
+
 /// The result of a whole pipeline.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelineOutput {
@@ -343,30 +368,55 @@ impl Pipeline<'_> {
 
     /// Runs every step in order; each step's output is the next one's input.
     pub fn run(&self, ctx: &Ctx<'_>, input: &[u8]) -> Result<PipelineOutput> {
+        self.run_observed(ctx, input, &mut |_| {})
+    }
+
+    /// [`Pipeline::run`], telling `observe` when each step starts and how
+    /// it ended (e.g. to make a tracing span per step). `observe` runs on
+    /// the calling thread, between steps: keep it cheap.
+    pub fn run_observed(
+        &self,
+        ctx: &Ctx<'_>,
+        input: &[u8],
+        observe: &mut dyn FnMut(StepEvent<'_>),
+    ) -> Result<PipelineOutput> {
         let mut stats = Vec::with_capacity(self.steps.len());
         let mut current: Option<Output> = None;
         for (index, (op, params)) in self.steps.iter().enumerate() {
             ctx.checkpoint()?;
             let data: &[u8] = current.as_ref().map_or(input, |o| &o.data);
+            observe(StepEvent::Start { index, op: op.name, input_bytes: data.len() as u64 });
             let start = Instant::now();
-            let out = catch_panic(|| (op.run)(ctx, params, data)).map_err(|e| e.in_step(index, op.name))?;
             let limit = ctx.limits.max_output_bytes;
-            if out.data.len() as u64 > limit {
-                return Err(Error::OutputTooLarge {
-                    what: "output".to_owned(),
-                    unit: "bytes",
-                    param: None,
-                    limit,
-                    actual: Some(out.data.len() as u64),
+            let out = catch_panic(|| (op.run)(ctx, params, data)).and_then(|out| {
+                if out.data.len() as u64 > limit {
+                    return Err(Error::OutputTooLarge {
+                        what: "output".to_owned(),
+                        unit: "bytes",
+                        param: None,
+                        limit,
+                        actual: Some(out.data.len() as u64),
+                    });
                 }
-                .in_step(index, op.name));
-            }
+                Ok(out)
+            });
+            let out = match out {
+                Ok(out) => out,
+                Err(e) => {
+                    let e = e.in_step(index, op.name);
+                    observe(StepEvent::End { index, op: op.name, result: Err(&e) });
+                    return Err(e);
+                }
+            };
             stats.push(StepStats {
                 op: op.name,
                 input_bytes: data.len() as u64,
                 output_bytes: out.data.len() as u64,
                 duration: start.elapsed(),
             });
+            if let Some(s) = stats.last() {
+                observe(StepEvent::End { index, op: op.name, result: Ok(s) });
+            }
             current = Some(out);
         }
         let out = current.ok_or_else(|| Error::RequestInvalid {
@@ -450,9 +500,12 @@ impl Registry {
         }
     }
 
-    /// Validates every step (op known, params valid, count within limits)
-    /// before anything runs.
+    /// Validates every step before anything runs: first the identifiers
+    /// of every step against the limits every API edge checks
+    /// ([`crate::ident::check_steps`], `REQUEST_INVALID`), then the step
+    /// count, then each op (known) and its params (valid).
     pub fn prepare(&self, steps: &[StepRequest]) -> Result<Pipeline<'_>> {
+        crate::ident::check_steps(steps)?;
         if steps.is_empty() {
             return Err(Error::RequestInvalid {
                 field: "steps".to_owned(),
@@ -581,6 +634,54 @@ mod tests {
         let e = reg.run(&[StepRequest::new("acme.invert")], b"abcd", &reg.ctx()).unwrap_err();
         assert_eq!(e.reason(), Reason::OutputTooLarge);
         assert_eq!((e.metadata()["op"].as_str(), e.metadata()["limit"].as_str()), ("acme.invert", "3"));
+    }
+
+    /// `run_observed` reports a start and an end for every step that ran,
+    /// in order, with the stats the output reports, and the error of the
+    /// step that failed (then nothing after it).
+    #[test]
+    fn run_observed_reports_every_step() {
+        let reg = Registry::new(Limits { max_output_bytes: 40, ..Limits::default() }, true);
+        let mut seen = Vec::new();
+        let steps = [StepRequest::new("hash.sha256"), StepRequest::new("hash.crc32c")];
+        let out = reg
+            .prepare(&steps)
+            .unwrap()
+            .run_observed(&reg.ctx(), b"abc", &mut |e| {
+                seen.push(match e {
+                    StepEvent::Start { index, op, input_bytes } => format!("start {index} {op} {input_bytes}"),
+                    StepEvent::End { index, op, result: Ok(s) } => format!("end {index} {op} {}", s.output_bytes),
+                    StepEvent::End { index, op, result: Err(e) } => format!("fail {index} {op} {}", e.reason()),
+                })
+            })
+            .unwrap();
+        assert_eq!(
+            seen,
+            ["start 0 hash.sha256 3", "end 0 hash.sha256 32", "start 1 hash.crc32c 32", "end 1 hash.crc32c 4"]
+        );
+        assert_eq!(out.steps.len(), 2);
+
+        let mut seen = Vec::new();
+        let steps = [
+            StepRequest::new("debug.sleep").param("ms", "0"),
+            StepRequest::new("compress.lz4"),
+            StepRequest::new("debug.panic"),
+        ];
+        let e = reg
+            .prepare(&steps)
+            .unwrap()
+            .run_observed(&reg.ctx(), &(0..30).collect::<Vec<u8>>(), &mut |e| {
+                seen.push(match e {
+                    StepEvent::Start { index, .. } => format!("start {index}"),
+                    StepEvent::End { index, result, .. } => {
+                        format!("end {index} {:?}", result.err().map(Error::reason))
+                    }
+                })
+            })
+            .unwrap_err();
+        // The lz4 frame of 30 incompressible bytes is over the 40-byte output cap.
+        assert_eq!(e.reason(), Reason::OutputTooLarge);
+        assert_eq!(seen, ["start 0", "end 0 None", "start 1", "end 1 Some(OutputTooLarge)"]);
     }
 
     #[test]
