@@ -83,11 +83,6 @@ func FromHeader(ctx context.Context, h nats.Header) context.Context {
 	return otel.GetTextMapPropagator().Extract(ctx, natsCarrier(h))
 }
 
-// ToHeader writes ctx's trace context into a NATS message header.
-func ToHeader(ctx context.Context, h nats.Header) {
-	otel.GetTextMapPropagator().Inject(ctx, natsCarrier(h))
-}
-
 // Traceparent is ctx's trace context as a W3C traceparent ("" if none).
 func Traceparent(ctx context.Context) string {
 	c := propagation.MapCarrier{}

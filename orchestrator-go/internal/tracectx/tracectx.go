@@ -20,7 +20,7 @@ const Header = "traceparent"
 
 // Incoming returns the caller's traceparent when well-formed, or starts a new trace.
 func Incoming(ctx context.Context) string {
-	if v := FromMetadata(ctx); v != "" {
+	if v := fromMetadata(ctx); v != "" {
 		return v
 	}
 	var b [24]byte
@@ -28,8 +28,8 @@ func Incoming(ctx context.Context) string {
 	return "00-" + hex.EncodeToString(b[:16]) + "-" + hex.EncodeToString(b[16:]) + "-01"
 }
 
-// FromMetadata returns the caller's traceparent when well-formed, else "".
-func FromMetadata(ctx context.Context) string {
+// fromMetadata returns the caller's traceparent when well-formed, else "".
+func fromMetadata(ctx context.Context) string {
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
 		if v := md.Get(Header); len(v) > 0 && Valid(v[0]) {
 			return v[0]
@@ -61,12 +61,4 @@ func TraceID(tp string) string {
 		return ""
 	}
 	return tp[3:35]
-}
-
-// Outgoing adds tp (when well-formed) to the outgoing gRPC metadata of ctx.
-func Outgoing(ctx context.Context, tp string) context.Context {
-	if !Valid(tp) {
-		return ctx
-	}
-	return metadata.AppendToOutgoingContext(ctx, Header, tp)
 }

@@ -255,20 +255,24 @@ func (r *Registry) Serves(op string) bool {
 	return ok && !r.computeServes(op)
 }
 
-// liveFor returns the live workers serving op.
-func (r *Registry) liveServing(op string) int {
+// serving returns how many live workers serve op and the longest of their
+// heartbeat intervals (defaultInterval when none is live).
+func (r *Registry) serving(op string) (n int, interval time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	n := 0
 	for _, l := range r.liveLocked() {
 		for _, o := range l.info.GetOps() {
 			if o.GetName() == op {
 				n++
+				interval = max(interval, l.interval)
 				break
 			}
 		}
 	}
-	return n
+	if interval == 0 {
+		interval = defaultInterval
+	}
+	return n, interval
 }
 
 // Ops are the registered ops, each with its live worker count.
@@ -360,7 +364,8 @@ func (r *Registry) Call(ctx context.Context, s Step) (out Output, err error) {
 		}
 		r.m.StepLatency.WithLabelValues(op, outcome).Observe(time.Since(start).Seconds())
 	}()
-	if r.liveServing(op) == 0 {
+	live, interval := r.serving(op)
+	if live == 0 {
 		return Output{}, fmt.Errorf("%w: %w", provider.ErrUnreachable, apierr.New(tandemv1.ErrorReason_OP_UNAVAILABLE,
 			fmt.Sprintf("step %d (%s): no live worker serves the op; the job waits for one", s.Index, op), apierr.KeyStep, strconv.Itoa(s.Index), apierr.KeyOp, op))
 	}
@@ -406,7 +411,6 @@ func (r *Registry) Call(ctx context.Context, s Step) (out Output, err error) {
 		m, err := nc.RequestMsgWithContext(callCtx, &nats.Msg{Subject: OpSubject(op), Data: data})
 		replies <- reply{m, err}
 	}()
-	interval := r.intervalFor(op)
 	lastBeat := time.Now()
 	accepted := false
 	check := time.NewTicker(interval)
@@ -463,25 +467,6 @@ func (r *Registry) Call(ctx context.Context, s Step) (out Output, err error) {
 			return Output{}, ctxErr(ctx, s, op)
 		}
 	}
-}
-
-// intervalFor is the longest heartbeat interval of op's live workers
-// (defaultInterval when none is live).
-func (r *Registry) intervalFor(op string) time.Duration {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var d time.Duration
-	for _, l := range r.liveLocked() {
-		for _, o := range l.info.GetOps() {
-			if o.GetName() == op {
-				d = max(d, l.interval)
-			}
-		}
-	}
-	if d == 0 {
-		d = defaultInterval
-	}
-	return d
 }
 
 func ctxErr(ctx context.Context, s Step, op string) error {
