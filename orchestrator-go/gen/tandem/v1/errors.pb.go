@@ -95,6 +95,18 @@ const (
 	// UNKNOWN: a user's op raised an exception other than tandem.PermanentError
 	// (its type and message are the error's message). Retried.
 	ErrorReason_OP_ERROR ErrorReason = 47
+	// UNAUTHENTICATED: the call carries no usable credentials: no
+	// `authorization` metadata, one that is not `Bearer <token>`, or a token
+	// that is unknown or revoked (the two are not told apart).
+	ErrorReason_UNAUTHENTICATED ErrorReason = 50
+	// UNAUTHENTICATED: the token is known but past its expiry.
+	ErrorReason_TOKEN_EXPIRED ErrorReason = 51
+	// PERMISSION_DENIED: the token is valid but lacks the scope this call
+	// needs on this queue (metadata: scope, queue).
+	ErrorReason_PERMISSION_DENIED ErrorReason = 52
+	// RESOURCE_EXHAUSTED: the caller (its token, or its peer address without
+	// one) sent more calls per second than its limit. Retry after the delay.
+	ErrorReason_RATE_LIMITED ErrorReason = 53
 	// CANCELLED: the job or call was cancelled.
 	ErrorReason_CANCELLED ErrorReason = 60
 	// INTERNAL: a bug, e.g. a panic inside an op. Retried by the orchestrator.
@@ -129,6 +141,10 @@ var (
 		45: "OP_UNAVAILABLE",
 		46: "WORKER_LOST",
 		47: "OP_ERROR",
+		50: "UNAUTHENTICATED",
+		51: "TOKEN_EXPIRED",
+		52: "PERMISSION_DENIED",
+		53: "RATE_LIMITED",
 		60: "CANCELLED",
 		61: "INTERNAL_ERROR",
 		62: "INJECTED_FAULT",
@@ -157,6 +173,10 @@ var (
 		"OP_UNAVAILABLE":           45,
 		"WORKER_LOST":              46,
 		"OP_ERROR":                 47,
+		"UNAUTHENTICATED":          50,
+		"TOKEN_EXPIRED":            51,
+		"PERMISSION_DENIED":        52,
+		"RATE_LIMITED":             53,
 		"CANCELLED":                60,
 		"INTERNAL_ERROR":           61,
 		"INJECTED_FAULT":           62,
@@ -364,7 +384,7 @@ const file_tandem_v1_errors_proto_rawDesc = "" +
 	"\bmetadata\x18\x04 \x03(\v2\x1e.tandem.v1.Error.MetadataEntryR\bmetadata\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\xb9\b\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\xed\t\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12&\n" +
 	"\n" +
@@ -413,7 +433,15 @@ const file_tandem_v1_errors_proto_rawDesc = "" +
 	"\vWORKER_LOST\x10.\x1a\x13\x82\x80\x19\x0f\n" +
 	"\vUNAVAILABLE\x10\x01\x12\x1d\n" +
 	"\bOP_ERROR\x10/\x1a\x0f\x82\x80\x19\v\n" +
-	"\aUNKNOWN\x10\x01\x12\x1e\n" +
+	"\aUNKNOWN\x10\x01\x12*\n" +
+	"\x0fUNAUTHENTICATED\x102\x1a\x15\x82\x80\x19\x11\n" +
+	"\x0fUNAUTHENTICATED\x12(\n" +
+	"\rTOKEN_EXPIRED\x103\x1a\x15\x82\x80\x19\x11\n" +
+	"\x0fUNAUTHENTICATED\x12.\n" +
+	"\x11PERMISSION_DENIED\x104\x1a\x17\x82\x80\x19\x13\n" +
+	"\x11PERMISSION_DENIED\x12,\n" +
+	"\fRATE_LIMITED\x105\x1a\x1a\x82\x80\x19\x16\n" +
+	"\x12RESOURCE_EXHAUSTED\x10\x01\x12\x1e\n" +
 	"\tCANCELLED\x10<\x1a\x0f\x82\x80\x19\v\n" +
 	"\tCANCELLED\x12$\n" +
 	"\x0eINTERNAL_ERROR\x10=\x1a\x10\x82\x80\x19\f\n" +

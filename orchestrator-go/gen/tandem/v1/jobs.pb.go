@@ -1959,6 +1959,275 @@ func (x *ResumeQueueResponse) GetQueue() *QueueInfo {
 	return nil
 }
 
+// AuditEntry records one state-changing call: who, what, on which queue and
+// jobs, when, and how it ended.
+type AuditEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The entry's sequence number in the audit stream.
+	Seq  uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	// Who: "token:<id>", "cert:<subject>", "cli:<user>@<host>" (token changes
+	// made with `tandem-orchestrator token`), or "anonymous" when auth is off.
+	Actor string `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`
+	// What: the RPC's method name (SubmitJob, CancelJob, ...) or token.create,
+	// token.revoke.
+	Action string `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
+	// The queue acted on (empty when none applies).
+	Queue string `protobuf:"bytes,5,opt,name=queue,proto3" json:"queue,omitempty"`
+	// The jobs acted on (at most 100 are listed; job_count has the total).
+	JobIds   []string `protobuf:"bytes,6,rep,name=job_ids,json=jobIds,proto3" json:"job_ids,omitempty"`
+	JobCount uint32   `protobuf:"varint,7,opt,name=job_count,json=jobCount,proto3" json:"job_count,omitempty"`
+	// The outcome: the gRPC status code name ("OK", "PERMISSION_DENIED", ...)
+	// and, on failure, the ErrorReason name.
+	Code   string `protobuf:"bytes,8,opt,name=code,proto3" json:"code,omitempty"`
+	Reason string `protobuf:"bytes,9,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The caller's peer address.
+	Peer string `protobuf:"bytes,10,opt,name=peer,proto3" json:"peer,omitempty"`
+	// Free-form detail (e.g. a token's id and scopes), at most 1 KiB.
+	Detail        string `protobuf:"bytes,11,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditEntry) Reset() {
+	*x = AuditEntry{}
+	mi := &file_tandem_v1_jobs_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditEntry) ProtoMessage() {}
+
+func (x *AuditEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_tandem_v1_jobs_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditEntry.ProtoReflect.Descriptor instead.
+func (*AuditEntry) Descriptor() ([]byte, []int) {
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *AuditEntry) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AuditEntry) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *AuditEntry) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetJobIds() []string {
+	if x != nil {
+		return x.JobIds
+	}
+	return nil
+}
+
+func (x *AuditEntry) GetJobCount() uint32 {
+	if x != nil {
+		return x.JobCount
+	}
+	return 0
+}
+
+func (x *AuditEntry) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+type ListAuditRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Entries after this sequence number (0: from the oldest kept).
+	AfterSeq uint64 `protobuf:"varint,1,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	// At most this many entries (default 100, max 1000).
+	Limit uint32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	// Only entries of this actor / action / queue (empty: any).
+	Actor         string `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`
+	Action        string `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
+	Queue         string `protobuf:"bytes,5,opt,name=queue,proto3" json:"queue,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditRequest) Reset() {
+	*x = ListAuditRequest{}
+	mi := &file_tandem_v1_jobs_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditRequest) ProtoMessage() {}
+
+func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tandem_v1_jobs_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
+func (*ListAuditRequest) Descriptor() ([]byte, []int) {
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListAuditRequest) GetAfterSeq() uint64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
+func (x *ListAuditRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *ListAuditRequest) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *ListAuditRequest) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *ListAuditRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+type ListAuditResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Entries []*AuditEntry          `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	// The last sequence number looked at; pass it as after_seq to go on.
+	LastSeq       uint64 `protobuf:"varint,2,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditResponse) Reset() {
+	*x = ListAuditResponse{}
+	mi := &file_tandem_v1_jobs_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditResponse) ProtoMessage() {}
+
+func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tandem_v1_jobs_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
+func (*ListAuditResponse) Descriptor() ([]byte, []int) {
+	return file_tandem_v1_jobs_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ListAuditResponse) GetEntries() []*AuditEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *ListAuditResponse) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
 var File_tandem_v1_jobs_proto protoreflect.FileDescriptor
 
 const file_tandem_v1_jobs_proto_rawDesc = "" +
@@ -2106,7 +2375,30 @@ const file_tandem_v1_jobs_proto_rawDesc = "" +
 	"\x12ResumeQueueRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\"A\n" +
 	"\x13ResumeQueueResponse\x12*\n" +
-	"\x05queue\x18\x01 \x01(\v2\x14.tandem.v1.QueueInfoR\x05queue*\xc6\x01\n" +
+	"\x05queue\x18\x01 \x01(\v2\x14.tandem.v1.QueueInfoR\x05queue\"\xa0\x02\n" +
+	"\n" +
+	"AuditEntry\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
+	"\x05actor\x18\x03 \x01(\tR\x05actor\x12\x16\n" +
+	"\x06action\x18\x04 \x01(\tR\x06action\x12\x14\n" +
+	"\x05queue\x18\x05 \x01(\tR\x05queue\x12\x17\n" +
+	"\ajob_ids\x18\x06 \x03(\tR\x06jobIds\x12\x1b\n" +
+	"\tjob_count\x18\a \x01(\rR\bjobCount\x12\x12\n" +
+	"\x04code\x18\b \x01(\tR\x04code\x12\x16\n" +
+	"\x06reason\x18\t \x01(\tR\x06reason\x12\x12\n" +
+	"\x04peer\x18\n" +
+	" \x01(\tR\x04peer\x12\x16\n" +
+	"\x06detail\x18\v \x01(\tR\x06detail\"\x89\x01\n" +
+	"\x10ListAuditRequest\x12\x1b\n" +
+	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\x12\x14\n" +
+	"\x05actor\x18\x03 \x01(\tR\x05actor\x12\x16\n" +
+	"\x06action\x18\x04 \x01(\tR\x06action\x12\x14\n" +
+	"\x05queue\x18\x05 \x01(\tR\x05queue\"_\n" +
+	"\x11ListAuditResponse\x12/\n" +
+	"\aentries\x18\x01 \x03(\v2\x15.tandem.v1.AuditEntryR\aentries\x12\x19\n" +
+	"\blast_seq\x18\x02 \x01(\x04R\alastSeq*\xc6\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n" +
@@ -2115,7 +2407,7 @@ const file_tandem_v1_jobs_proto_rawDesc = "" +
 	"\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n" +
 	"\x10JOB_STATE_FAILED\x10\x05\x12\x12\n" +
 	"\x0eJOB_STATE_DEAD\x10\x06\x12\x17\n" +
-	"\x13JOB_STATE_CANCELLED\x10\a2\xfb\a\n" +
+	"\x13JOB_STATE_CANCELLED\x10\a2\xc3\b\n" +
 	"\n" +
 	"JobService\x12F\n" +
 	"\tSubmitJob\x12\x1b.tandem.v1.SubmitJobRequest\x1a\x1c.tandem.v1.SubmitJobResponse\x12I\n" +
@@ -2133,7 +2425,8 @@ const file_tandem_v1_jobs_proto_rawDesc = "" +
 	"PauseQueue\x12\x1c.tandem.v1.PauseQueueRequest\x1a\x1d.tandem.v1.PauseQueueResponse\x12L\n" +
 	"\vResumeQueue\x12\x1d.tandem.v1.ResumeQueueRequest\x1a\x1e.tandem.v1.ResumeQueueResponse\x12L\n" +
 	"\vListWorkers\x12\x1d.tandem.v1.ListWorkersRequest\x1a\x1e.tandem.v1.ListWorkersResponse\x12C\n" +
-	"\bListJobs\x12\x1a.tandem.v1.ListJobsRequest\x1a\x1b.tandem.v1.ListJobsResponseBAZ?github.com/tandem/tandem/orchestrator-go/gen/tandem/v1;tandemv1b\x06proto3"
+	"\bListJobs\x12\x1a.tandem.v1.ListJobsRequest\x1a\x1b.tandem.v1.ListJobsResponse\x12F\n" +
+	"\tListAudit\x12\x1b.tandem.v1.ListAuditRequest\x1a\x1c.tandem.v1.ListAuditResponseBAZ?github.com/tandem/tandem/orchestrator-go/gen/tandem/v1;tandemv1b\x06proto3"
 
 var (
 	file_tandem_v1_jobs_proto_rawDescOnce sync.Once
@@ -2148,7 +2441,7 @@ func file_tandem_v1_jobs_proto_rawDescGZIP() []byte {
 }
 
 var file_tandem_v1_jobs_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tandem_v1_jobs_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_tandem_v1_jobs_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_tandem_v1_jobs_proto_goTypes = []any{
 	(JobState)(0),                    // 0: tandem.v1.JobState
 	(*Job)(nil),                      // 1: tandem.v1.Job
@@ -2180,80 +2473,87 @@ var file_tandem_v1_jobs_proto_goTypes = []any{
 	(*PauseQueueResponse)(nil),       // 27: tandem.v1.PauseQueueResponse
 	(*ResumeQueueRequest)(nil),       // 28: tandem.v1.ResumeQueueRequest
 	(*ResumeQueueResponse)(nil),      // 29: tandem.v1.ResumeQueueResponse
-	nil,                              // 30: tandem.v1.Job.LabelsEntry
-	nil,                              // 31: tandem.v1.SubmitJobRequest.LabelsEntry
-	(*Step)(nil),                     // 32: tandem.v1.Step
-	(*timestamppb.Timestamp)(nil),    // 33: google.protobuf.Timestamp
-	(*Error)(nil),                    // 34: tandem.v1.Error
-	(*durationpb.Duration)(nil),      // 35: google.protobuf.Duration
-	(*ListWorkersRequest)(nil),       // 36: tandem.v1.ListWorkersRequest
-	(*ListWorkersResponse)(nil),      // 37: tandem.v1.ListWorkersResponse
+	(*AuditEntry)(nil),               // 30: tandem.v1.AuditEntry
+	(*ListAuditRequest)(nil),         // 31: tandem.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),        // 32: tandem.v1.ListAuditResponse
+	nil,                              // 33: tandem.v1.Job.LabelsEntry
+	nil,                              // 34: tandem.v1.SubmitJobRequest.LabelsEntry
+	(*Step)(nil),                     // 35: tandem.v1.Step
+	(*timestamppb.Timestamp)(nil),    // 36: google.protobuf.Timestamp
+	(*Error)(nil),                    // 37: tandem.v1.Error
+	(*durationpb.Duration)(nil),      // 38: google.protobuf.Duration
+	(*ListWorkersRequest)(nil),       // 39: tandem.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),      // 40: tandem.v1.ListWorkersResponse
 }
 var file_tandem_v1_jobs_proto_depIdxs = []int32{
 	0,  // 0: tandem.v1.Job.state:type_name -> tandem.v1.JobState
-	32, // 1: tandem.v1.Job.steps:type_name -> tandem.v1.Step
-	30, // 2: tandem.v1.Job.labels:type_name -> tandem.v1.Job.LabelsEntry
-	33, // 3: tandem.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	33, // 4: tandem.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
-	33, // 5: tandem.v1.Job.started_at:type_name -> google.protobuf.Timestamp
-	33, // 6: tandem.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
-	34, // 7: tandem.v1.Job.last_error:type_name -> tandem.v1.Error
+	35, // 1: tandem.v1.Job.steps:type_name -> tandem.v1.Step
+	33, // 2: tandem.v1.Job.labels:type_name -> tandem.v1.Job.LabelsEntry
+	36, // 3: tandem.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	36, // 4: tandem.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
+	36, // 5: tandem.v1.Job.started_at:type_name -> google.protobuf.Timestamp
+	36, // 6: tandem.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
+	37, // 7: tandem.v1.Job.last_error:type_name -> tandem.v1.Error
 	3,  // 8: tandem.v1.Job.attempts:type_name -> tandem.v1.Attempt
-	35, // 9: tandem.v1.Job.timeout:type_name -> google.protobuf.Duration
+	38, // 9: tandem.v1.Job.timeout:type_name -> google.protobuf.Duration
 	2,  // 10: tandem.v1.Job.progress:type_name -> tandem.v1.Progress
-	33, // 11: tandem.v1.Progress.updated_at:type_name -> google.protobuf.Timestamp
-	33, // 12: tandem.v1.Attempt.started_at:type_name -> google.protobuf.Timestamp
-	33, // 13: tandem.v1.Attempt.finished_at:type_name -> google.protobuf.Timestamp
-	34, // 14: tandem.v1.Attempt.error:type_name -> tandem.v1.Error
-	32, // 15: tandem.v1.SubmitJobRequest.steps:type_name -> tandem.v1.Step
-	35, // 16: tandem.v1.SubmitJobRequest.timeout:type_name -> google.protobuf.Duration
-	31, // 17: tandem.v1.SubmitJobRequest.labels:type_name -> tandem.v1.SubmitJobRequest.LabelsEntry
+	36, // 11: tandem.v1.Progress.updated_at:type_name -> google.protobuf.Timestamp
+	36, // 12: tandem.v1.Attempt.started_at:type_name -> google.protobuf.Timestamp
+	36, // 13: tandem.v1.Attempt.finished_at:type_name -> google.protobuf.Timestamp
+	37, // 14: tandem.v1.Attempt.error:type_name -> tandem.v1.Error
+	35, // 15: tandem.v1.SubmitJobRequest.steps:type_name -> tandem.v1.Step
+	38, // 16: tandem.v1.SubmitJobRequest.timeout:type_name -> google.protobuf.Duration
+	34, // 17: tandem.v1.SubmitJobRequest.labels:type_name -> tandem.v1.SubmitJobRequest.LabelsEntry
 	1,  // 18: tandem.v1.SubmitJobResponse.job:type_name -> tandem.v1.Job
 	4,  // 19: tandem.v1.SubmitJobsRequest.jobs:type_name -> tandem.v1.SubmitJobRequest
 	8,  // 20: tandem.v1.SubmitJobsResponse.results:type_name -> tandem.v1.SubmitJobsResult
 	5,  // 21: tandem.v1.SubmitJobsResult.submitted:type_name -> tandem.v1.SubmitJobResponse
-	34, // 22: tandem.v1.SubmitJobsResult.error:type_name -> tandem.v1.Error
+	37, // 22: tandem.v1.SubmitJobsResult.error:type_name -> tandem.v1.Error
 	1,  // 23: tandem.v1.GetJobResponse.job:type_name -> tandem.v1.Job
 	1,  // 24: tandem.v1.WatchJobsResponse.job:type_name -> tandem.v1.Job
 	1,  // 25: tandem.v1.CancelJobResponse.job:type_name -> tandem.v1.Job
 	1,  // 26: tandem.v1.ListDeadLettersResponse.jobs:type_name -> tandem.v1.Job
 	23, // 27: tandem.v1.ListQueuesResponse.queues:type_name -> tandem.v1.QueueInfo
-	35, // 28: tandem.v1.QueueInfo.job_timeout:type_name -> google.protobuf.Duration
+	38, // 28: tandem.v1.QueueInfo.job_timeout:type_name -> google.protobuf.Duration
 	0,  // 29: tandem.v1.ListJobsRequest.state:type_name -> tandem.v1.JobState
 	1,  // 30: tandem.v1.ListJobsResponse.jobs:type_name -> tandem.v1.Job
 	23, // 31: tandem.v1.PauseQueueResponse.queue:type_name -> tandem.v1.QueueInfo
 	23, // 32: tandem.v1.ResumeQueueResponse.queue:type_name -> tandem.v1.QueueInfo
-	4,  // 33: tandem.v1.JobService.SubmitJob:input_type -> tandem.v1.SubmitJobRequest
-	6,  // 34: tandem.v1.JobService.SubmitJobs:input_type -> tandem.v1.SubmitJobsRequest
-	9,  // 35: tandem.v1.JobService.GetJob:input_type -> tandem.v1.GetJobRequest
-	11, // 36: tandem.v1.JobService.WatchJobs:input_type -> tandem.v1.WatchJobsRequest
-	13, // 37: tandem.v1.JobService.CancelJob:input_type -> tandem.v1.CancelJobRequest
-	15, // 38: tandem.v1.JobService.ListDeadLetters:input_type -> tandem.v1.ListDeadLettersRequest
-	17, // 39: tandem.v1.JobService.RetryDeadLetters:input_type -> tandem.v1.RetryDeadLettersRequest
-	19, // 40: tandem.v1.JobService.PurgeDeadLetters:input_type -> tandem.v1.PurgeDeadLettersRequest
-	21, // 41: tandem.v1.JobService.ListQueues:input_type -> tandem.v1.ListQueuesRequest
-	26, // 42: tandem.v1.JobService.PauseQueue:input_type -> tandem.v1.PauseQueueRequest
-	28, // 43: tandem.v1.JobService.ResumeQueue:input_type -> tandem.v1.ResumeQueueRequest
-	36, // 44: tandem.v1.JobService.ListWorkers:input_type -> tandem.v1.ListWorkersRequest
-	24, // 45: tandem.v1.JobService.ListJobs:input_type -> tandem.v1.ListJobsRequest
-	5,  // 46: tandem.v1.JobService.SubmitJob:output_type -> tandem.v1.SubmitJobResponse
-	7,  // 47: tandem.v1.JobService.SubmitJobs:output_type -> tandem.v1.SubmitJobsResponse
-	10, // 48: tandem.v1.JobService.GetJob:output_type -> tandem.v1.GetJobResponse
-	12, // 49: tandem.v1.JobService.WatchJobs:output_type -> tandem.v1.WatchJobsResponse
-	14, // 50: tandem.v1.JobService.CancelJob:output_type -> tandem.v1.CancelJobResponse
-	16, // 51: tandem.v1.JobService.ListDeadLetters:output_type -> tandem.v1.ListDeadLettersResponse
-	18, // 52: tandem.v1.JobService.RetryDeadLetters:output_type -> tandem.v1.RetryDeadLettersResponse
-	20, // 53: tandem.v1.JobService.PurgeDeadLetters:output_type -> tandem.v1.PurgeDeadLettersResponse
-	22, // 54: tandem.v1.JobService.ListQueues:output_type -> tandem.v1.ListQueuesResponse
-	27, // 55: tandem.v1.JobService.PauseQueue:output_type -> tandem.v1.PauseQueueResponse
-	29, // 56: tandem.v1.JobService.ResumeQueue:output_type -> tandem.v1.ResumeQueueResponse
-	37, // 57: tandem.v1.JobService.ListWorkers:output_type -> tandem.v1.ListWorkersResponse
-	25, // 58: tandem.v1.JobService.ListJobs:output_type -> tandem.v1.ListJobsResponse
-	46, // [46:59] is the sub-list for method output_type
-	33, // [33:46] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	36, // 33: tandem.v1.AuditEntry.time:type_name -> google.protobuf.Timestamp
+	30, // 34: tandem.v1.ListAuditResponse.entries:type_name -> tandem.v1.AuditEntry
+	4,  // 35: tandem.v1.JobService.SubmitJob:input_type -> tandem.v1.SubmitJobRequest
+	6,  // 36: tandem.v1.JobService.SubmitJobs:input_type -> tandem.v1.SubmitJobsRequest
+	9,  // 37: tandem.v1.JobService.GetJob:input_type -> tandem.v1.GetJobRequest
+	11, // 38: tandem.v1.JobService.WatchJobs:input_type -> tandem.v1.WatchJobsRequest
+	13, // 39: tandem.v1.JobService.CancelJob:input_type -> tandem.v1.CancelJobRequest
+	15, // 40: tandem.v1.JobService.ListDeadLetters:input_type -> tandem.v1.ListDeadLettersRequest
+	17, // 41: tandem.v1.JobService.RetryDeadLetters:input_type -> tandem.v1.RetryDeadLettersRequest
+	19, // 42: tandem.v1.JobService.PurgeDeadLetters:input_type -> tandem.v1.PurgeDeadLettersRequest
+	21, // 43: tandem.v1.JobService.ListQueues:input_type -> tandem.v1.ListQueuesRequest
+	26, // 44: tandem.v1.JobService.PauseQueue:input_type -> tandem.v1.PauseQueueRequest
+	28, // 45: tandem.v1.JobService.ResumeQueue:input_type -> tandem.v1.ResumeQueueRequest
+	39, // 46: tandem.v1.JobService.ListWorkers:input_type -> tandem.v1.ListWorkersRequest
+	24, // 47: tandem.v1.JobService.ListJobs:input_type -> tandem.v1.ListJobsRequest
+	31, // 48: tandem.v1.JobService.ListAudit:input_type -> tandem.v1.ListAuditRequest
+	5,  // 49: tandem.v1.JobService.SubmitJob:output_type -> tandem.v1.SubmitJobResponse
+	7,  // 50: tandem.v1.JobService.SubmitJobs:output_type -> tandem.v1.SubmitJobsResponse
+	10, // 51: tandem.v1.JobService.GetJob:output_type -> tandem.v1.GetJobResponse
+	12, // 52: tandem.v1.JobService.WatchJobs:output_type -> tandem.v1.WatchJobsResponse
+	14, // 53: tandem.v1.JobService.CancelJob:output_type -> tandem.v1.CancelJobResponse
+	16, // 54: tandem.v1.JobService.ListDeadLetters:output_type -> tandem.v1.ListDeadLettersResponse
+	18, // 55: tandem.v1.JobService.RetryDeadLetters:output_type -> tandem.v1.RetryDeadLettersResponse
+	20, // 56: tandem.v1.JobService.PurgeDeadLetters:output_type -> tandem.v1.PurgeDeadLettersResponse
+	22, // 57: tandem.v1.JobService.ListQueues:output_type -> tandem.v1.ListQueuesResponse
+	27, // 58: tandem.v1.JobService.PauseQueue:output_type -> tandem.v1.PauseQueueResponse
+	29, // 59: tandem.v1.JobService.ResumeQueue:output_type -> tandem.v1.ResumeQueueResponse
+	40, // 60: tandem.v1.JobService.ListWorkers:output_type -> tandem.v1.ListWorkersResponse
+	25, // 61: tandem.v1.JobService.ListJobs:output_type -> tandem.v1.ListJobsResponse
+	32, // 62: tandem.v1.JobService.ListAudit:output_type -> tandem.v1.ListAuditResponse
+	49, // [49:63] is the sub-list for method output_type
+	35, // [35:49] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_tandem_v1_jobs_proto_init() }
@@ -2274,7 +2574,7 @@ func file_tandem_v1_jobs_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tandem_v1_jobs_proto_rawDesc), len(file_tandem_v1_jobs_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   31,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

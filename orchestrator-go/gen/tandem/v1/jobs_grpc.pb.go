@@ -32,6 +32,7 @@ const (
 	JobService_ResumeQueue_FullMethodName      = "/tandem.v1.JobService/ResumeQueue"
 	JobService_ListWorkers_FullMethodName      = "/tandem.v1.JobService/ListWorkers"
 	JobService_ListJobs_FullMethodName         = "/tandem.v1.JobService/ListJobs"
+	JobService_ListAudit_FullMethodName        = "/tandem.v1.JobService/ListAudit"
 )
 
 // JobServiceClient is the client API for JobService service.
@@ -81,6 +82,10 @@ type JobServiceClient interface {
 	// scans the most recent records only (at most `scan` of them): it is for
 	// people looking for a job (the dashboard, `tandem jobs`), not an index.
 	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
+	// ListAudit reads the audit trail: one entry per state-changing call
+	// (submit, cancel, dead-letter retry and purge, pause, resume, token
+	// changes), oldest first from `after_seq`. Needs admin on every queue.
+	ListAudit(ctx context.Context, in *ListAuditRequest, opts ...grpc.CallOption) (*ListAuditResponse, error)
 }
 
 type jobServiceClient struct {
@@ -230,6 +235,16 @@ func (c *jobServiceClient) ListJobs(ctx context.Context, in *ListJobsRequest, op
 	return out, nil
 }
 
+func (c *jobServiceClient) ListAudit(ctx context.Context, in *ListAuditRequest, opts ...grpc.CallOption) (*ListAuditResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAuditResponse)
+	err := c.cc.Invoke(ctx, JobService_ListAudit_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // JobServiceServer is the server API for JobService service.
 // All implementations must embed UnimplementedJobServiceServer
 // for forward compatibility.
@@ -277,6 +292,10 @@ type JobServiceServer interface {
 	// scans the most recent records only (at most `scan` of them): it is for
 	// people looking for a job (the dashboard, `tandem jobs`), not an index.
 	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
+	// ListAudit reads the audit trail: one entry per state-changing call
+	// (submit, cancel, dead-letter retry and purge, pause, resume, token
+	// changes), oldest first from `after_seq`. Needs admin on every queue.
+	ListAudit(context.Context, *ListAuditRequest) (*ListAuditResponse, error)
 	mustEmbedUnimplementedJobServiceServer()
 }
 
@@ -325,6 +344,9 @@ func (UnimplementedJobServiceServer) ListWorkers(context.Context, *ListWorkersRe
 }
 func (UnimplementedJobServiceServer) ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListJobs not implemented")
+}
+func (UnimplementedJobServiceServer) ListAudit(context.Context, *ListAuditRequest) (*ListAuditResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAudit not implemented")
 }
 func (UnimplementedJobServiceServer) mustEmbedUnimplementedJobServiceServer() {}
 func (UnimplementedJobServiceServer) testEmbeddedByValue()                    {}
@@ -574,6 +596,24 @@ func _JobService_ListJobs_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _JobService_ListAudit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAuditRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).ListAudit(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobService_ListAudit_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).ListAudit(ctx, req.(*ListAuditRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // JobService_ServiceDesc is the grpc.ServiceDesc for JobService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -628,6 +668,10 @@ var JobService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListJobs",
 			Handler:    _JobService_ListJobs_Handler,
+		},
+		{
+			MethodName: "ListAudit",
+			Handler:    _JobService_ListAudit_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

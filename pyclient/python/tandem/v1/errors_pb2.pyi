@@ -33,6 +33,10 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OP_UNAVAILABLE: _ClassVar[ErrorReason]
     WORKER_LOST: _ClassVar[ErrorReason]
     OP_ERROR: _ClassVar[ErrorReason]
+    UNAUTHENTICATED: _ClassVar[ErrorReason]
+    TOKEN_EXPIRED: _ClassVar[ErrorReason]
+    PERMISSION_DENIED: _ClassVar[ErrorReason]
+    RATE_LIMITED: _ClassVar[ErrorReason]
     CANCELLED: _ClassVar[ErrorReason]
     INTERNAL_ERROR: _ClassVar[ErrorReason]
     INJECTED_FAULT: _ClassVar[ErrorReason]
@@ -59,6 +63,10 @@ SHUTTING_DOWN: ErrorReason
 OP_UNAVAILABLE: ErrorReason
 WORKER_LOST: ErrorReason
 OP_ERROR: ErrorReason
+UNAUTHENTICATED: ErrorReason
+TOKEN_EXPIRED: ErrorReason
+PERMISSION_DENIED: ErrorReason
+RATE_LIMITED: ErrorReason
 CANCELLED: ErrorReason
 INTERNAL_ERROR: ErrorReason
 INJECTED_FAULT: ErrorReason

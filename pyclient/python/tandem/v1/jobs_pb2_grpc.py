@@ -108,6 +108,11 @@ class JobServiceStub:
                 request_serializer=tandem_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=tandem_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/tandem.v1.JobService/ListAudit',
+                request_serializer=tandem_dot_v1_dot_jobs__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_jobs__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -220,6 +225,15 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAudit(self, request, context):
+        """ListAudit reads the audit trail: one entry per state-changing call
+        (submit, cancel, dead-letter retry and purge, pause, resume, token
+        changes), oldest first from `after_seq`. Needs admin on every queue.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -287,6 +301,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ListJobs,
                     request_deserializer=tandem_dot_v1_dot_jobs__pb2.ListJobsRequest.FromString,
                     response_serializer=tandem_dot_v1_dot_jobs__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=tandem_dot_v1_dot_jobs__pb2.ListAuditRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_jobs__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -648,6 +667,33 @@ class JobService:
             '/tandem.v1.JobService/ListJobs',
             tandem_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
             tandem_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.JobService/ListAudit',
+            tandem_dot_v1_dot_jobs__pb2.ListAuditRequest.SerializeToString,
+            tandem_dot_v1_dot_jobs__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,
