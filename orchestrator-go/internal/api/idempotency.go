@@ -3,28 +3,40 @@ package api
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base32"
 	"encoding/hex"
-	"errors"
-	"strings"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oklog/ulid/v2"
 	"google.golang.org/protobuf/proto"
 
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
 	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
 	"github.com/tandem/tandem/orchestrator-go/internal/config"
+	"github.com/tandem/tandem/orchestrator-go/internal/jobstore"
 )
 
-// Idempotency: a submit with a key atomically creates
-// tandem_idem/<queue>.<sha256(key)[:16]> (KV create-if-absent, TTL = the
-// queue's result_ttl) holding "<job id>:<request hash>". A later submit with
-// the same key and the same request gets the first job; with a different
-// request, IDEMPOTENCY_CONFLICT.
+// Idempotency costs no write of its own. A submit with a key gets a job id
+// derived from the queue and the key, so a retried or concurrent submit
+// names the same job:
+//   - within the queue stream's duplicate window, JetStream drops a second
+//     copy of the job message (its Msg-Id is the job id);
+//   - past it, the job itself is found by id: its record, or its message
+//     while it waits in the queue.
+//
+// The request's hash travels with the job (Job.request_hash), so the same key
+// with a different request is IDEMPOTENCY_CONFLICT. A key is remembered as
+// long as its job is: until the record expires, the queue's result_ttl after
+// the job finished (or until its dead letter is purged).
 
-func idemKVKey(queue, key string) string {
-	h := sha256.Sum256([]byte(key))
-	return queue + "." + hex.EncodeToString(h[:16])
+// idAlphabet is Crockford's base32, the alphabet of ULIDs: derived ids look
+// like the ids made for submits without a key.
+var idAlphabet = base32.NewEncoding("0123456789ABCDEFGHJKMNPQRSTVWXYZ").WithPadding(base32.NoPadding)
+
+// derivedID is the job id of a submit with an idempotency key.
+func derivedID(queue, key string) string {
+	h := sha256.Sum256([]byte(queue + "\x00" + key))
+	return idAlphabet.EncodeToString(h[:])[:26]
 }
 
 func requestHash(queue string, req *tandemv1.SubmitJobRequest) string {
@@ -35,42 +47,60 @@ func requestHash(queue string, req *tandemv1.SubmitJobRequest) string {
 	return hex.EncodeToString(h[:])
 }
 
-// idemClaim is the outcome of claiming an idempotency key.
+// idemClaim is what a key's lookup found.
 type idemClaim struct {
-	id    string        // the job id to use: the new one, or the first submit's
-	dedup bool          // the key was used before with the same request
-	done  *tandemv1.Job // the first submit's record, when it exists
+	id   string        // the job id the key names
+	hash string        // the request's hash
+	done *tandemv1.Job // the job, when it exists already (a duplicate)
 }
 
-// claimIdempotency claims req's key for job id, or finds the job that holds it.
-func (s *Service) claimIdempotency(ctx context.Context, q config.Queue, req *tandemv1.SubmitJobRequest, id string) (idemClaim, error) {
-	key := req.GetIdempotencyKey()
-	kvKey := idemKVKey(q.Name, key)
-	hash := requestHash(q.Name, req)
-	_, err := s.Broker.Idem().Create(ctx, kvKey, []byte(id+":"+hash), jetstream.KeyTTL(max(q.ResultTTL, time.Second)))
-	switch {
-	case err == nil:
-		return idemClaim{id: id}, nil
-	case !errors.Is(err, jetstream.ErrKeyExists):
-		return idemClaim{}, apierr.BrokerUnavailable(err)
+// claimIdempotency finds the job req's key names, if it exists.
+func (s *Service) claimIdempotency(ctx context.Context, q config.Queue, req *tandemv1.SubmitJobRequest) (idemClaim, error) {
+	c := idemClaim{id: derivedID(q.Name, req.GetIdempotencyKey()), hash: requestHash(q.Name, req)}
+	rec, err := s.Store.GetInQueue(ctx, q.Name, c.id)
+	if jobstore.IsNotFound(err) {
+		return c, nil
 	}
-	e, err := s.Broker.Idem().Get(ctx, kvKey)
 	if err != nil {
-		return idemClaim{}, apierr.BrokerUnavailable(err)
-	}
-	prevID, prevHash, _ := strings.Cut(string(e.Value()), ":")
-	if prevHash != hash {
-		return idemClaim{}, apierr.IdempotencyConflict(q.Name, key, prevID)
-	}
-	rec, err := s.Store.Get(ctx, prevID)
-	if err == nil {
-		return idemClaim{id: prevID, dedup: true, done: withoutResult(rec.Job)}, nil
-	}
-	var ae *apierr.Error
-	if !errors.As(err, &ae) || ae.Reason != tandemv1.ErrorReason_JOB_NOT_FOUND {
 		return idemClaim{}, err
 	}
-	// The first submit stopped before its record was written: finish it with
-	// the same id (the Msg-Id dedups a message already published).
-	return idemClaim{id: prevID, dedup: true}, nil
+	if err := c.check(q, req, rec.Job); err != nil {
+		return idemClaim{}, err
+	}
+	c.done = withoutResult(rec.Job)
+	return c, nil
+}
+
+// check compares the found job with the request.
+func (c idemClaim) check(q config.Queue, req *tandemv1.SubmitJobRequest, j *tandemv1.Job) error {
+	if j.GetRequestHash() != c.hash {
+		return apierr.IdempotencyConflict(q.Name, req.GetIdempotencyKey(), j.GetId())
+	}
+	return nil
+}
+
+// duplicate settles a submit whose message JetStream reported as a
+// duplicate (another submit with the same key got there first): the job
+// that is there is the answer, or a conflict.
+func (s *Service) duplicate(ctx context.Context, p *prepared) error {
+	rec, err := s.Store.GetInQueue(ctx, p.q.Name, p.job.GetId())
+	if jobstore.IsNotFound(err) {
+		// The job the key named has finished and is gone (its record
+		// expired or was purged) within the duplicate window: the key is
+		// forgotten with it, so this is a new job. Publish it under a
+		// Msg-Id of its own.
+		_, err := s.Broker.JS().PublishMsg(ctx, p.msg, jetstream.WithMsgID(p.job.GetId()+"."+ulid.Make().String()))
+		if err != nil {
+			return s.publishErr(ctx, p, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if rec.Job.GetRequestHash() != p.job.GetRequestHash() {
+		return apierr.IdempotencyConflict(p.q.Name, p.job.GetIdempotencyKey(), rec.Job.GetId())
+	}
+	p.dedup, p.done = true, withoutResult(rec.Job)
+	return nil
 }

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
 	"github.com/tandem/tandem/orchestrator-go/internal/broker"
 	"github.com/tandem/tandem/orchestrator-go/internal/ident"
+	"github.com/tandem/tandem/orchestrator-go/internal/jobstore"
 )
 
 // ListJobs limits.
@@ -56,15 +58,89 @@ func (s *Service) listJobs(ctx context.Context, req *tandemv1.ListJobsRequest) (
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 
-	stream, err := s.Broker.JS().Stream(ctx, "KV_"+broker.JobsBucket)
-	if err != nil {
-		return nil, apierr.BrokerUnavailable(err)
-	}
-	last := stream.CachedInfo().State.LastSeq
-	first := stream.CachedInfo().State.FirstSeq
 	out := &tandemv1.ListJobsResponse{}
-	if last == 0 || stream.CachedInfo().State.Msgs == 0 {
-		return out, nil
+	var jobs []*tandemv1.Job
+	recorded := map[string]bool{}
+	err := s.scanStream(ctx, out, "KV_"+broker.JobsBucket, broker.JobKVSubject(">"), scan, func(m jetstream.Msg) {
+		if op := m.Headers().Get("KV-Operation"); op != "" || len(m.Data()) == 0 {
+			return // a delete, purge or expiry marker
+		}
+		j := &tandemv1.Job{}
+		if proto.Unmarshal(m.Data(), j) != nil {
+			return
+		}
+		recorded[j.GetId()] = true
+		if matches(j, req) {
+			j.Result = nil
+			jobs = append(jobs, j)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	// Jobs no worker has touched yet have no record: their message in the
+	// queue's stream is their QUEUED record.
+	if st := req.GetState(); st == tandemv1.JobState_JOB_STATE_UNSPECIFIED || st == tandemv1.JobState_JOB_STATE_QUEUED {
+		for _, q := range s.listJobsQueues(req.GetQueue()) {
+			err := s.scanStream(ctx, out, broker.QueueStream(q), broker.JobSubject(q, "*"), scan, func(m jetstream.Msg) {
+				spec, _, _, err := jobstore.DecodeMsg(m.Headers(), m.Data())
+				if err != nil || recorded[spec.GetId()] {
+					return
+				}
+				spec.UpdatedAt = spec.GetCreatedAt()
+				if matches(spec, req) {
+					jobs = append(jobs, spec)
+				}
+			})
+			if err != nil {
+				return nil, err
+			}
+		}
+	}
+	// Newest first (ids break ties: ULIDs sort by time; ids derived from
+	// idempotency keys do not).
+	slices.SortFunc(jobs, func(a, b *tandemv1.Job) int {
+		if c := b.GetCreatedAt().AsTime().Compare(a.GetCreatedAt().AsTime()); c != 0 {
+			return c
+		}
+		return strings.Compare(b.GetId(), a.GetId())
+	})
+	if len(jobs) > limit {
+		jobs = jobs[:limit]
+	}
+	out.Jobs = jobs
+	return out, nil
+}
+
+// listJobsQueues is the queues whose streams ListJobs reads: the one asked for,
+// or every queue this orchestrator serves.
+func (s *Service) listJobsQueues(queue string) []string {
+	if queue != "" {
+		return []string{queue}
+	}
+	var qs []string
+	for name := range s.Broker.Queues() {
+		qs = append(qs, name)
+	}
+	slices.Sort(qs)
+	return qs
+}
+
+// scanStream calls fn for each of the newest `scan` messages of a stream on
+// filter, counting them in out.Scanned (and setting out.Truncated when older
+// ones were left). A stream that does not exist has nothing to scan.
+func (s *Service) scanStream(ctx context.Context, out *tandemv1.ListJobsResponse, name, filter string, scan int, fn func(jetstream.Msg)) error {
+	stream, err := s.Broker.JS().Stream(ctx, name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return apierr.BrokerUnavailable(err)
+	}
+	info := stream.CachedInfo().State
+	last, first := info.LastSeq, info.FirstSeq
+	if last == 0 || info.Msgs == 0 {
+		return nil
 	}
 	start := first
 	if last >= uint64(scan) && last-uint64(scan)+1 > first {
@@ -72,16 +148,15 @@ func (s *Service) listJobs(ctx context.Context, req *tandemv1.ListJobsRequest) (
 		out.Truncated = true
 	}
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{broker.JobKVSubject(">")}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: start,
+		FilterSubjects: []string{filter}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: start,
 	})
 	if err != nil {
-		return nil, apierr.BrokerUnavailable(err)
+		return apierr.BrokerUnavailable(err)
 	}
-	var jobs []*tandemv1.Job
 	for done := false; !done; {
 		batch, err := cons.Fetch(512, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
-			return nil, apierr.BrokerUnavailable(err)
+			return apierr.BrokerUnavailable(err)
 		}
 		n := 0
 		for m := range batch.Messages() {
@@ -89,32 +164,18 @@ func (s *Service) listJobs(ctx context.Context, req *tandemv1.ListJobsRequest) (
 			out.Scanned++
 			md, err := m.Metadata()
 			if err != nil {
-				return nil, apierr.BrokerUnavailable(err)
+				return apierr.BrokerUnavailable(err)
 			}
 			if md.NumPending == 0 || md.Sequence.Stream >= last {
 				done = true
 			}
-			if op := m.Headers().Get("KV-Operation"); op != "" || len(m.Data()) == 0 {
-				continue // a delete, purge or expiry marker
-			}
-			j := &tandemv1.Job{}
-			if proto.Unmarshal(m.Data(), j) != nil || !matches(j, req) {
-				continue
-			}
-			j.Result = nil
-			jobs = append(jobs, j)
+			fn(m)
 		}
 		if n == 0 {
 			break
 		}
 	}
-	// Newest first: ids are ULIDs, sortable by creation time.
-	slices.SortFunc(jobs, func(a, b *tandemv1.Job) int { return strings.Compare(b.GetId(), a.GetId()) })
-	if len(jobs) > limit {
-		jobs = jobs[:limit]
-	}
-	out.Jobs = jobs
-	return out, nil
+	return nil
 }
 
 func matches(j *tandemv1.Job, req *tandemv1.ListJobsRequest) bool {

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -96,10 +97,11 @@ func (s *Service) validate(ctx context.Context, req *tandemv1.SubmitJobRequest) 
 
 // prepare validates, claims the idempotency key and builds the message.
 // Submit order (each step durable before the next): idempotency key → large
-// payload → job message → job record. The message is the commit point: a
-// crash before it leaves at most an idempotency key, which a retried submit
-// completes with the same job id; a crash after it leaves a job the worker
-// finishes (it creates the record from the message when missing).
+// payload → job message. The message is the commit point and the job's
+// QUEUED record (GetJob reads it by its subject; the first worker or cancel
+// to change the job writes the record in KV). A crash before it leaves at
+// most an idempotency key, which a retried submit completes with the same
+// job id.
 func (s *Service) prepare(ctx context.Context, req *tandemv1.SubmitJobRequest) *prepared {
 	if s.draining.Load() {
 		return &prepared{err: apierr.ShuttingDown()}
@@ -116,13 +118,14 @@ func (s *Service) prepare(ctx context.Context, req *tandemv1.SubmitJobRequest) *
 	p := &prepared{q: q, job: job}
 	id := ulid.Make().String()
 	if req.GetIdempotencyKey() != "" {
-		claim, err := s.claimIdempotency(ctx, q, req, id)
+		claim, err := s.claimIdempotency(ctx, q, req)
 		if err != nil {
 			return &prepared{err: err}
 		}
-		id, p.dedup = claim.id, claim.dedup
+		id = claim.id
+		job.RequestHash = claim.hash
 		if claim.done != nil {
-			p.done = claim.done
+			p.dedup, p.done = true, claim.done
 			return p
 		}
 		if err := s.fault("submit.after_idem"); err != nil {
@@ -141,7 +144,7 @@ func (s *Service) prepare(ctx context.Context, req *tandemv1.SubmitJobRequest) *
 			return &prepared{err: err}
 		}
 	}
-	msg, err := jobstore.EncodeMsg(broker.QueueSubject(q.Name), jobstore.Spec(job), payload, p.object)
+	msg, err := jobstore.EncodeMsg(broker.JobSubject(q.Name, id), jobstore.Spec(job), payload, p.object)
 	if err != nil {
 		return &prepared{err: apierr.Internal("encode job: %v", err)}
 	}
@@ -180,18 +183,15 @@ func (s *Service) publishErr(ctx context.Context, p *prepared, err error) error 
 	return apierr.BrokerUnavailable(err)
 }
 
-// record writes the QUEUED record after the message; if a worker got there
-// first (it creates the record from the message), the current record wins.
-func (s *Service) record(ctx context.Context, p *prepared) (*tandemv1.SubmitJobResponse, error) {
-	rec, err := s.Store.Create(ctx, p.job)
-	if errors.Is(err, jobstore.ErrExists) {
-		rec, err = s.Store.Get(ctx, p.job.GetId())
-	}
-	if err != nil {
-		return nil, err
-	}
+// prepareParallel is how many jobs of one SubmitJobs call are prepared at once.
+const prepareParallel = 16
+
+// accepted answers a submit whose message is stored: the message is the
+// job's QUEUED record (a submit is one persisted write; the first worker or
+// cancel to touch the job writes its record).
+func (s *Service) accepted(p *prepared) *tandemv1.SubmitJobResponse {
 	s.Metrics.Submitted.WithLabelValues(p.q.Name).Inc()
-	return &tandemv1.SubmitJobResponse{Job: withoutResult(rec.Job), Deduplicated: p.dedup}, nil
+	return &tandemv1.SubmitJobResponse{Job: p.job, Deduplicated: p.dedup}
 }
 
 // withoutResult is a submit's answer: a job record minus its result bytes (a
@@ -216,13 +216,22 @@ func (s *Service) submitOne(ctx context.Context, req *tandemv1.SubmitJobRequest)
 	if p.done != nil {
 		return &tandemv1.SubmitJobResponse{Job: p.done, Deduplicated: true}, nil
 	}
-	if _, err := s.Broker.JS().PublishMsg(ctx, p.msg, jetstream.WithMsgID(p.job.GetId())); err != nil {
+	ack, err := s.Broker.JS().PublishMsg(ctx, p.msg, jetstream.WithMsgID(p.job.GetId()))
+	if err != nil {
 		return nil, s.publishErr(ctx, p, err)
 	}
 	if err := s.fault("submit.after_publish"); err != nil {
 		return nil, err
 	}
-	return s.record(ctx, p)
+	if ack.Duplicate && p.job.GetIdempotencyKey() != "" {
+		if err := s.duplicate(ctx, p); err != nil {
+			return nil, err
+		}
+		if p.done != nil {
+			return &tandemv1.SubmitJobResponse{Job: p.done, Deduplicated: true}, nil
+		}
+	}
+	return s.accepted(p), nil
 }
 
 // submitBatch publishes every accepted job with async publishes, checks every
@@ -234,10 +243,20 @@ func (s *Service) submitBatch(ctx context.Context, req *tandemv1.SubmitJobsReque
 	if len(req.GetJobs()) > maxBatchJobs {
 		return nil, apierr.InvalidRequest("jobs", "jobs: %d jobs in one call, more than %d", len(req.GetJobs()), maxBatchJobs)
 	}
+	// Preparing reads (an idempotency key's job) and may write (a large
+	// payload): a few at a time.
 	ps := make([]*prepared, len(req.GetJobs()))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, prepareParallel)
 	for i, r := range req.GetJobs() {
-		ps[i] = s.prepare(ctx, r)
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			ps[i] = s.prepare(ctx, r)
+		}()
 	}
+	wg.Wait()
 	defer func() {
 		for _, p := range ps {
 			p.end()
@@ -262,57 +281,17 @@ func (s *Service) submitBatch(ctx context.Context, req *tandemv1.SubmitJobsReque
 	if err := s.fault("submit.after_publish"); err != nil {
 		return nil, err
 	}
-	// 2. Job records.
-	recFuts := make([]jetstream.PubAckFuture, len(ps))
-	recData := make([][]byte, len(ps))
-	for i, p := range ps {
-		if p.err != nil || p.done != nil {
-			continue
-		}
-		data, err := proto.Marshal(p.job)
-		if err != nil {
-			p.err = apierr.Internal("encode job: %v", err)
-			continue
-		}
-		recData[i] = data
-		f, err := s.Broker.JS().PublishAsync(broker.JobKVSubject(p.job.GetId()), data, jetstream.WithExpectLastSequencePerSubject(0))
-		if err != nil {
-			recFuts[i] = nil
-			continue // the sync fallback below writes it
-		}
-		recFuts[i] = f
-	}
 	out := &tandemv1.SubmitJobsResponse{Results: make([]*tandemv1.SubmitJobsResult, len(ps))}
 	for i, p := range ps {
-		if p.err == nil && p.done == nil && recData[i] != nil {
-			ok := false
-			if f := recFuts[i]; f != nil {
-				select {
-				case <-f.Ok():
-					ok = true
-				case <-f.Err():
-				case <-ctx.Done():
-				}
-			}
-			if ok {
-				s.Metrics.Submitted.WithLabelValues(p.q.Name).Inc()
-				p.done = p.job
-			} else {
-				// Exists (a worker wrote it first) or the async write failed: settle it synchronously.
-				r, err := s.record(ctx, p)
-				if err != nil {
-					p.err = err
-				} else {
-					p.done = r.GetJob()
-				}
-			}
-		}
 		if p.err != nil {
 			out.Results[i] = &tandemv1.SubmitJobsResult{Outcome: &tandemv1.SubmitJobsResult_Error{Error: apierr.Proto(p.err)}}
 			continue
 		}
-		out.Results[i] = &tandemv1.SubmitJobsResult{Outcome: &tandemv1.SubmitJobsResult_Submitted{
-			Submitted: &tandemv1.SubmitJobResponse{Job: p.done, Deduplicated: p.dedup}}}
+		r := &tandemv1.SubmitJobResponse{Job: p.done, Deduplicated: true}
+		if p.done == nil {
+			r = s.accepted(p)
+		}
+		out.Results[i] = &tandemv1.SubmitJobsResult{Outcome: &tandemv1.SubmitJobsResult_Submitted{Submitted: r}}
 	}
 	return out, nil
 }
@@ -327,7 +306,12 @@ func (s *Service) awaitAll(ctx context.Context, ps []*prepared, futs []jetstream
 		}
 		p := ps[i]
 		select {
-		case <-f.Ok():
+		case ack := <-f.Ok():
+			if ack.Duplicate && p.job.GetIdempotencyKey() != "" {
+				if err := s.duplicate(ctx, p); err != nil {
+					p.err = err
+				}
+			}
 			continue
 		case err := <-f.Err():
 			if broker.IsMaxMsgs(err) {

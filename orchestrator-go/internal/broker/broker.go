@@ -26,7 +26,6 @@ import (
 // JetStream layout. See README.md.
 const (
 	JobsBucket      = "tandem_jobs"     // KV: job id -> Job record (protobuf)
-	IdemBucket      = "tandem_idem"     // KV: <queue>.<sha256(key)> -> job id + request hash
 	OpsBucket       = "tandem_ops"      // KV: op name -> OpSpec registered by op workers
 	PayloadsBucket  = "tandem_payloads" // object store: large payloads, deleted when the job ends
 	resultsBase     = "tandem_results_" // object store per queue: large results, expire with its result_ttl
@@ -37,6 +36,8 @@ const (
 	jobsSubjectBase = "tandem.jobs."
 	dlqSubjectBase  = "tandem.dlq."
 	queueStreamBase = "TANDEM_Q_"
+	// QueueStreamPrefix begins the name of every queue stream.
+	QueueStreamPrefix = queueStreamBase
 	// DuplicateWindow is the Nats-Msg-Id dedup window of the queue streams.
 	DuplicateWindow = 2 * time.Minute
 )
@@ -53,8 +54,18 @@ func ResultsBucket(queue string) string { return resultsBase + queue }
 // QueueStream is the work-queue stream of a queue.
 func QueueStream(queue string) string { return queueStreamBase + queue }
 
-// QueueSubject is the subject jobs of a queue are published on.
+// QueueSubject is the subject jobs of a queue were published on before
+// per-job subjects; the stream still takes it, so messages published by an
+// older orchestrator are still consumed.
 func QueueSubject(queue string) string { return jobsSubjectBase + queue }
+
+// JobSubject is the subject one job's message is published on. The message
+// is the job's QUEUED record until a worker writes one (GetJob reads it by
+// this subject with a direct get), so a submit is one persisted write.
+func JobSubject(queue, jobID string) string { return jobsSubjectBase + queue + "." + jobID }
+
+// JobSubjectAnyQueue matches one job's message in whatever queue stream.
+func JobSubjectAnyQueue(jobID string) string { return jobsSubjectBase + "*." + jobID }
 
 // DLQSubject is the dead-letter subject of one job.
 func DLQSubject(queue, jobID string) string { return dlqSubjectBase + queue + "." + jobID }
@@ -121,7 +132,7 @@ type handles struct {
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	jobs     jetstream.KeyValue
-	idem     jetstream.KeyValue
+	jobsSt   jetstream.Stream // the stream under the jobs bucket
 	ops      jetstream.KeyValue
 	payloads jetstream.ObjectStore
 	results  map[string]jetstream.ObjectStore // by queue
@@ -146,8 +157,9 @@ func (b *Broker) JS() jetstream.JetStream { return b.h().js }
 // Jobs is the job records bucket.
 func (b *Broker) Jobs() jetstream.KeyValue { return b.h().jobs }
 
-// Idem is the idempotency keys bucket.
-func (b *Broker) Idem() jetstream.KeyValue { return b.h().idem }
+// JobsStream is the stream under the job records bucket (direct gets of a
+// key's last message, markers included).
+func (b *Broker) JobsStream() jetstream.Stream { return b.h().jobsSt }
 
 // Ops is the bucket of ops registered by op workers.
 func (b *Broker) Ops() jetstream.KeyValue { return b.h().ops }
@@ -398,11 +410,8 @@ func (b *Broker) setup(ctx context.Context, h *handles) error {
 	}); err != nil {
 		return fmt.Errorf("create KV %s: %w", JobsBucket, err)
 	}
-	if h.idem, err = h.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: IdemBucket, Description: "Tandem idempotency keys (per-key TTL = the queue's result_ttl)", History: 1, Storage: jetstream.FileStorage,
-		LimitMarkerTTL: markerTTL, Replicas: b.replicas,
-	}); err != nil {
-		return fmt.Errorf("create KV %s: %w", IdemBucket, err)
+	if h.jobsSt, err = h.js.Stream(ctx, "KV_"+JobsBucket); err != nil {
+		return fmt.Errorf("open the stream of KV %s: %w", JobsBucket, err)
 	}
 	if h.ops, err = h.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket: OpsBucket, Description: "Tandem ops registered by op workers (op name -> OpSpec)", History: 1, Storage: jetstream.FileStorage,
@@ -455,8 +464,9 @@ func (b *Broker) setupQueue(ctx context.Context, h *handles, q config.Queue) err
 	s, err := h.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        QueueStream(q.Name),
 		Description: "Tandem queue " + q.Name,
-		Subjects:    []string{QueueSubject(q.Name)},
+		Subjects:    []string{QueueSubject(q.Name), JobSubject(q.Name, "*")},
 		Retention:   jetstream.WorkQueuePolicy,
+		AllowDirect: true, // GetJob reads a queued job's message by its subject
 		Storage:     jetstream.FileStorage,
 		MaxMsgs:     q.MaxDepth,
 		Discard:     jetstream.DiscardNew,

@@ -71,6 +71,7 @@ type Client struct {
 	log  *slog.Logger
 
 	opsMu      sync.Mutex
+	fetchMu    sync.Mutex // held by the first ListOps fetch, while no catalogue is loaded
 	ops        *tandemv1.ListOpsResponse
 	opNames    map[string]bool
 	opsAt      time.Time
@@ -309,6 +310,14 @@ const opsTTL = 30 * time.Second
 // structure only; compute validates again when the job runs).
 func (c *Client) Ops(ctx context.Context) *tandemv1.ListOpsResponse {
 	c.opsMu.Lock()
+	if c.ops == nil {
+		// Never loaded yet: callers queue behind one fetch instead of all
+		// but the first validating without the catalogue.
+		c.opsMu.Unlock()
+		c.fetchMu.Lock()
+		defer c.fetchMu.Unlock()
+		c.opsMu.Lock()
+	}
 	ops, at, tried := c.ops, c.opsAt, c.opsTriedAt
 	stale := ops == nil || time.Since(at) > opsTTL
 	if stale && time.Since(tried) > time.Second {

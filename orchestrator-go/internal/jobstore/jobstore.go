@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -121,6 +122,21 @@ func (s *Store) Get(ctx context.Context, id string) (*Record, error) {
 	if id == "" || !validKey(id) {
 		return nil, apierr.JobNotFound(id)
 	}
+	rec, err := s.record(ctx, id)
+	if err == nil || !isNotFound(err) {
+		return rec, err
+	}
+	rec, err = s.queued(ctx, id)
+	if err == nil || !isNotFound(err) {
+		return rec, err
+	}
+	// A worker may have written the record and acked the message between
+	// the two looks (the record is always written before the message goes):
+	// look at the record once more.
+	return s.record(ctx, id)
+}
+
+func (s *Store) record(ctx context.Context, id string) (*Record, error) {
 	e, err := s.b.Jobs().Get(ctx, id)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 		return nil, apierr.JobNotFound(id)
@@ -129,6 +145,76 @@ func (s *Store) Get(ctx context.Context, id string) (*Record, error) {
 		return nil, brokerErr(err)
 	}
 	return Decode(e)
+}
+
+// GetInQueue is Get for a job known to belong to queue (a submit's): it
+// looks for a queued job's message in that queue's stream only.
+func (s *Store) GetInQueue(ctx context.Context, queue, id string) (*Record, error) {
+	rec, err := s.record(ctx, id)
+	if err == nil || !isNotFound(err) {
+		return rec, err
+	}
+	if st, ok := s.b.Queues()[queue]; ok {
+		if rec, err := s.queuedIn(ctx, st, queue, id); rec != nil || err != nil {
+			return rec, err
+		}
+	}
+	return s.record(ctx, id)
+}
+
+// IsNotFound reports whether err is JOB_NOT_FOUND.
+func IsNotFound(err error) bool { return isNotFound(err) }
+
+func isNotFound(err error) bool {
+	var ae *apierr.Error
+	return errors.As(err, &ae) && ae.Reason == tandemv1.ErrorReason_JOB_NOT_FOUND
+}
+
+// queued finds a job that has no record yet: its message, still in its
+// queue's stream, is its QUEUED record (Rev 0: the first write creates the
+// record). The queues this orchestrator serves are looked at first, then any
+// other queue stream on the server that holds the job's subject.
+func (s *Store) queued(ctx context.Context, id string) (*Record, error) {
+	seen := map[string]bool{}
+	for name, st := range s.b.Queues() {
+		seen[broker.QueueStream(name)] = true
+		if rec, err := s.queuedIn(ctx, st, name, id); rec != nil || err != nil {
+			return rec, err
+		}
+	}
+	names := s.b.JS().StreamNames(ctx, jetstream.WithStreamListSubject(broker.JobSubjectAnyQueue(id)))
+	for name := range names.Name() {
+		if seen[name] || !strings.HasPrefix(name, broker.QueueStreamPrefix) {
+			continue
+		}
+		st, err := s.b.JS().Stream(ctx, name)
+		if err != nil {
+			continue
+		}
+		if rec, err := s.queuedIn(ctx, st, strings.TrimPrefix(name, broker.QueueStreamPrefix), id); rec != nil || err != nil {
+			return rec, err
+		}
+	}
+	if err := names.Err(); err != nil && !errors.Is(err, jetstream.ErrEndOfData) {
+		return nil, brokerErr(err)
+	}
+	return nil, apierr.JobNotFound(id)
+}
+
+func (s *Store) queuedIn(ctx context.Context, st jetstream.Stream, queue, id string) (*Record, error) {
+	m, err := st.GetLastMsgForSubject(ctx, broker.JobSubject(queue, id))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, brokerErr(err)
+	}
+	spec, _, _, err := DecodeMsg(m.Header, m.Data)
+	if err != nil {
+		return nil, apierr.Internal("job message %s is corrupt: %v", id, err)
+	}
+	spec.UpdatedAt = spec.GetCreatedAt()
+	return &Record{Job: spec, Rev: 0}, nil
 }
 
 // Decode turns a KV entry into a Record.
@@ -151,18 +237,25 @@ func (s *Store) UpdateTTL(ctx context.Context, rec *Record, ttl time.Duration) e
 	if err != nil {
 		return err
 	}
+	// A KV update is a publish expecting the key's last sequence (done by
+	// hand: kv.Update takes no TTL). Rev 0 expects no record at all: the
+	// first write of a job whose message was its QUEUED record.
+	opts := []jetstream.PublishOpt{jetstream.WithExpectLastSequencePerSubject(rec.Rev)}
+	if ttl > 0 {
+		opts = append(opts, jetstream.WithMsgTTL(max(ttl, time.Second)))
+	}
 	var rev uint64
-	if ttl <= 0 {
-		rev, err = s.b.Jobs().Update(ctx, rec.Job.GetId(), data, rec.Rev)
-	} else {
-		// A KV update is a publish expecting the key's last sequence; done by
-		// hand here because kv.Update takes no TTL.
-		var ack *jetstream.PubAck
-		ack, err = s.b.JS().Publish(ctx, broker.JobKVSubject(rec.Job.GetId()), data,
-			jetstream.WithExpectLastSequencePerSubject(rec.Rev), jetstream.WithMsgTTL(max(ttl, time.Second)))
-		if err == nil {
-			rev = ack.Sequence
+	ack, err := s.b.JS().Publish(ctx, broker.JobKVSubject(rec.Job.GetId()), data, opts...)
+	if rec.Rev == 0 && isWrongLastSeq(err) {
+		// The key may hold only the delete marker of an expired or purged
+		// record: a new record replaces the marker.
+		if m, gerr := s.b.JobsStream().GetLastMsgForSubject(ctx, broker.JobKVSubject(rec.Job.GetId())); gerr == nil && (m.Header.Get("KV-Operation") != "" || m.Header.Get("Nats-Marker-Reason") != "") {
+			opts[0] = jetstream.WithExpectLastSequencePerSubject(m.Sequence)
+			ack, err = s.b.JS().Publish(ctx, broker.JobKVSubject(rec.Job.GetId()), data, opts...)
 		}
+	}
+	if err == nil {
+		rev = ack.Sequence
 	}
 	if errors.Is(err, jetstream.ErrKeyExists) || isWrongLastSeq(err) {
 		return ErrConflict
@@ -223,6 +316,7 @@ func Spec(j *tandemv1.Job) *tandemv1.Job {
 		Id: j.GetId(), Queue: j.GetQueue(), Steps: j.GetSteps(), MaxAttempts: j.GetMaxAttempts(),
 		IdempotencyKey: j.GetIdempotencyKey(), Labels: j.GetLabels(), PayloadSize: j.GetPayloadSize(),
 		CreatedAt: j.GetCreatedAt(), Timeout: j.GetTimeout(), State: tandemv1.JobState_JOB_STATE_QUEUED,
+		RequestHash: j.GetRequestHash(),
 	}
 }
 
@@ -365,6 +459,9 @@ func CloseAttempt(j *tandemv1.Job, n uint32, e *tandemv1.Error) {
 
 // Now is a timestamp for records.
 func Now() *timestamppb.Timestamp { return timestamppb.New(time.Now()) }
+
+// Timestamp is a timestamp for records of a given time.
+func Timestamp(t time.Time) *timestamppb.Timestamp { return timestamppb.New(t) }
 
 // PublishEvent announces a state change on tandem.events.<queue>.<job id> (core
 // NATS, not persisted: the record in KV is the durable truth). rev is the KV

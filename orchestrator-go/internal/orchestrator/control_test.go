@@ -52,6 +52,7 @@ func TestCancelRunning(t *testing.T) {
 	ctx := ctxT(t)
 	job := submit(t, b.client, &tandemv1.SubmitJobRequest{Steps: []*tandemv1.Step{step("test.block")}})
 	require.Equal(t, job.GetId(), <-b.compute.Started)
+	waitState(t, b.client, job.GetId(), tandemv1.JobState_JOB_STATE_RUNNING) // the deferred RUNNING write
 	c, err := b.client.CancelJob(ctx, &tandemv1.CancelJobRequest{JobId: job.GetId()})
 	require.NoError(t, err)
 	require.Equal(t, tandemv1.JobState_JOB_STATE_CANCELLED, c.GetJob().GetState())
@@ -59,6 +60,27 @@ func TestCancelRunning(t *testing.T) {
 	require.Equal(t, tandemv1.JobState_JOB_STATE_CANCELLED, final.GetState())
 	require.NotNil(t, final.GetAttempts()[0].GetError())
 	// The worker let go of it: the message is acked, nothing in flight.
+	require.Eventually(t, func() bool {
+		q, err := b.client.ListQueues(ctx, &tandemv1.ListQueuesRequest{})
+		return err == nil && q.GetQueues()[0].GetInFlight() == 0
+	}, 10*time.Second, 20*time.Millisecond)
+	require.Equal(t, 1, b.compute.Calls(job.GetId()))
+}
+
+// TestCancelRunningBeforeItsRunningWrite cancels a job in its first
+// moments, before the attempt wrote RUNNING: the compute call is cancelled
+// all the same and the job ends CANCELLED, once.
+func TestCancelRunningBeforeItsRunningWrite(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := ctxT(t)
+	job := submit(t, b.client, &tandemv1.SubmitJobRequest{Steps: []*tandemv1.Step{step("test.block")}})
+	require.Equal(t, job.GetId(), <-b.compute.Started)
+	c, err := b.client.CancelJob(ctx, &tandemv1.CancelJobRequest{JobId: job.GetId()})
+	require.NoError(t, err)
+	require.Equal(t, tandemv1.JobState_JOB_STATE_CANCELLED, c.GetJob().GetState())
+	final, _ := waitTerminal(t, b.client, job.GetId())
+	require.Equal(t, tandemv1.JobState_JOB_STATE_CANCELLED, final.GetState())
 	require.Eventually(t, func() bool {
 		q, err := b.client.ListQueues(ctx, &tandemv1.ListQueuesRequest{})
 		return err == nil && q.GetQueues()[0].GetInFlight() == 0

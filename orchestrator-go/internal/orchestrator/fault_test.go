@@ -159,10 +159,32 @@ func TestWorkerDiesMidRunIsRedelivered(t *testing.T) {
 		o.queues = []config.Queue{q}
 		o.fault = crashAt("worker.after_running")
 	})
-	job := submit(t, b.client, &tandemv1.SubmitJobRequest{Steps: []*tandemv1.Step{step("hash.sha256")}, Payload: []byte("x")})
+	// Long enough for the deferred RUNNING write (250 ms), after which the
+	// worker "dies": the recorded attempt counts.
+	job := submit(t, b.client, &tandemv1.SubmitJobRequest{Steps: []*tandemv1.Step{step("test.sleep", "ms", "600")}, Payload: []byte("x")})
 	final, _ := waitTerminal(t, b.client, job.GetId())
 	require.Equal(t, tandemv1.JobState_JOB_STATE_SUCCEEDED, final.GetState())
 	require.EqualValues(t, 2, final.GetAttempt()) // attempt 1 died after RUNNING
+	require.Len(t, final.GetAttempts(), 2)
+	require.Equal(t, 2, b.compute.Calls(job.GetId())) // the first call was cut off by the "crash"
+}
+
+// TestWorkerDiesBeforeAnyWrite: a worker that dies before the attempt wrote
+// anything leaves the job as it was (QUEUED, no record); the redelivery runs
+// it as attempt 1, once.
+func TestWorkerDiesBeforeAnyWrite(t *testing.T) {
+	t.Parallel()
+	q := testQueue(config.DefaultQueue)
+	q.JobTimeout = time.Second // AckWait = 2s
+	b := setup(t, func(o *setupOpts) {
+		o.queues = []config.Queue{q}
+		o.fault = crashAt("worker.after_start")
+	})
+	job := submit(t, b.client, &tandemv1.SubmitJobRequest{Steps: []*tandemv1.Step{step("hash.sha256")}, Payload: []byte("x")})
+	final, _ := waitTerminal(t, b.client, job.GetId())
+	require.Equal(t, tandemv1.JobState_JOB_STATE_SUCCEEDED, final.GetState())
+	require.EqualValues(t, 1, final.GetAttempt())
+	require.Len(t, final.GetAttempts(), 1)
 	require.Equal(t, 1, b.compute.Calls(job.GetId()))
 }
 
@@ -210,7 +232,9 @@ func TestSubmitAtomicity(t *testing.T) {
 			b := startOrchestrator(t, setupOpts{natsURL: url, compute: stub})
 			r, err := b.client.SubmitJob(ctxT(t), req)
 			require.NoError(t, err)
-			require.True(t, r.GetDeduplicated())
+			// Before the message, nothing of the first submit is left: the
+			// retry is a first submit. After it, the retry finds the job.
+			require.Equal(t, point == "submit.after_publish", r.GetDeduplicated())
 			final, _ := waitTerminal(t, b.client, r.GetJob().GetId())
 			require.Equal(t, tandemv1.JobState_JOB_STATE_SUCCEEDED, final.GetState())
 			require.Equal(t, payload, final.GetResult())

@@ -129,8 +129,13 @@ func TestTerminalRecordsExpireWithResultTTL(t *testing.T) {
 		_, err := b.client.GetJob(ctxT(t), &tandemv1.GetJobRequest{JobId: job.GetId()})
 		return status.Code(err) == codes.NotFound
 	}, 15*time.Second, 50*time.Millisecond)
-	// The idempotency key expired with it: the same key makes a new job.
+	// The idempotency key expired with it: the same key makes a new job
+	// (with the same id: ids of keyed submits derive from the key), which
+	// runs again.
 	again, err := b.client.SubmitJob(ctxT(t), req)
 	require.NoError(t, err)
-	require.NotEqual(t, job.GetId(), again.GetJob().GetId())
+	require.False(t, again.GetDeduplicated())
+	final, _ = waitTerminal(t, b.client, again.GetJob().GetId())
+	require.Equal(t, tandemv1.JobState_JOB_STATE_SUCCEEDED, final.GetState())
+	require.Equal(t, 2, b.compute.Calls(job.GetId()))
 }

@@ -82,7 +82,7 @@ func TestStreamReplicasOnACluster(t *testing.T) {
 		names[name] = true
 	}
 	for _, want := range []string{
-		broker.QueueStream("default"), broker.DLQStream, "KV_" + broker.JobsBucket, "KV_" + broker.IdemBucket,
+		broker.QueueStream("default"), broker.DLQStream, "KV_" + broker.JobsBucket,
 		"OBJ_" + broker.PayloadsBucket, "OBJ_" + broker.ResultsBucket("default"),
 	} {
 		require.True(t, names[want], "stream %s missing (have %v)", want, names)

@@ -21,13 +21,21 @@ import (
 // then terminates the message — in that order, so a crash at any point leaves
 // the job either still in its queue or in the dead-letter stream.
 func (p *Pool) deadLetter(ctx context.Context, a *attempt, e *apierr.Error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.settle() {
+		return
+	}
 	msg, rec, attempt, log := a.msg, a.rec, a.number, a.log
 	cur := rec.Job
-	if cur.GetAttempt() != attempt || cur.GetState() != tandemv1.JobState_JOB_STATE_RUNNING {
+	if !a.owns(cur) {
 		p.fenced(a, cur)
 		return
 	}
 	dead := proto.Clone(cur).(*tandemv1.Job)
+	if !a.started {
+		p.applyStart(a, dead)
+	}
 	dead.State = tandemv1.JobState_JOB_STATE_DEAD
 	dead.FinishedAt = jobstore.Now()
 	dead.LastError = apierr.Proto(e)

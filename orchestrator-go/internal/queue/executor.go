@@ -8,12 +8,12 @@ import (
 	"maps"
 	"runtime/debug"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	otelcodes "go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
-	"google.golang.org/protobuf/proto"
 
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
 	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
@@ -29,8 +29,10 @@ import (
 // The job executor runs one delivery of a job message in three stages, each
 // in its own function:
 //
-//	begin     decode, repair a missing record, skip finished jobs, start the
-//	          attempt (RUNNING, attempt+1, by CAS)
+//	begin     decode, read the record (the message itself while none is
+//	          written), skip finished jobs, start the attempt in memory;
+//	          the RUNNING write waits runningAfter (start.go), so a short
+//	          job's only write is its terminal one
 //	execute   the step call with its deadline, in-progress acks, cancellation
 //	classify  one table from what happened to what must happen (verdict)
 //	report    the state write, event and ack/nak/term the verdict asks for
@@ -56,6 +58,18 @@ type attempt struct {
 	span   trace.Span
 	// lastProgress is when progress was last written to the record.
 	lastProgress time.Time
+
+	// mu guards rec, started and settled between the executing goroutine
+	// and the delayed RUNNING write (start.go).
+	mu sync.Mutex
+	// started: the RUNNING write of this attempt is in the record.
+	started bool
+	// settled: the outcome is being written; no RUNNING write after it.
+	settled bool
+	// crashed: a simulated crash (fault injection) abandoned the attempt.
+	crashed      bool
+	runningTimer *time.Timer
+	began        time.Time
 }
 
 // result is what execute got back.
@@ -153,6 +167,7 @@ func (p *Pool) begin(msg jetstream.Msg, jobID *string) (*attempt, bool) {
 	case j.GetState() == tandemv1.JobState_JOB_STATE_RUNNING && j.GetAttempt() >= a.maxAttempts:
 		// The previous attempt's worker died or stalled past AckWait, and it was the last.
 		a.number = j.GetAttempt()
+		a.started = true
 		a.log = log.With("attempt", a.number)
 		p.deadLetter(ctx, a, apierr.Timeout("attempt %d did not finish (worker lost or stalled past AckWait)", j.GetAttempt()))
 		return nil, false
@@ -167,20 +182,7 @@ func (p *Pool) begin(msg jetstream.Msg, jobID *string) (*attempt, bool) {
 		a.prevState = tandemv1.JobState_JOB_STATE_RETRYING
 	}
 	a.number = j.GetAttempt() + 1
-	now := jobstore.Now()
-	j.State = tandemv1.JobState_JOB_STATE_RUNNING
-	j.Attempt = a.number
-	if j.StartedAt == nil {
-		j.StartedAt = now
-	}
-	j.Attempts = append(j.Attempts, &tandemv1.Attempt{Number: a.number, StartedAt: now, Worker: p.WorkerID,
-		TraceId: tracectx.TraceID(msg.Headers().Get(tracectx.Header))})
-	if err := p.Store.Update(ctx, rec); err != nil {
-		// Someone changed it (a cancel, another delivery): look again later.
-		log.Debug("could not start attempt", "error", err)
-		_ = msg.NakWithDelay(100 * time.Millisecond)
-		return nil, false
-	}
+	a.began = time.Now()
 	// The attempt's span: a child of the job's submit span (its context
 	// travels in the message header), parent of the step calls' spans.
 	_, span := telemetry.Tracer().Start(telemetry.FromHeader(context.Background(), msg.Headers()), "tandem.job.attempt",
@@ -190,13 +192,13 @@ func (p *Pool) begin(msg jetstream.Msg, jobID *string) (*attempt, bool) {
 	if sc := span.SpanContext(); sc.IsSampled() {
 		a.log = a.log.With("span_id", sc.SpanID().String())
 	}
-	p.Store.PublishEvent(j, rec.Rev)
-	if p.fault("worker.after_running") != nil {
+	if p.fault("worker.after_start") != nil {
 		span.End()
-		return nil, false // simulated crash: no ack, no nak; AckWait redelivers
+		return nil, false // simulated crash before any write: AckWait redelivers, the attempt uncounted
 	}
 	jctx, cancel := context.WithCancelCause(p.runCtx)
 	a.jctx, a.cancel = trace.ContextWithSpan(jctx, span), cancel
+	a.runningTimer = time.AfterFunc(runningAfter, func() { p.markRunning(a) })
 	return a, true
 }
 
@@ -388,28 +390,7 @@ func (p *Pool) progress(ctx context.Context, a *attempt, step int, fraction floa
 		return
 	}
 	a.lastProgress = time.Now()
-	for range 3 {
-		cur := a.rec.Job
-		if cur.GetState() != tandemv1.JobState_JOB_STATE_RUNNING || cur.GetAttempt() != a.number {
-			return
-		}
-		next := proto.Clone(cur).(*tandemv1.Job)
-		next.Progress = &tandemv1.Progress{Step: uint32(step), Fraction: fraction, Message: message, UpdatedAt: jobstore.Now()}
-		try := &jobstore.Record{Job: next, Rev: a.rec.Rev}
-		err := p.Store.Update(ctx, try)
-		if errors.Is(err, jobstore.ErrConflict) {
-			fresh, gerr := p.Store.Get(ctx, cur.GetId())
-			if gerr != nil {
-				return
-			}
-			*a.rec = *fresh
-			continue
-		}
-		if err != nil {
-			return // progress is best effort; the step goes on
-		}
-		*a.rec = *try
-		p.Store.PublishEvent(next, try.Rev)
-		return
-	}
+	p.writeStarted(ctx, a, func(j *tandemv1.Job) {
+		j.Progress = &tandemv1.Progress{Step: uint32(step), Fraction: fraction, Message: message, UpdatedAt: jobstore.Now()}
+	})
 }

@@ -19,7 +19,12 @@ import (
 // report carries out an outcome's verdict.
 func (p *Pool) report(a *attempt, res result, oc outcome) {
 	ctx := context.Background()
-	j := a.rec.Job
+	a.mu.Lock()
+	j, crashed := a.rec.Job, a.crashed
+	a.mu.Unlock()
+	if crashed {
+		return // a simulated crash: nothing more happens to this delivery
+	}
 	switch oc.verdict {
 	case verdictConfirmCancel:
 		// CancelJob already wrote CANCELLED; confirm and ack.
@@ -85,16 +90,31 @@ const (
 // if the record moved on (a newer attempt, a cancel) this delivery is stale and
 // must not overwrite it.
 func (p *Pool) finish(ctx context.Context, a *attempt, apply func(j *tandemv1.Job) settle, delay time.Duration) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.settle() {
+		return
+	}
 	rec, msg := a.rec, a.msg
 	for range 20 {
 		cur := rec.Job
-		if cur.GetState() != tandemv1.JobState_JOB_STATE_RUNNING || cur.GetAttempt() != a.number {
+		if !a.owns(cur) {
 			p.fenced(a, cur)
 			return
 		}
 		next := proto.Clone(cur).(*tandemv1.Job)
+		if !a.started {
+			// The deferred RUNNING write never happened: the outcome write
+			// carries the attempt's start too.
+			p.applyStart(a, next)
+		}
 		st := apply(next)
 		if st == settleKeep {
+			// No write wanted (CancelJob already wrote CANCELLED): settle
+			// the message by the record as it is now.
+			if fresh, err := p.Store.Get(ctx, cur.GetId()); err == nil {
+				cur = fresh.Job
+			}
 			p.fenced(a, cur)
 			return
 		}
@@ -154,6 +174,16 @@ func (p *Pool) fenced(a *attempt, cur *tandemv1.Job) {
 // handBack returns the message without counting the attempt: the record goes
 // back to QUEUED/RETRYING with the attempt number it had.
 func (p *Pool) handBack(ctx context.Context, a *attempt, delay time.Duration) {
+	a.mu.Lock()
+	if !a.started {
+		// Nothing of the attempt was written: giving the message back is all.
+		if a.settle() {
+			_ = a.msg.NakWithDelay(delay)
+		}
+		a.mu.Unlock()
+		return
+	}
+	a.mu.Unlock()
 	p.finish(ctx, a, func(j *tandemv1.Job) settle {
 		j.Attempt = a.number - 1
 		if n := len(j.Attempts); n > 0 && j.Attempts[n-1].GetNumber() == a.number {

@@ -125,7 +125,11 @@ type Job struct {
 	// Per-job timeout applied to each attempt.
 	Timeout *durationpb.Duration `protobuf:"bytes,19,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	// Progress reported by the running step of a user's op, if any.
-	Progress      *Progress `protobuf:"bytes,20,opt,name=progress,proto3" json:"progress,omitempty"`
+	Progress *Progress `protobuf:"bytes,20,opt,name=progress,proto3" json:"progress,omitempty"`
+	// SHA-256 (hex) of the submit request, kept with a job submitted with an
+	// idempotency key, so that a later submit with the same key but a
+	// different request is told apart (IDEMPOTENCY_CONFLICT).
+	RequestHash   string `protobuf:"bytes,21,opt,name=request_hash,json=requestHash,proto3" json:"request_hash,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -298,6 +302,13 @@ func (x *Job) GetProgress() *Progress {
 		return x.Progress
 	}
 	return nil
+}
+
+func (x *Job) GetRequestHash() string {
+	if x != nil {
+		return x.RequestHash
+	}
+	return ""
 }
 
 // Progress is what a running step last reported.
@@ -2232,7 +2243,7 @@ var File_tandem_v1_jobs_proto protoreflect.FileDescriptor
 
 const file_tandem_v1_jobs_proto_rawDesc = "" +
 	"\n" +
-	"\x14tandem/v1/jobs.proto\x12\ttandem.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17tandem/v1/compute.proto\x1a\x16tandem/v1/errors.proto\x1a\x16tandem/v1/worker.proto\"\x93\a\n" +
+	"\x14tandem/v1/jobs.proto\x12\ttandem.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17tandem/v1/compute.proto\x1a\x16tandem/v1/errors.proto\x1a\x16tandem/v1/worker.proto\"\xb6\a\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\tR\x05queue\x12)\n" +
@@ -2260,7 +2271,8 @@ const file_tandem_v1_jobs_proto_rawDesc = "" +
 	"\x13result_content_type\x18\x11 \x01(\tR\x11resultContentType\x12\x16\n" +
 	"\x06result\x18\x12 \x01(\fR\x06result\x123\n" +
 	"\atimeout\x18\x13 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12/\n" +
-	"\bprogress\x18\x14 \x01(\v2\x13.tandem.v1.ProgressR\bprogress\x1a9\n" +
+	"\bprogress\x18\x14 \x01(\v2\x13.tandem.v1.ProgressR\bprogress\x12!\n" +
+	"\frequest_hash\x18\x15 \x01(\tR\vrequestHash\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8f\x01\n" +
