@@ -31,7 +31,7 @@ func (p *Pool) report(a *attempt, res result, oc outcome) {
 		p.finish(ctx, a, func(*tandemv1.Job) settle { return settleKeep }, 0)
 	case verdictHandBack:
 		if oc.err != nil {
-			a.log.Info("job handed back; the attempt does not count", "why", oc.why, "delay", oc.delay.String(), "error", oc.err.Message)
+			a.log.Info("job handed back; the attempt does not count", "why", oc.why, "delay", oc.delay.String(), "reason", oc.err.Reason.String(), "error", oc.err.Message)
 		}
 		p.handBack(ctx, a, oc.delay)
 	case verdictSucceed:
