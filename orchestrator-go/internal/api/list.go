@@ -11,6 +11,7 @@ import (
 
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
 	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
+	"github.com/tandem/tandem/orchestrator-go/internal/auth"
 	"github.com/tandem/tandem/orchestrator-go/internal/broker"
 	"github.com/tandem/tandem/orchestrator-go/internal/ident"
 )
@@ -32,6 +33,9 @@ func (s *Service) ListJobs(ctx context.Context, req *tandemv1.ListJobsRequest) (
 func (s *Service) listJobs(ctx context.Context, req *tandemv1.ListJobsRequest) (*tandemv1.ListJobsResponse, error) {
 	if q := req.GetQueue(); q != "" {
 		if err := ident.Queue("queue", q); err != nil {
+			return nil, err
+		}
+		if err := auth.Require(ctx, q, auth.Read); err != nil {
 			return nil, err
 		}
 	}
@@ -98,7 +102,7 @@ func (s *Service) listJobs(ctx context.Context, req *tandemv1.ListJobsRequest) (
 				continue // a delete, purge or expiry marker
 			}
 			j := &tandemv1.Job{}
-			if proto.Unmarshal(m.Data(), j) != nil || !matches(j, req) {
+			if proto.Unmarshal(m.Data(), j) != nil || !matches(j, req) || !auth.Can(ctx, j.GetQueue(), auth.Read) {
 				continue
 			}
 			j.Result = nil

@@ -108,7 +108,8 @@ func TestPoolScalesUpToMaxWorkers(t *testing.T) {
 }
 
 // The happy path of one job costs 4 persisted JetStream writes: record
-// QUEUED, job message, record RUNNING, record SUCCEEDED (plus the ack).
+// QUEUED, job message, record RUNNING, record SUCCEEDED (plus the ack), and
+// its submit call one audit entry (an async publish to TANDEM_AUDIT).
 func TestPersistedWritesPerJob(t *testing.T) {
 	t.Parallel()
 	url := startNATS(t)
@@ -124,15 +125,20 @@ func TestPersistedWritesPerJob(t *testing.T) {
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
-	writes := uint64(0)
+	writes, audited := uint64(0), uint64(0)
 	names := js.StreamNames(context.Background())
 	for name := range names.Name() {
 		s, err := js.Stream(context.Background(), name)
 		require.NoError(t, err)
+		if name == broker.AuditStream {
+			audited = s.CachedInfo().State.LastSeq
+			continue
+		}
 		writes += s.CachedInfo().State.LastSeq
 	}
 	require.NoError(t, names.Err())
 	require.EqualValues(t, 4*n, writes)
+	require.EqualValues(t, n, audited, "one audit entry per submit call")
 	qi, err := js.Stream(context.Background(), broker.QueueStream("default"))
 	require.NoError(t, err)
 	require.EqualValues(t, 0, qi.CachedInfo().State.Msgs, "acked messages leave the work queue")
