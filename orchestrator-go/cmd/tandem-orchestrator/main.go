@@ -1,6 +1,7 @@
 // Command tandem-orchestrator accepts jobs over gRPC, keeps them in NATS
 // JetStream queues and runs them on the compute service. Run with --help for
 // flags; every flag is also a TANDEM_ORCH_* environment variable.
+// `tandem-orchestrator token create|list|revoke` manages API tokens.
 package main
 
 import (
@@ -17,11 +18,15 @@ import (
 	"github.com/tandem/tandem/orchestrator-go/internal/config"
 	"github.com/tandem/tandem/orchestrator-go/internal/orchestrator"
 	"github.com/tandem/tandem/orchestrator-go/internal/telemetry"
+	"github.com/tandem/tandem/orchestrator-go/internal/tokencmd"
 )
 
 func main() { os.Exit(run()) }
 
 func run() int {
+	if len(os.Args) > 1 && os.Args[1] == "token" {
+		return tokencmd.Run(os.Args[2:], os.Getenv, os.Stdout, os.Stderr)
+	}
 	cfg, err := config.Parse(os.Args[1:], os.Getenv, os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0

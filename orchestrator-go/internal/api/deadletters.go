@@ -11,6 +11,7 @@ import (
 
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
 	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
+	"github.com/tandem/tandem/orchestrator-go/internal/auth"
 	"github.com/tandem/tandem/orchestrator-go/internal/broker"
 	"github.com/tandem/tandem/orchestrator-go/internal/ident"
 	"github.com/tandem/tandem/orchestrator-go/internal/jobstore"
@@ -95,7 +96,7 @@ func (s *Service) getDeadLetter(ctx context.Context, queue, id string) (*deadLet
 }
 
 func (s *Service) listDeadLetters(ctx context.Context, req *tandemv1.ListDeadLettersRequest) (*tandemv1.ListDeadLettersResponse, error) {
-	q, err := s.queue(req.GetQueue())
+	q, err := s.queueFor(ctx, req.GetQueue(), auth.Read)
 	if err != nil {
 		return nil, err
 	}
@@ -146,7 +147,7 @@ func (s *Service) targets(ctx context.Context, queue string, ids []string, all b
 // remove the dead letter. A crash in between leaves the dead letter in place
 // and a repeated RetryDeadLetters completes it.
 func (s *Service) retryDeadLetters(ctx context.Context, req *tandemv1.RetryDeadLettersRequest) (*tandemv1.RetryDeadLettersResponse, error) {
-	q, err := s.queue(req.GetQueue())
+	q, err := s.queueFor(ctx, req.GetQueue(), auth.Admin)
 	if err != nil {
 		return nil, err
 	}
@@ -209,7 +210,7 @@ func (s *Service) retryDeadLetters(ctx context.Context, req *tandemv1.RetryDeadL
 }
 
 func (s *Service) purgeDeadLetters(ctx context.Context, req *tandemv1.PurgeDeadLettersRequest) (*tandemv1.PurgeDeadLettersResponse, error) {
-	q, err := s.queue(req.GetQueue())
+	q, err := s.queueFor(ctx, req.GetQueue(), auth.Admin)
 	if err != nil {
 		return nil, err
 	}

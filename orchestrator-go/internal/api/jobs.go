@@ -13,6 +13,8 @@ import (
 
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
 	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
+	"github.com/tandem/tandem/orchestrator-go/internal/audit"
+	"github.com/tandem/tandem/orchestrator-go/internal/auth"
 	"github.com/tandem/tandem/orchestrator-go/internal/broker"
 	"github.com/tandem/tandem/orchestrator-go/internal/ident"
 	"github.com/tandem/tandem/orchestrator-go/internal/jobstore"
@@ -25,6 +27,9 @@ func (s *Service) getJob(ctx context.Context, req *tandemv1.GetJobRequest) (*tan
 	rec, err := s.Store.Get(ctx, req.GetJobId())
 	if err != nil {
 		return nil, err
+	}
+	if !auth.Can(ctx, rec.Job.GetQueue(), auth.Read) {
+		return nil, apierr.JobNotFound(req.GetJobId()) // no existence leak
 	}
 	j, err := s.Store.View(ctx, rec.Job, req.GetIncludeResult())
 	if err != nil {
@@ -141,6 +146,9 @@ func (s *Service) watchJobs(req *tandemv1.WatchJobsRequest, stream tandemv1.JobS
 		if !pending[id] || rev != 0 && rev <= lastRev[id] {
 			return nil // finished already, or older than what was sent
 		}
+		if !auth.Can(ctx, j.GetQueue(), auth.Read) {
+			return apierr.JobNotFound(id) // a queue the caller cannot read: as if absent
+		}
 		v, vrev, err := s.view(ctx, j, rev, isRecord, req.GetIncludeResult())
 		if err != nil {
 			return err
@@ -173,6 +181,21 @@ func (s *Service) watchJobs(req *tandemv1.WatchJobsRequest, stream tandemv1.JobS
 			}
 		}
 		return nil
+	}
+	if !auth.FromContext(ctx).CanEvery(auth.Read) {
+		// Check every id before sending anything: a job of a queue the
+		// caller cannot read is NOT_FOUND, as if it did not exist.
+		for _, id := range ids {
+			gctx, cancel := s.callCtx(ctx)
+			rec, err := s.Store.Get(gctx, id)
+			cancel()
+			if err != nil {
+				return err
+			}
+			if !auth.Can(ctx, rec.Job.GetQueue(), auth.Read) {
+				return apierr.JobNotFound(id)
+			}
+		}
 	}
 	if err := resync(); err != nil {
 		return err
@@ -229,7 +252,7 @@ func (s *Service) watchJobs(req *tandemv1.WatchJobsRequest, stream tandemv1.JobS
 // (slow consumer), or the connection to NATS was lost (events published
 // meanwhile are gone), the watch ends with a status saying so, never silently.
 func (s *Service) watchQueue(ctx context.Context, req *tandemv1.WatchJobsRequest, stream tandemv1.JobService_WatchJobsServer) error {
-	q, err := s.queue(req.GetQueue())
+	q, err := s.queueFor(ctx, req.GetQueue(), auth.Read)
 	if err != nil {
 		return err
 	}
@@ -309,6 +332,13 @@ func (s *Service) cancelJob(ctx context.Context, req *tandemv1.CancelJobRequest)
 		return nil, err
 	}
 	rec, err := s.Store.Mutate(ctx, req.GetJobId(), s.resultTTL, func(j *tandemv1.Job) (bool, error) {
+		if !auth.Can(ctx, j.GetQueue(), auth.Read) {
+			return false, apierr.JobNotFound(j.GetId()) // no existence leak
+		}
+		audit.SetQueue(ctx, j.GetQueue())
+		if err := auth.Require(ctx, j.GetQueue(), auth.Cancel); err != nil {
+			return false, err
+		}
 		if jobstore.Terminal(j.GetState()) {
 			return false, apierr.JobStateConflict(j.GetId(), j.GetState(), "cancel")
 		}

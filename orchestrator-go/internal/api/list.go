@@ -12,6 +12,7 @@ import (
 
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
 	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
+	"github.com/tandem/tandem/orchestrator-go/internal/auth"
 	"github.com/tandem/tandem/orchestrator-go/internal/broker"
 	"github.com/tandem/tandem/orchestrator-go/internal/ident"
 	"github.com/tandem/tandem/orchestrator-go/internal/jobstore"
@@ -34,6 +35,9 @@ func (s *Service) ListJobs(ctx context.Context, req *tandemv1.ListJobsRequest) (
 func (s *Service) listJobs(ctx context.Context, req *tandemv1.ListJobsRequest) (*tandemv1.ListJobsResponse, error) {
 	if q := req.GetQueue(); q != "" {
 		if err := ident.Queue("queue", q); err != nil {
+			return nil, err
+		}
+		if err := auth.Require(ctx, q, auth.Read); err != nil {
 			return nil, err
 		}
 	}
@@ -70,7 +74,7 @@ func (s *Service) listJobs(ctx context.Context, req *tandemv1.ListJobsRequest) (
 			return
 		}
 		recorded[j.GetId()] = true
-		if matches(j, req) {
+		if matches(j, req) && auth.Can(ctx, j.GetQueue(), auth.Read) {
 			j.Result = nil
 			jobs = append(jobs, j)
 		}
@@ -88,7 +92,7 @@ func (s *Service) listJobs(ctx context.Context, req *tandemv1.ListJobsRequest) (
 					return
 				}
 				spec.UpdatedAt = spec.GetCreatedAt()
-				if matches(spec, req) {
+				if matches(spec, req) && auth.Can(ctx, spec.GetQueue(), auth.Read) {
 					jobs = append(jobs, spec)
 				}
 			})

@@ -10,6 +10,7 @@ import (
 
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
 	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
+	"github.com/tandem/tandem/orchestrator-go/internal/auth"
 	"github.com/tandem/tandem/orchestrator-go/internal/broker"
 )
 
@@ -54,6 +55,9 @@ func (s *Service) queueInfo(ctx context.Context, name string) (*tandemv1.QueueIn
 func (s *Service) listQueues(ctx context.Context) (*tandemv1.ListQueuesResponse, error) {
 	out := &tandemv1.ListQueuesResponse{}
 	for _, name := range s.queueNames() {
+		if !auth.Can(ctx, name, auth.Read) {
+			continue // ListQueues lists the queues the caller can read
+		}
 		qi, err := s.queueInfo(ctx, name)
 		if err != nil {
 			return nil, err
@@ -73,7 +77,7 @@ const pauseFor = 100 * 365 * 24 * time.Hour
 // setPaused pauses or resumes the queue's durable consumer on the server, so
 // every orchestrator sharing it stops (or resumes) pulling; submits still queue.
 func (s *Service) setPaused(ctx context.Context, queue string, paused bool) (*tandemv1.QueueInfo, error) {
-	q, err := s.queue(queue)
+	q, err := s.queueFor(ctx, queue, auth.Admin)
 	if err != nil {
 		return nil, err
 	}

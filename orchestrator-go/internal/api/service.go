@@ -12,6 +12,8 @@ import (
 
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
 	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
+	"github.com/tandem/tandem/orchestrator-go/internal/audit"
+	"github.com/tandem/tandem/orchestrator-go/internal/auth"
 	"github.com/tandem/tandem/orchestrator-go/internal/broker"
 	"github.com/tandem/tandem/orchestrator-go/internal/compute"
 	"github.com/tandem/tandem/orchestrator-go/internal/config"
@@ -100,6 +102,21 @@ func (s *Service) queue(name string) (config.Queue, error) {
 	return p.Config(), nil
 }
 
+// queueFor resolves a queue the caller needs scope on: the name is checked,
+// then the scope (before the lookup, so a caller without rights learns
+// nothing about which queues exist), then the queue.
+func (s *Service) queueFor(ctx context.Context, name string, scope auth.Scope) (config.Queue, error) {
+	if name == "" {
+		name = config.DefaultQueue
+	} else if err := ident.Queue("queue", name); err != nil {
+		return config.Queue{}, err
+	}
+	if err := auth.Require(ctx, name, scope); err != nil {
+		return config.Queue{}, err
+	}
+	return s.queue(name)
+}
+
 // resultTTL is the TTL of a job's terminal record: its queue's result_ttl.
 func (s *Service) resultTTL(j *tandemv1.Job) time.Duration {
 	if p, ok := s.Pools[j.GetQueue()]; ok {
@@ -159,6 +176,14 @@ func (s *Service) PurgeDeadLetters(ctx context.Context, req *tandemv1.PurgeDeadL
 // ListQueues implements JobService.
 func (s *Service) ListQueues(ctx context.Context, req *tandemv1.ListQueuesRequest) (*tandemv1.ListQueuesResponse, error) {
 	return wrap(s.listQueues(ctx))
+}
+
+// ListAudit implements JobService: admin on every queue.
+func (s *Service) ListAudit(ctx context.Context, req *tandemv1.ListAuditRequest) (*tandemv1.ListAuditResponse, error) {
+	if err := auth.RequireEvery(ctx, auth.Admin); err != nil {
+		return nil, apierr.Status(err)
+	}
+	return wrap(audit.List(ctx, s.Broker.Audit(), req))
 }
 
 // PauseQueue implements JobService.

@@ -16,6 +16,7 @@ import (
 
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
 	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
+	"github.com/tandem/tandem/orchestrator-go/internal/auth"
 	"github.com/tandem/tandem/orchestrator-go/internal/broker"
 	"github.com/tandem/tandem/orchestrator-go/internal/compute"
 	"github.com/tandem/tandem/orchestrator-go/internal/config"
@@ -50,7 +51,7 @@ type prepared struct {
 
 // validate checks a request and builds the job record (state QUEUED).
 func (s *Service) validate(ctx context.Context, req *tandemv1.SubmitJobRequest) (config.Queue, *tandemv1.Job, error) {
-	q, err := s.queue(req.GetQueue())
+	q, err := s.queueFor(ctx, req.GetQueue(), auth.Submit)
 	if err != nil {
 		return q, nil, err
 	}

@@ -34,6 +34,7 @@ const (
 	KeyQueue        = "queue"
 	KeyJobID        = "job_id"
 	KeyRetryAfterMs = "retry_after_ms"
+	KeyScope        = "scope"
 )
 
 // Error is a Tandem error: a gRPC code, a catalogue reason, a message naming
@@ -110,6 +111,33 @@ func IdempotencyConflict(queue, key, jobID string) *Error {
 func DeadLetterNotFound(queue, id string) *Error {
 	return New(tandemv1.ErrorReason_DEAD_LETTER_NOT_FOUND,
 		fmt.Sprintf("no dead letter for job %s in queue %s", Quote(id), Quote(queue)), KeyQueue, queue, KeyJobID, id)
+}
+
+func Unauthenticated(format string, a ...any) *Error {
+	return New(tandemv1.ErrorReason_UNAUTHENTICATED, fmt.Sprintf(format, a...))
+}
+
+func TokenExpired(id string, at time.Time) *Error {
+	return New(tandemv1.ErrorReason_TOKEN_EXPIRED, fmt.Sprintf("token %s expired at %s", Quote(id), at.UTC().Format(time.RFC3339)))
+}
+
+// PermissionDenied: the caller's token lacks scope on queue ("*": every queue).
+func PermissionDenied(scope, queue string) *Error {
+	where := "queue " + Quote(queue)
+	if queue == "*" {
+		where = "every queue"
+	}
+	return New(tandemv1.ErrorReason_PERMISSION_DENIED, fmt.Sprintf("this call needs scope %s on %s", scope, where),
+		KeyScope, scope, KeyQueue, queue)
+}
+
+func RateLimited(limit float64, retryAfter time.Duration) *Error {
+	retryAfter = max(retryAfter, time.Millisecond)
+	e := New(tandemv1.ErrorReason_RATE_LIMITED,
+		fmt.Sprintf("more than %g calls per second from this caller; retry after %s", limit, retryAfter.Round(time.Millisecond)),
+		KeyLimit, strconv.FormatFloat(limit, 'g', -1, 64), KeyRetryAfterMs, strconv.FormatInt(max(1, retryAfter.Milliseconds()), 10))
+	e.RetryAfter = retryAfter
+	return e
 }
 
 func ComputeUnavailable(format string, a ...any) *Error {

@@ -25,8 +25,11 @@ import (
 
 // JetStream layout. See README.md.
 const (
-	JobsBucket      = "tandem_jobs"     // KV: job id -> Job record (protobuf)
-	OpsBucket       = "tandem_ops"      // KV: op name -> OpSpec registered by op workers
+	JobsBucket      = "tandem_jobs"   // KV: job id -> Job record (protobuf)
+	OpsBucket       = "tandem_ops"    // KV: op name -> OpSpec registered by op workers
+	TokensBucket    = "tandem_tokens" // KV: token id -> salted hash and scopes (JSON, internal/auth)
+	AuditStream     = "TANDEM_AUDIT"  // audit trail, subject tandem.audit.<action>.<...> (internal/audit)
+	AuditSubjects   = "tandem.audit.>"
 	PayloadsBucket  = "tandem_payloads" // object store: large payloads, deleted when the job ends
 	resultsBase     = "tandem_results_" // object store per queue: large results, expire with its result_ttl
 	DLQStream       = "TANDEM_DLQ"      // dead letters, subject tandem.dlq.<queue>.<job id>
@@ -96,6 +99,30 @@ type Options struct {
 	Name       string // connection name
 	// Replicas of every stream, KV bucket and object store (0 or 1: one copy).
 	Replicas int
+	// AuditMaxAge is the retention of the audit stream (0: 720h).
+	AuditMaxAge time.Duration
+}
+
+// DefaultAuditMaxAge is the audit stream's retention when none is given.
+const DefaultAuditMaxAge = 720 * time.Hour
+
+// TokensConfig is the token bucket's configuration.
+func TokensConfig(replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket: TokensBucket, Description: "Tandem API tokens (id -> salted SHA-256 of the secret, scopes)", History: 1,
+		Storage: jetstream.FileStorage, Replicas: max(1, replicas),
+	}
+}
+
+// AuditConfig is the audit stream's configuration.
+func AuditConfig(replicas int, maxAge time.Duration) jetstream.StreamConfig {
+	if maxAge <= 0 {
+		maxAge = DefaultAuditMaxAge
+	}
+	return jetstream.StreamConfig{
+		Name: AuditStream, Description: "Tandem audit trail: one entry per state-changing call", Subjects: []string{AuditSubjects},
+		Retention: jetstream.LimitsPolicy, MaxAge: maxAge, Storage: jetstream.FileStorage, Replicas: max(1, replicas),
+	}
 }
 
 // Broker is the orchestrator's connection to NATS with every resource
@@ -134,6 +161,8 @@ type handles struct {
 	jobs     jetstream.KeyValue
 	jobsSt   jetstream.Stream // the stream under the jobs bucket
 	ops      jetstream.KeyValue
+	tokens   jetstream.KeyValue
+	audit    jetstream.Stream
 	payloads jetstream.ObjectStore
 	results  map[string]jetstream.ObjectStore // by queue
 	dlq      jetstream.Stream
@@ -163,6 +192,12 @@ func (b *Broker) JobsStream() jetstream.Stream { return b.h().jobsSt }
 
 // Ops is the bucket of ops registered by op workers.
 func (b *Broker) Ops() jetstream.KeyValue { return b.h().ops }
+
+// Tokens is the API token bucket.
+func (b *Broker) Tokens() jetstream.KeyValue { return b.h().tokens }
+
+// Audit is the audit stream.
+func (b *Broker) Audit() jetstream.Stream { return b.h().audit }
 
 // Payloads is the large payloads object store.
 func (b *Broker) Payloads() jetstream.ObjectStore { return b.h().payloads }
@@ -304,6 +339,18 @@ func (b *Broker) Connect(ctx context.Context) error {
 	return nil
 }
 
+// Dial opens a connection with the broker's connection options (name,
+// credentials, TLS) that creates nothing and never becomes the current one:
+// for tools such as `tandem-orchestrator token`, which must not re-configure
+// the streams of running orchestrators.
+func (b *Broker) Dial() (*nats.Conn, error) {
+	nc, err := nats.Connect(b.url, append(append([]nats.Option{}, b.copts...), nats.MaxReconnects(0))...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS %s: %w", b.url, err)
+	}
+	return nc, nil
+}
+
 // ConnectLoop calls Connect until it succeeds, the broker is closed or ctx
 // ends, waiting between tries with capped exponential backoff and jitter.
 // Only one loop runs at a time.
@@ -418,6 +465,12 @@ func (b *Broker) setup(ctx context.Context, h *handles) error {
 		Replicas: b.replicas,
 	}); err != nil {
 		return fmt.Errorf("create KV %s: %w", OpsBucket, err)
+	}
+	if h.tokens, err = h.js.CreateOrUpdateKeyValue(ctx, TokensConfig(b.replicas)); err != nil {
+		return fmt.Errorf("create KV %s: %w", TokensBucket, err)
+	}
+	if h.audit, err = h.js.CreateOrUpdateStream(ctx, AuditConfig(b.replicas, b.opts.AuditMaxAge)); err != nil {
+		return fmt.Errorf("create stream %s: %w", AuditStream, err)
 	}
 	if h.payloads, err = h.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket: PayloadsBucket, Description: "Tandem payloads above the inline limit", Storage: jetstream.FileStorage, Replicas: b.replicas,

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"regexp"
 	"sort"
@@ -45,6 +46,15 @@ type Config struct {
 	// StreamReplicas is the replica count of every stream, KV bucket and
 	// object store the orchestrator creates (1..5; >1 needs a clustered server).
 	StreamReplicas int
+	// Auth requires a bearer token (KV bucket tandem_tokens) on every
+	// JobService and ComputeService call (health and reflection stay open).
+	Auth bool
+	// AuditMaxAge is how long the TANDEM_AUDIT stream keeps an entry.
+	AuditMaxAge time.Duration
+	// RateLimit is JobService calls per second per token (per peer address
+	// when auth is off); 0 = no limit. RateBurst is the token-bucket burst.
+	RateLimit float64
+	RateBurst int
 
 	Queues []Queue
 }
@@ -206,7 +216,22 @@ type flagDef struct {
 
 // Parse parses args (without the program name) and the environment.
 func Parse(args []string, getenv func(string) string, stderr io.Writer) (*Config, error) {
-	fs := flag.NewFlagSet("tandem-orchestrator", flag.ContinueOnError)
+	cfg, rest, err := ParseCommand("tandem-orchestrator", args, getenv, stderr, nil)
+	if err != nil {
+		return nil, err
+	}
+	if len(rest) > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %v", rest)
+	}
+	return cfg, nil
+}
+
+// ParseCommand parses like Parse for a subcommand (e.g. "tandem-orchestrator
+// token create"): extra registers the subcommand's own flags on the same flag
+// set, so the NATS connection flags and their TANDEM_ORCH_* variables are
+// the orchestrator's. It returns the arguments left after the flags.
+func ParseCommand(name string, args []string, getenv func(string) string, stderr io.Writer, extra func(fs *flag.FlagSet)) (*Config, []string, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
 		cfg          Config
@@ -237,22 +262,34 @@ func Parse(args []string, getenv func(string) string, stderr io.Writer) (*Config
 	defs = append(defs, flagDef{"max-message-bytes", "TANDEM_ORCH_MAX_MESSAGE_BYTES", ""})
 	fs.IntVar(&replicas, "stream-replicas", 1, "replicas of every JetStream stream, KV bucket and object store (1-5; above 1 needs a clustered server via --nats-url)")
 	defs = append(defs, flagDef{"stream-replicas", "TANDEM_ORCH_STREAM_REPLICAS", ""})
+	fs.BoolVar(&cfg.Auth, "auth", false, "require a bearer token (KV bucket tandem_tokens, made with: tandem-orchestrator token create) on JobService calls")
+	defs = append(defs, flagDef{"auth", "TANDEM_ORCH_AUTH", ""})
+	fs.DurationVar(&cfg.AuditMaxAge, "audit-max-age", 720*time.Hour, "how long the audit stream TANDEM_AUDIT keeps an entry")
+	defs = append(defs, flagDef{"audit-max-age", "TANDEM_ORCH_AUDIT_MAX_AGE", ""})
+	fs.Float64Var(&cfg.RateLimit, "rate-limit", 0, "JobService calls per second per token (per peer address when --auth is off); 0: no limit")
+	defs = append(defs, flagDef{"rate-limit", "TANDEM_ORCH_RATE_LIMIT", ""})
+	fs.IntVar(&cfg.RateBurst, "rate-burst", 0, "token-bucket burst of --rate-limit: calls allowed at once (default: max(1, rate-limit))")
+	defs = append(defs, flagDef{"rate-burst", "TANDEM_ORCH_RATE_BURST", ""})
+	if extra != nil {
+		extra(fs)
+	}
 
 	envOf := map[string]string{}
 	for _, d := range defs {
 		envOf[d.name] = d.env
 	}
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: tandem-orchestrator [flags]\n\nEvery flag can also be set by its environment variable; a flag on the command line wins.\n\n")
+		fmt.Fprintf(stderr, "Usage: %s [flags]\n\nEvery flag can also be set by its environment variable; a flag on the command line wins.\n\n", name)
 		fs.VisitAll(func(f *flag.Flag) {
-			fmt.Fprintf(stderr, "  --%s (env %s, default %q)\n    \t%s\n", f.Name, envOf[f.Name], f.DefValue, f.Usage)
+			if env := envOf[f.Name]; env != "" {
+				fmt.Fprintf(stderr, "  --%s (env %s, default %q)\n    \t%s\n", f.Name, env, f.DefValue, f.Usage)
+			} else {
+				fmt.Fprintf(stderr, "  --%s (default %q)\n    \t%s\n", f.Name, f.DefValue, f.Usage)
+			}
 		})
 	}
 	if err := fs.Parse(args); err != nil {
-		return nil, err
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+		return nil, nil, err
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -262,7 +299,7 @@ func Parse(args []string, getenv func(string) string, stderr io.Writer) (*Config
 		}
 		if v, ok := lookup(getenv, d.env); ok {
 			if err := fs.Set(d.name, v); err != nil {
-				return nil, fmt.Errorf("%s=%q: %w", d.env, v, err)
+				return nil, nil, fmt.Errorf("%s=%q: %w", d.env, v, err)
 			}
 		}
 	}
@@ -270,10 +307,10 @@ func Parse(args []string, getenv func(string) string, stderr io.Writer) (*Config
 	cfg.MaxMessageBytes = maxMsgBytes
 	cfg.StreamReplicas = replicas
 	if replicas < 1 || replicas > 5 {
-		return nil, fmt.Errorf("--stream-replicas: %d is not between 1 and 5", replicas)
+		return nil, nil, fmt.Errorf("--stream-replicas: %d is not between 1 and 5", replicas)
 	}
 	if replicas > 1 && cfg.NATSURL == "" {
-		return nil, fmt.Errorf("--stream-replicas %d needs a clustered NATS (--nats-url): the embedded server is a single node", replicas)
+		return nil, nil, fmt.Errorf("--stream-replicas %d needs a clustered NATS (--nats-url): the embedded server is a single node", replicas)
 	}
 	for _, c := range strings.Split(compute, ",") {
 		if c = strings.TrimSpace(c); c != "" {
@@ -281,23 +318,35 @@ func Parse(args []string, getenv func(string) string, stderr io.Writer) (*Config
 		}
 	}
 	if len(cfg.Compute) == 0 {
-		return nil, errors.New("--compute: at least one endpoint is required")
+		return nil, nil, errors.New("--compute: at least one endpoint is required")
 	}
 	if err := cfg.LogLevel.UnmarshalText([]byte(logLevel)); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
+		return nil, nil, fmt.Errorf("--log-level: %w", err)
 	}
 	if cfg.Durability != DurabilityAlways && cfg.Durability != DurabilityInterval {
-		return nil, fmt.Errorf("--durability: %q is neither %q nor %q", cfg.Durability, DurabilityAlways, DurabilityInterval)
+		return nil, nil, fmt.Errorf("--durability: %q is neither %q nor %q", cfg.Durability, DurabilityAlways, DurabilityInterval)
+	}
+	if cfg.AuditMaxAge < time.Minute {
+		return nil, nil, fmt.Errorf("--audit-max-age: %s is below 1m", cfg.AuditMaxAge)
+	}
+	if cfg.RateLimit < 0 {
+		return nil, nil, fmt.Errorf("--rate-limit: %g is negative (0 turns the limit off)", cfg.RateLimit)
+	}
+	if cfg.RateBurst < 0 {
+		return nil, nil, fmt.Errorf("--rate-burst: %d is negative", cfg.RateBurst)
+	}
+	if cfg.RateLimit > 0 && cfg.RateBurst == 0 {
+		cfg.RateBurst = max(1, int(math.Ceil(cfg.RateLimit)))
 	}
 	if cfg.MaxMessageBytes < 1<<20 {
-		return nil, fmt.Errorf("--max-message-bytes: %d is below 1 MiB", cfg.MaxMessageBytes)
+		return nil, nil, fmt.Errorf("--max-message-bytes: %d is below 1 MiB", cfg.MaxMessageBytes)
 	}
 	qs, err := LoadQueues(cfg.ConfigFile)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cfg.Queues = qs
-	return &cfg, nil
+	return &cfg, fs.Args(), nil
 }
 
 func lookup(getenv func(string) string, key string) (string, bool) {

@@ -108,3 +108,40 @@ func TestStreamReplicas(t *testing.T) {
 	_, err = config.Parse([]string{"--stream-replicas", "3"}, env(nil), &bytes.Buffer{})
 	require.ErrorContains(t, err, "embedded", "the embedded server is one node")
 }
+
+func TestAccessFlags(t *testing.T) {
+	t.Parallel()
+	c, err := config.Parse(nil, env(nil), &bytes.Buffer{})
+	require.NoError(t, err)
+	require.False(t, c.Auth, "auth is off by default")
+	require.Equal(t, 720*time.Hour, c.AuditMaxAge)
+	require.Zero(t, c.RateLimit)
+
+	c, err = config.Parse([]string{"--rate-limit", "2.5"}, env(map[string]string{"TANDEM_ORCH_AUTH": "true", "TANDEM_ORCH_AUDIT_MAX_AGE": "24h"}), &bytes.Buffer{})
+	require.NoError(t, err)
+	require.True(t, c.Auth)
+	require.Equal(t, 24*time.Hour, c.AuditMaxAge)
+	require.Equal(t, 2.5, c.RateLimit)
+	require.Equal(t, 3, c.RateBurst, "burst defaults to ceil(rate)")
+
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--rate-limit", "-1"}, "--rate-limit"},
+		{[]string{"--rate-burst", "-1"}, "--rate-burst"},
+		{[]string{"--audit-max-age", "1s"}, "--audit-max-age"},
+	} {
+		_, err := config.Parse(tc.args, env(nil), &bytes.Buffer{})
+		require.ErrorContains(t, err, tc.want)
+	}
+	var out bytes.Buffer
+	_, err = config.Parse([]string{"--help"}, env(nil), &out)
+	require.Error(t, err)
+	for _, v := range []string{"TANDEM_ORCH_AUTH", "TANDEM_ORCH_AUDIT_MAX_AGE", "TANDEM_ORCH_RATE_LIMIT", "TANDEM_ORCH_RATE_BURST"} {
+		require.Contains(t, out.String(), v)
+	}
+	_, rest, err := config.ParseCommand("x", []string{"--nats-url", "nats://h:1", "ID"}, env(nil), &bytes.Buffer{}, nil)
+	require.NoError(t, err)
+	require.Equal(t, []string{"ID"}, rest)
+}

@@ -2,9 +2,12 @@
 // pages (queues, a throughput and latency chart, op workers, job search, a
 // job's page, dead letters with retry and purge, pause and resume) served on
 // their own HTTP port (--dashboard-listen, off by default). Every action goes
-// through the orchestrator's own JobService over gRPC, the same API (and,
-// once it exists, the same authentication) as every other client. Nothing is
-// loaded from the internet: the one script and style sheet are embedded.
+// through the orchestrator's own JobService over gRPC, the same API and the
+// same authentication as every other client: with --auth on, every page
+// needs a token (an `Authorization: Bearer` header, or the cookie the /login
+// form sets) that reads at least one queue, and the token travels with each
+// gRPC call, so a page shows only the queues and jobs it may read. Nothing
+// is loaded from the internet: the one script and style sheet are embedded.
 package dashboard
 
 import (
@@ -22,6 +25,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -41,16 +46,32 @@ const (
 
 // Server serves the dashboard.
 type Server struct {
-	jobs tandemv1.JobServiceClient
-	log  *slog.Logger
-	hist *history
-	tmpl *template.Template
-	stop context.CancelFunc
+	jobs  tandemv1.JobServiceClient
+	log   *slog.Logger
+	hist  *history
+	tmpl  *template.Template
+	stop  context.CancelFunc
+	check func(token string) error
 }
+
+// Options are the dashboard's optional parts.
+type Options struct {
+	// Sample reads every queue for the chart's history (nil: ListQueues
+	// through jobs, without credentials). Pages show the history of the
+	// queues their caller reads only.
+	Sample func(ctx context.Context) ([]*tandemv1.QueueInfo, error)
+	// Check, when set (--auth on), vets a page's token: nil, or a gRPC
+	// status error (UNAUTHENTICATED, TOKEN_EXPIRED, PERMISSION_DENIED for a
+	// token that reads no queue).
+	Check func(token string) error
+}
+
+// TokenCookie is the cookie /login sets.
+const TokenCookie = "tandem_token"
 
 // New returns a dashboard that calls jobs; g (the orchestrator's metrics
 // registry) gives the latency figures.
-func New(jobs tandemv1.JobServiceClient, g prometheus.Gatherer, log *slog.Logger) (*Server, error) {
+func New(jobs tandemv1.JobServiceClient, g prometheus.Gatherer, log *slog.Logger, opts Options) (*Server, error) {
 	funcs := template.FuncMap{
 		"state":    func(s tandemv1.JobState) string { return strings.TrimPrefix(s.String(), "JOB_STATE_") },
 		"ts":       fmtTime,
@@ -66,11 +87,15 @@ func New(jobs tandemv1.JobServiceClient, g prometheus.Gatherer, log *slog.Logger
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{jobs: jobs, log: log.With("component", "dashboard"), hist: newHistory(historyKeep), tmpl: tmpl, stop: cancel}
-	go s.hist.run(ctx, historyEvery, func(ctx context.Context) ([]*tandemv1.QueueInfo, error) {
-		r, err := s.jobs.ListQueues(ctx, &tandemv1.ListQueuesRequest{})
-		return r.GetQueues(), err
-	}, g)
+	s := &Server{jobs: jobs, log: log.With("component", "dashboard"), hist: newHistory(historyKeep), tmpl: tmpl, stop: cancel, check: opts.Check}
+	sample := opts.Sample
+	if sample == nil {
+		sample = func(ctx context.Context) ([]*tandemv1.QueueInfo, error) {
+			r, err := s.jobs.ListQueues(ctx, &tandemv1.ListQueuesRequest{})
+			return r.GetQueues(), err
+		}
+	}
+	go s.hist.run(ctx, historyEvery, sample, g)
 	return s, nil
 }
 
@@ -89,7 +114,125 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /queues/{queue}/dlq", s.deadLetters)
 	mux.HandleFunc("POST /queues/{queue}/dlq/{action}", s.dlqAction)
 	mux.HandleFunc("POST /queues/{queue}/{action}", s.queueAction)
-	return sameOrigin(mux)
+	if s.check == nil {
+		return sameOrigin(mux)
+	}
+	mux.HandleFunc("GET /login", s.loginPage)
+	mux.HandleFunc("POST /login", s.login)
+	mux.HandleFunc("POST /logout", s.logout)
+	return sameOrigin(s.requireToken(mux))
+}
+
+type tokenKey struct{}
+
+// bearer is the request's token: an Authorization: Bearer header, else the cookie.
+func bearer(r *http.Request) string {
+	if h := r.Header.Get("Authorization"); h != "" {
+		if scheme, tok, ok := strings.Cut(h, " "); ok && strings.EqualFold(scheme, "Bearer") {
+			return strings.TrimSpace(tok)
+		}
+		return ""
+	}
+	if c, err := r.Cookie(TokenCookie); err == nil {
+		return c.Value
+	}
+	return ""
+}
+
+// requireToken lets a request through with a token that reads some queue:
+// 401 without one (the login form for a page), 403 for a token that reads
+// nothing. The static files and the login form are open.
+func (s *Server) requireToken(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/static/") || r.URL.Path == "/login" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		tok := bearer(r)
+		if tok == "" {
+			s.denied(w, r, http.StatusUnauthorized, "this dashboard needs a token")
+			return
+		}
+		if err := s.check(tok); err != nil {
+			code := httpCode(err)
+			if code == http.StatusUnauthorized {
+				clearCookie(w, r)
+			}
+			s.denied(w, r, code, status.Convert(err).Message())
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), tokenKey{}, tok)))
+	})
+}
+
+func (s *Server) denied(w http.ResponseWriter, r *http.Request, code int, msg string) {
+	w.Header().Set("Cache-Control", "no-store")
+	if code == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="tandem"`)
+	}
+	if strings.HasPrefix(r.URL.Path, "/api/") || r.Method != http.MethodGet {
+		http.Error(w, msg, code)
+		return
+	}
+	w.WriteHeader(code)
+	if code == http.StatusUnauthorized {
+		s.render(w, "login.html", map[string]any{"Message": msg})
+		return
+	}
+	s.render(w, "error.html", map[string]any{"Code": code, "Message": msg})
+}
+
+func (s *Server) loginPage(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	s.render(w, "login.html", map[string]any{})
+}
+
+func (s *Server) login(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 8<<10)
+	if err := r.ParseForm(); err != nil {
+		http.Error(w, "bad form", http.StatusBadRequest)
+		return
+	}
+	tok := strings.TrimSpace(r.PostForm.Get("token"))
+	if err := s.check(tok); tok == "" || err != nil {
+		msg := "no token given"
+		if err != nil {
+			msg = status.Convert(err).Message()
+		}
+		w.WriteHeader(http.StatusUnauthorized)
+		s.render(w, "login.html", map[string]any{"Message": msg})
+		return
+	}
+	http.SetCookie(w, &http.Cookie{Name: TokenCookie, Value: tok, Path: "/", HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
+	clearCookie(w, r)
+	http.Redirect(w, r, "/login", http.StatusSeeOther)
+}
+
+func clearCookie(w http.ResponseWriter, r *http.Request) {
+	http.SetCookie(w, &http.Cookie{Name: TokenCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+}
+
+// httpCode is the HTTP status for a gRPC error.
+func httpCode(err error) int {
+	switch status.Code(err) {
+	case codes.InvalidArgument:
+		return http.StatusBadRequest
+	case codes.NotFound:
+		return http.StatusNotFound
+	case codes.FailedPrecondition:
+		return http.StatusConflict
+	case codes.Unauthenticated:
+		return http.StatusUnauthorized
+	case codes.PermissionDenied:
+		return http.StatusForbidden
+	case codes.ResourceExhausted:
+		return http.StatusTooManyRequests
+	}
+	return http.StatusBadGateway
 }
 
 // sameOrigin refuses a state-changing request sent from another site.
@@ -111,8 +254,13 @@ func sameOrigin(next http.Handler) http.Handler {
 	})
 }
 
+// ctx is a gRPC call's context: the request's, with its token.
 func (s *Server) ctx(r *http.Request) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(r.Context(), callTimeout)
+	ctx := r.Context()
+	if tok, ok := ctx.Value(tokenKey{}).(string); ok {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+	}
+	return context.WithTimeout(ctx, callTimeout)
 }
 
 func (s *Server) render(w http.ResponseWriter, name string, data any) {
@@ -125,14 +273,7 @@ func (s *Server) render(w http.ResponseWriter, name string, data any) {
 func (s *Server) fail(w http.ResponseWriter, err error) {
 	code := http.StatusBadGateway
 	if st, ok := status.FromError(err); ok {
-		switch st.Code().String() {
-		case "InvalidArgument":
-			code = http.StatusBadRequest
-		case "NotFound":
-			code = http.StatusNotFound
-		case "FailedPrecondition":
-			code = http.StatusConflict
-		}
+		code = httpCode(err)
 		w.WriteHeader(code)
 		s.render(w, "error.html", map[string]any{"Code": code, "Message": st.Message()})
 		return
@@ -175,7 +316,7 @@ func (s *Server) overview(w http.ResponseWriter, r *http.Request) {
 func (s *Server) apiOverview(w http.ResponseWriter, r *http.Request) {
 	d, err := s.load(r)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadGateway)
+		http.Error(w, status.Convert(err).Message(), httpCode(err))
 		return
 	}
 	type queue struct {

@@ -32,6 +32,8 @@ import (
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
 	"github.com/tandem/tandem/orchestrator-go/internal/api"
 	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
+	"github.com/tandem/tandem/orchestrator-go/internal/audit"
+	"github.com/tandem/tandem/orchestrator-go/internal/auth"
 	"github.com/tandem/tandem/orchestrator-go/internal/broker"
 	"github.com/tandem/tandem/orchestrator-go/internal/compute"
 	"github.com/tandem/tandem/orchestrator-go/internal/config"
@@ -39,6 +41,7 @@ import (
 	"github.com/tandem/tandem/orchestrator-go/internal/jobstore"
 	"github.com/tandem/tandem/orchestrator-go/internal/metrics"
 	"github.com/tandem/tandem/orchestrator-go/internal/queue"
+	"github.com/tandem/tandem/orchestrator-go/internal/ratelimit"
 	"github.com/tandem/tandem/orchestrator-go/internal/telemetry"
 	"github.com/tandem/tandem/orchestrator-go/internal/workers"
 )
@@ -76,6 +79,10 @@ type Orchestrator struct {
 	Pools   map[string]*queue.Pool
 	API     *api.Service
 	Workers *workers.Registry
+	// Tokens is the token cache (nil when --auth is off).
+	Tokens *auth.Store
+	Audit  *audit.Log
+	access *access
 
 	dash     *dashboard.Server
 	dashSrv  *http.Server
@@ -135,9 +142,18 @@ func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 	orc.Broker, err = broker.New(broker.Options{
 		URL: cfg.NATSURL, Listen: cfg.NATSListen, DataDir: cfg.DataDir, Durability: cfg.Durability,
 		Queues: cfg.Queues, Logger: log, Name: "tandem-orchestrator " + workerID, Replicas: cfg.StreamReplicas,
+		AuditMaxAge: cfg.AuditMaxAge,
 	})
 	if err != nil {
 		return nil, err
+	}
+	orc.Audit = audit.NewLog(orc.Broker, log)
+	orc.access = &access{auth: cfg.Auth, limiter: ratelimit.New(cfg.RateLimit, cfg.RateBurst, 0), audit: orc.Audit, log: log}
+	if cfg.Auth {
+		// Registered before the first connection: every connection re-watches.
+		orc.Tokens = auth.NewStore(log)
+		orc.Tokens.Watch(orc.Broker)
+		orc.access.tokens = orc.Tokens
 	}
 	orc.Compute, err = compute.New(compute.Options{
 		Endpoints: cfg.Compute, MaxMessageBytes: cfg.MaxMessageBytes, BreakerOpenFor: o.BreakerOpenFor, Logger: log,
@@ -156,7 +172,7 @@ func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 	}
 	orc.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(cfg.MaxMessageBytes), grpc.MaxSendMsgSize(cfg.MaxMessageBytes),
 		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithFilter(filters.Not(filters.HealthCheck())))),
-		grpc.ChainUnaryInterceptor(orc.gateUnary), grpc.ChainStreamInterceptor(orc.gateStream))
+		grpc.ChainUnaryInterceptor(orc.gateUnary, orc.access.unary), grpc.ChainStreamInterceptor(orc.gateStream, orc.access.stream))
 	tandemv1.RegisterJobServiceServer(orc.grpc, orc.API)
 	tandemv1.RegisterComputeServiceServer(orc.grpc, &api.ComputeProxy{Compute: orc.Compute, Jobs: orc.API})
 	orc.health = health.NewServer()
@@ -212,7 +228,8 @@ func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 			}
 		}()
 	}
-	log.Info("orchestrator started", "listen", orc.lis.Addr().String(), "nats", orc.Broker.URL(), "compute", cfg.Compute, "queues", len(cfg.Queues), "worker", workerID)
+	log.Info("orchestrator started", "listen", orc.lis.Addr().String(), "nats", orc.Broker.URL(), "compute", cfg.Compute, "queues", len(cfg.Queues), "worker", workerID,
+		"auth", cfg.Auth, "rate_limit", cfg.RateLimit)
 	return orc, nil
 }
 
@@ -228,7 +245,27 @@ func (o *Orchestrator) startDashboard(addr string) error {
 		_ = lis.Close()
 		return err
 	}
-	d, err := dashboard.New(tandemv1.NewJobServiceClient(conn), o.Metrics.Registry, o.log)
+	opts := dashboard.Options{
+		// The chart's sampler reads every queue in-process, as the
+		// orchestrator itself; each page shows only what its caller's token reads.
+		Sample: func(ctx context.Context) ([]*tandemv1.QueueInfo, error) {
+			r, err := o.API.ListQueues(auth.WithPrincipal(ctx, auth.System()), &tandemv1.ListQueuesRequest{})
+			return r.GetQueues(), err
+		},
+	}
+	if o.cfg.Auth {
+		opts.Check = func(token string) error {
+			p, _, err := o.Tokens.Authenticate([]string{"Bearer " + token})
+			if err != nil {
+				return apierr.Status(err)
+			}
+			if !p.ReadsAny() {
+				return apierr.Status(apierr.PermissionDenied(auth.Read.String(), "*"))
+			}
+			return nil
+		}
+	}
+	d, err := dashboard.New(tandemv1.NewJobServiceClient(conn), o.Metrics.Registry, o.log, opts)
 	if err != nil {
 		_ = lis.Close()
 		_ = conn.Close()
@@ -261,6 +298,14 @@ func (o *Orchestrator) finishStart(ctx context.Context) error {
 	defer o.startMu.Unlock()
 	if o.stopping {
 		return errors.New("shutting down")
+	}
+	if o.Tokens != nil {
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := o.Tokens.WaitSynced(wctx)
+		cancel()
+		if err != nil {
+			return err
+		}
 	}
 	o.Store = jobstore.New(o.Broker)
 	o.Workers = workers.New(o.Broker, o.Metrics, o.log, o.Compute.Serves)
@@ -421,6 +466,9 @@ func (o *Orchestrator) Shutdown(drainTimeout time.Duration) {
 }
 
 func (o *Orchestrator) closeAll() {
+	if o.Tokens != nil {
+		o.Tokens.Stop()
+	}
 	if o.grpc != nil {
 		o.grpc.Stop()
 	} else if o.lis != nil {
@@ -429,7 +477,13 @@ func (o *Orchestrator) closeAll() {
 	if o.Compute != nil {
 		o.Compute.Close()
 	}
+	if o.Audit != nil {
+		o.Audit.Flush() // the submits' open audit windows
+	}
 	if o.Broker != nil {
-		o.Broker.Close()
+		o.Broker.Close() // flushes: pending audit publishes go out first
+	}
+	if o.Audit != nil {
+		o.Audit.Close()
 	}
 }

@@ -43,6 +43,10 @@ type setupOpts struct {
 	watchLimits api.WatchLimits
 	replicas    int
 	dashboard   bool
+	// auth turns --auth on; rateLimit/rateBurst set --rate-limit/--rate-burst.
+	auth      bool
+	rateLimit float64
+	rateBurst int
 }
 
 // testQueue is a queue with test-friendly timings.
@@ -98,6 +102,9 @@ func startOrchestrator(t testing.TB, o setupOpts) *testBundle {
 		MaxMessageBytes: 65 << 20,
 		StreamReplicas:  max(1, o.replicas),
 		Queues:          qs,
+		Auth:            o.auth,
+		RateLimit:       o.rateLimit,
+		RateBurst:       max(1, o.rateBurst),
 	}
 	if o.dashboard {
 		cfg.DashboardListen = "127.0.0.1:0"

@@ -110,6 +110,8 @@ func TestPoolScalesUpToMaxWorkers(t *testing.T) {
 // The happy path of a short job costs 2 persisted JetStream writes: the job
 // message (its QUEUED record) and the SUCCEEDED record with the result
 // (plus the ack). A job running past the deferred RUNNING write adds one.
+// Submits are audited too, coalesced (internal/audit): at most one entry per
+// caller, queue and outcome a second.
 func TestPersistedWritesPerJob(t *testing.T) {
 	t.Parallel()
 	url := startNATS(t)
@@ -125,15 +127,33 @@ func TestPersistedWritesPerJob(t *testing.T) {
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
-	writes := uint64(0)
+	writes, audited := uint64(0), uint64(0)
 	names := js.StreamNames(context.Background())
 	for name := range names.Name() {
 		s, err := js.Stream(context.Background(), name)
 		require.NoError(t, err)
+		if name == broker.AuditStream {
+			audited = s.CachedInfo().State.LastSeq
+			continue
+		}
 		writes += s.CachedInfo().State.LastSeq
 	}
 	require.NoError(t, names.Err())
 	require.EqualValues(t, 2*n, writes)
+	require.LessOrEqual(t, audited, uint64(n/2), "submit audit entries are coalesced")
+	// Every submit is in the trail once its window closed (1 s): 10 submits by
+	// one caller in a few hundred ms make one or two entries.
+	require.Eventually(t, func() bool {
+		r, err := b.client.ListAudit(ctxT(t), &tandemv1.ListAuditRequest{Action: "SubmitJob"})
+		if err != nil {
+			return false
+		}
+		count := uint32(0)
+		for _, e := range r.GetEntries() {
+			count += e.GetJobCount()
+		}
+		return count == n && len(r.GetEntries()) <= n/2
+	}, 10*time.Second, 100*time.Millisecond)
 	qi, err := js.Stream(context.Background(), broker.QueueStream("default"))
 	require.NoError(t, err)
 	require.EqualValues(t, 0, qi.CachedInfo().State.Msgs, "acked messages leave the work queue")
