@@ -138,6 +138,14 @@ CLASS_OF_CODE: dict[grpc.StatusCode, type[tandem.TandemError]] = {
     grpc.StatusCode.CANCELLED: tandem.Cancelled,
     grpc.StatusCode.INTERNAL: tandem.InternalError,
     grpc.StatusCode.UNKNOWN: tandem.InternalError,
+    grpc.StatusCode.UNAUTHENTICATED: tandem.Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: tandem.PermissionDenied,
+}
+
+# Reasons with a class of their own, a subclass of their code's class.
+CLASS_OF_REASON: dict[str, type[tandem.TandemError]] = {
+    "TOKEN_EXPIRED": tandem.TokenExpired,
+    "RATE_LIMITED": tandem.RateLimited,
 }
 
 
@@ -164,7 +172,8 @@ def test_every_reason_follows_the_catalogue() -> None:
                 assert (type(err), err.retryable) == (CLASS_OF_CODE[code], all(same_code)), name
             continue
         code = grpc.StatusCode[spec.code]
-        cls = CLASS_OF_CODE[code]
+        cls = CLASS_OF_REASON.get(name, CLASS_OF_CODE[code])
+        assert issubclass(cls, CLASS_OF_CODE[code]), name
         errors = [make_error(sent, name, "m") for sent in (code, grpc.StatusCode.ABORTED, None)]
         errors.append(from_rpc_error(RpcError(code, name)))
         errors.append(

@@ -14,9 +14,10 @@ from opentelemetry.trace import SpanContext
 from tandem import _core as core
 from tandem._core import WATCH_MAX_IDS, job_outcome
 from tandem._errors import InternalError, TandemError, from_rpc_error
-from tandem._requests import JobSpec, channel_options
+from tandem._requests import JobSpec
 from tandem._tracing import Metadata
 from tandem._types import (
+    AuditPage,
     DeadLetters,
     Job,
     JobList,
@@ -60,9 +61,10 @@ class AsyncJobHandle(core.HandleBase["AsyncClient"]):
 
 
 class AsyncClient(core.ClientBase):
-    """The asyncio twin of :class:`tandem.Client` (same arguments, same
-    methods, as coroutines and async iterators). Create it inside a running
-    event loop; use ``async with`` or ``await client.close()``."""
+    """The asyncio twin of :class:`tandem.Client` (same arguments, TLS and
+    token ones included, same methods, as coroutines and async iterators).
+    Create it inside a running event loop; use ``async with`` or ``await
+    client.close()``."""
 
     _grpc = grpc.aio
     _channel: grpc.aio.Channel
@@ -96,7 +98,9 @@ class AsyncClient(core.ClientBase):
             method = getattr(stub or self._stub, step.method)
             timeout = self.timeout if step.timeout is None else min(self.timeout, step.timeout)
             try:
-                reply = await method(step.request, timeout=timeout, metadata=step.metadata)
+                reply = await method(
+                    step.request, timeout=timeout, metadata=self._md(step.metadata)
+                )
             except grpc.RpcError as rpc_err:
                 reply = from_rpc_error(rpc_err)
 
@@ -188,7 +192,7 @@ class AsyncClient(core.ClientBase):
         w = core.Watch(ids, queue, include_result, timeout, self._closed, self.retry, metadata)
         while True:
             req, rem = w.request()
-            call = self._stub.WatchJobs(req, timeout=rem, metadata=w.metadata)
+            call = self._stub.WatchJobs(req, timeout=rem, metadata=self._md(w.metadata))
             try:
                 if w.wants_headers:
                     await call.initial_metadata()
@@ -294,8 +298,7 @@ class AsyncClient(core.ClientBase):
             )
         except InternalError as err:
             address = self._ops_fallback(err)
-        options = channel_options(self.max_message_bytes)
-        async with grpc.aio.insecure_channel(address, options=options) as channel:
+        async with self._side_channel(address) as channel:
             return await self._run(core.list_ops(), compute_pb2_grpc.ComputeServiceStub(channel))
 
     async def queues(self) -> list[QueueInfo]:
@@ -329,6 +332,18 @@ class AsyncClient(core.ClientBase):
     ) -> int:
         """See :meth:`tandem.Client.purge_dead_letters`."""
         return await self._run(core.purge_dead_letters(queue, job_ids))
+
+    async def audit(
+        self,
+        *,
+        after_seq: int = 0,
+        limit: int = 100,
+        actor: str | None = None,
+        action: str | None = None,
+        queue: str | None = None,
+    ) -> AuditPage:
+        """See :meth:`tandem.Client.audit`."""
+        return await self._run(core.list_audit(after_seq, limit, actor, action, queue))
 
     # ------------------------------------------------------------ health
 

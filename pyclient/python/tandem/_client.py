@@ -12,9 +12,10 @@ from opentelemetry.trace import SpanContext
 from tandem import _core as core
 from tandem._core import WATCH_MAX_IDS, job_outcome
 from tandem._errors import InternalError, TandemError, from_rpc_error
-from tandem._requests import JobSpec, channel_options
+from tandem._requests import JobSpec
 from tandem._tracing import Metadata
 from tandem._types import (
+    AuditPage,
     DeadLetters,
     Job,
     JobList,
@@ -87,6 +88,27 @@ class Client(core.ClientBase):
     ``$TANDEM_COMPUTE_ADDRESS``) is used by :meth:`ops` only when the
     orchestrator does not answer ListOps itself. The client is thread-safe; use it as a
     context manager or call :meth:`close`.
+
+    Security (each falls back to its environment variable):
+
+    * ``ca`` (``$TANDEM_CA``): PEM CA bundle that signs the server's
+      certificate; turns TLS on. ``tls=True`` (``TANDEM_TLS=1``) turns it on
+      with the system's roots.
+    * ``cert`` and ``key`` (``$TANDEM_CERT``, ``$TANDEM_KEY``): a client
+      certificate and its key, for servers that require mTLS; turn TLS on.
+    * ``token`` (``$TANDEM_TOKEN``): a bearer token (``tdm_<id>_<secret>``,
+      from ``tandem-orchestrator token create``), sent as ``authorization:
+      Bearer <token>`` on every call, streams and waits included. It is
+      refused over a plaintext channel to a non-loopback address unless
+      ``insecure=True`` (anyone on the path could read and replay it).
+
+    The files are read once, here: a bad path raises ``ValueError``
+    (:class:`tandem.SecurityError`) naming the argument. To pick up a
+    rotated client certificate, create a new client. ``credentials`` (a
+    ``grpc.ChannelCredentials``) replaces the TLS settings for uncommon
+    set-ups. Calls the server refuses raise :class:`Unauthenticated`
+    (:class:`TokenExpired`), :class:`PermissionDenied` or, when the caller
+    exceeds its rate, :class:`RateLimited` (retried with backoff).
     """
 
     _grpc = grpc
@@ -125,7 +147,7 @@ class Client(core.ClientBase):
             method = getattr(stub or self._stub, step.method)
             timeout = self.timeout if step.timeout is None else min(self.timeout, step.timeout)
             try:
-                reply = method(step.request, timeout=timeout, metadata=step.metadata)
+                reply = method(step.request, timeout=timeout, metadata=self._md(step.metadata))
             except grpc.RpcError as rpc_err:
                 reply = from_rpc_error(rpc_err)
 
@@ -279,7 +301,7 @@ class Client(core.ClientBase):
         w = core.Watch(ids, queue, include_result, timeout, self._closed, self.retry, metadata)
         while True:
             req, rem = w.request()
-            call = self._stub.WatchJobs(req, timeout=rem, metadata=w.metadata)
+            call = self._stub.WatchJobs(req, timeout=rem, metadata=self._md(w.metadata))
             try:
                 if w.wants_headers:
                     call.initial_metadata()
@@ -406,9 +428,7 @@ class Client(core.ClientBase):
             return self._run(core.list_ops(), compute_pb2_grpc.ComputeServiceStub(self._channel))
         except InternalError as err:
             address = self._ops_fallback(err)
-        with grpc.insecure_channel(
-            address, options=channel_options(self.max_message_bytes)
-        ) as channel:
+        with self._side_channel(address) as channel:
             return self._run(core.list_ops(), compute_pb2_grpc.ComputeServiceStub(channel))
 
     def queues(self) -> list[QueueInfo]:
@@ -448,6 +468,26 @@ class Client(core.ClientBase):
         """Deletes dead jobs for good: the given ones, or all of the queue
         when ``job_ids`` is None. Returns how many were purged."""
         return self._run(core.purge_dead_letters(queue, job_ids))
+
+    # ------------------------------------------------------------ audit
+
+    def audit(
+        self,
+        *,
+        after_seq: int = 0,
+        limit: int = 100,
+        actor: str | None = None,
+        action: str | None = None,
+        queue: str | None = None,
+    ) -> AuditPage:
+        """A page of the audit trail (``ListAudit``): state-changing calls
+        (submits, cancels, dead-letter retries and purges, pauses, resumes,
+        token changes), oldest first, after sequence number ``after_seq``
+        (0: from the oldest kept); at most ``limit`` (1 to 1000); only those
+        of ``actor`` / ``action`` / ``queue`` when given. Pass the page's
+        ``last_seq`` as ``after_seq`` to go on. Needs a token with admin on
+        every queue (:class:`PermissionDenied` otherwise)."""
+        return self._run(core.list_audit(after_seq, limit, actor, action, queue))
 
     # ------------------------------------------------------------ health
 

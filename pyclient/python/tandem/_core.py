@@ -41,8 +41,11 @@ from tandem._requests import (
     submit_request,
 )
 from tandem._retry import RetryPolicy
+from tandem._security import resolve
 from tandem._tracing import ClientSpan, Metadata, current_metadata, op_names
 from tandem._types import (
+    AuditEntry,
+    AuditPage,
     DeadLetters,
     Job,
     JobList,
@@ -233,6 +236,12 @@ class ClientBase:
         compute_address: str | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         credentials: grpc.ChannelCredentials | None = None,
+        tls: bool | None = None,
+        ca: str | os.PathLike[str] | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
+        token: str | None = None,
+        insecure: bool = False,
     ) -> None:
         self.address = address or default_address()
         self.compute_address = compute_address or os.environ.get("TANDEM_COMPUTE_ADDRESS") or ""
@@ -242,12 +251,36 @@ class ClientBase:
         self.max_message_bytes = max_message_bytes
         target, extra = channel_target(self.address)
         options: list[tuple[str, Any]] = [*channel_options(max_message_bytes), *extra]
+        # Files are read here, once (a bad path fails now, naming the argument).
+        self.security = resolve(
+            self.address,
+            tls=True if credentials is not None and tls is None else tls,
+            ca=ca,
+            cert=cert,
+            key=key,
+            token=token,
+            insecure=insecure,
+        )
+        self._auth: Metadata = self.security.metadata()
         self._closed = threading.Event()
         if credentials is not None:
             self._channel = self._grpc.secure_channel(target, credentials, options=options)
         else:
-            self._channel = self._grpc.insecure_channel(target, options=options)
+            self._channel = self.security.channel(self._grpc, target, options)
         self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
+
+    def _md(self, metadata: Metadata | None) -> Metadata | None:
+        """A call's metadata with the client's bearer token added."""
+        if not self._auth:
+            return metadata
+        return (*(metadata or ()), *self._auth)
+
+    def _side_channel(self, address: str) -> Any:
+        """A channel to another service (compute, for :meth:`ops`) with the
+        client's TLS settings; the token goes there only as to the
+        orchestrator (never in plaintext off this machine unless insecure)."""
+        self.security.check_address(address)
+        return self.security.channel(self._grpc, address, channel_options(self.max_message_bytes))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(address={self.address!r})"
@@ -513,6 +546,33 @@ def list_workers() -> Rpc[list[WorkerInfo]]:
         "ListWorkers",
         worker_pb2.ListWorkersRequest(),
         lambda resp: [WorkerInfo.from_proto(w) for w in resp.workers],
+    )
+
+
+#: The most entries one ListAudit call answers (the orchestrator's limit).
+AUDIT_MAX_LIMIT = 1000
+
+
+def list_audit(
+    after_seq: int, limit: int, actor: str | None, action: str | None, queue: str | None
+) -> Rpc[AuditPage]:
+    """JobService.ListAudit: entries after ``after_seq``, oldest first."""
+    if after_seq < 0:
+        raise ValueError(f"after_seq must be 0 or more, not {after_seq}")
+    if not 1 <= limit <= AUDIT_MAX_LIMIT:
+        raise ValueError(f"limit must be 1 to {AUDIT_MAX_LIMIT}, not {limit}")
+    return Rpc(
+        "ListAudit",
+        jobs_pb2.ListAuditRequest(
+            after_seq=after_seq,
+            limit=limit,
+            actor=actor or "",
+            action=action or "",
+            queue=queue or "",
+        ),
+        lambda resp: AuditPage(
+            entries=[AuditEntry.from_proto(e) for e in resp.entries], last_seq=resp.last_seq
+        ),
     )
 
 

@@ -36,7 +36,11 @@ __all__ = [
     "NotFound",
     "Conflict",
     "Overloaded",
+    "RateLimited",
     "Unavailable",
+    "Unauthenticated",
+    "TokenExpired",
+    "PermissionDenied",
     "Timeout",
     "Cancelled",
     "InternalError",
@@ -159,6 +163,29 @@ class Overloaded(TandemError):
         return super().retryable or bool(self.retry_after)
 
 
+class RateLimited(Overloaded):
+    """The caller (its token, or its address when auth is off) made more
+    calls than the orchestrator's ``--rate-limit`` allows (reason
+    RATE_LIMITED, code RESOURCE_EXHAUSTED). Retryable: the client's retries
+    and waits back off as on :class:`Overloaded`, at least ``retry_after``."""
+
+
+class Unauthenticated(TandemError):
+    """The call carried no valid credentials (UNAUTHENTICATED): no token, an
+    unknown or revoked one, or a malformed ``authorization`` header. Not
+    retryable: give the client a valid ``token`` (``$TANDEM_TOKEN``)."""
+
+
+class TokenExpired(Unauthenticated):
+    """The token's expiry (``token create --expires``) has passed (reason
+    TOKEN_EXPIRED, code UNAUTHENTICATED): create a new token."""
+
+
+class PermissionDenied(TandemError):
+    """The token is valid but lacks the scope for this call on this queue
+    (PERMISSION_DENIED; ``metadata`` names the ``scope`` and the ``queue``)."""
+
+
 class Unavailable(TandemError):
     """The service cannot be reached, is draining, or cannot reach its own
     dependencies (UNAVAILABLE)."""
@@ -249,6 +276,14 @@ _BY_CODE: dict[grpc.StatusCode, type[TandemError]] = {
     grpc.StatusCode.UNKNOWN: InternalError,
     grpc.StatusCode.DATA_LOSS: InternalError,
     grpc.StatusCode.UNIMPLEMENTED: InternalError,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+}
+
+# Reasons with a class of their own: a subclass of their code's class.
+_REASON_CLASS: dict[str, type[TandemError]] = {
+    "TOKEN_EXPIRED": TokenExpired,
+    "RATE_LIMITED": RateLimited,
 }
 
 
@@ -299,6 +334,23 @@ CATALOGUE: Mapping[str, ReasonEntry] = MappingProxyType(_read_catalogue())
 _BY_REASON: dict[str, type[TandemError]] = {
     e.name: _BY_CODE[e.code] for e in CATALOGUE.values() if e.code is not None
 }
+
+
+def _reason_classes() -> None:
+    """Puts the reason-specific classes in, each only when it refines the
+    class of the code the catalogue gives its reason (refused at import
+    otherwise, so the two cannot drift)."""
+    for reason, cls in _REASON_CLASS.items():
+        base = _BY_REASON.get(reason)
+        if base is None or not issubclass(cls, base):
+            raise RuntimeError(
+                f"errors.proto: ErrorReason {reason} is not catalogued with the code "
+                f"of {cls.__name__}'s base class"
+            )
+        _BY_REASON[reason] = cls
+
+
+_reason_classes()
 
 
 def _code_retryable() -> dict[grpc.StatusCode, bool]:
@@ -354,13 +406,13 @@ def make_error(
     cls = _BY_REASON.get(reason) or (_BY_CODE.get(code) if code is not None else None)
     if cls is None:
         cls = TandemError
-    if cls is Overloaded:
+    if issubclass(cls, Overloaded):
         if retry_after is None and "retry_after_ms" in md:
             try:
                 retry_after = int(md["retry_after_ms"]) / 1000.0
             except ValueError:
                 retry_after = None
-        return Overloaded(
+        return cls(
             message, retry_after=retry_after, reason=reason, code=code, metadata=md, cause=cause
         )
     return cls(message, reason=reason, code=code, metadata=md, cause=cause)

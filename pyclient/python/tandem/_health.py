@@ -51,7 +51,18 @@ def check(channel: grpc.Channel, service: str = "", *, timeout: float = 5.0) -> 
         return False
 
 
-def check_address(address: str, service: str = "", *, timeout: float = 2.0) -> bool:
-    """Opens a channel to ``address`` and checks it."""
-    with grpc.insecure_channel(address) as channel:
+def check_address(
+    address: str,
+    service: str = "",
+    *,
+    timeout: float = 2.0,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> bool:
+    """Opens a channel to ``address`` (TLS with ``credentials``) and checks it."""
+    channel = (
+        grpc.secure_channel(address, credentials)
+        if credentials is not None
+        else grpc.insecure_channel(address)
+    )
+    with channel:
         return check(channel, service, timeout=timeout)

@@ -15,8 +15,9 @@ class RetryPolicy:
     """How the client retries a call that failed with a retryable error:
     one whose :attr:`TandemError.retryable` is true, as the error catalogue
     (``proto/tandem/v1/errors.proto``) says of its reason (QUEUE_FULL,
-    OVERLOADED, COMPUTE_UNAVAILABLE, BROKER_UNAVAILABLE, SHUTTING_DOWN,
-    TIMEOUT, INTERNAL_ERROR), or a bare UNAVAILABLE.
+    OVERLOADED, RATE_LIMITED, COMPUTE_UNAVAILABLE, BROKER_UNAVAILABLE,
+    SHUTTING_DOWN, TIMEOUT, INTERNAL_ERROR), or a bare UNAVAILABLE.
+    UNAUTHENTICATED, TOKEN_EXPIRED and PERMISSION_DENIED are never retried.
 
     Retrying a submit is safe because every submit carries an idempotency
     key (one is generated when the caller gives none), so a retried submit
@@ -59,6 +60,7 @@ class RetryPolicy:
         growth = self.multiplier ** min(attempt - 1, 64)
         cap = min(self.max_backoff, self.initial_backoff * growth)
         delay = random.uniform(0, cap)
+        # Overloaded and RateLimited (its subclass): the server's hint is a floor.
         if isinstance(error, Overloaded) and error.retry_after:
             delay = max(delay, min(error.retry_after, self.max_backoff * 4))
         return delay

@@ -22,6 +22,8 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import grpc
+
 from tandem._health import check_address
 
 __all__ = [
@@ -70,9 +72,12 @@ def wait_for(pred: Callable[[], bool], timeout: float, what: str, interval: floa
         time.sleep(interval)
 
 
-def grpc_ready(address: str, service: str = "") -> Callable[[], bool]:
-    """A readiness probe: gRPC health SERVING at ``address``."""
-    return lambda: check_address(address, service, timeout=1.0)
+def grpc_ready(
+    address: str, service: str = "", *, credentials: grpc.ChannelCredentials | None = None
+) -> Callable[[], bool]:
+    """A readiness probe: gRPC health SERVING at ``address`` (over TLS with
+    ``credentials``, e.g. ``grpc.ssl_channel_credentials(ca_pem)``)."""
+    return lambda: check_address(address, service, timeout=1.0, credentials=credentials)
 
 
 def tcp_ready(port: int, host: str = "127.0.0.1") -> Callable[[], bool]:

@@ -34,6 +34,8 @@ __all__ = [
     "QueueInfo",
     "DeadLetters",
     "JobList",
+    "AuditEntry",
+    "AuditPage",
 ]
 
 
@@ -571,6 +573,50 @@ class WorkerInfo:
         for k in ("started_at", "last_heartbeat"):
             d[k] = d[k].isoformat() if d[k] else None
         return d
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One entry of the audit trail (``JobService.ListAudit``): a
+    state-changing call, who made it and how it ended."""
+
+    #: Its sequence number in the audit stream (increasing).
+    seq: int
+    time: _dt.datetime | None
+    #: ``token:<id>``, ``cert:<subject>``, ``cli:<user>@<host>`` or ``anonymous``.
+    actor: str
+    #: The RPC's method name (``SubmitJob``, ``CancelJob``, ...) or
+    #: ``token.create``, ``token.revoke``.
+    action: str
+    queue: str
+    #: The jobs acted on (at most 100; ``job_count`` is the total).
+    job_ids: list[str]
+    job_count: int
+    #: The gRPC status code name (``OK``, ``PERMISSION_DENIED``, ...).
+    code: str
+    #: The ErrorReason name on failure ("" on success).
+    reason: str
+    peer: str
+    detail: str
+
+    @classmethod
+    def from_proto(cls, msg: Any) -> AuditEntry:
+        return _same_fields(cls, msg, time=_ts(msg, "time"), job_ids=list(msg.job_ids))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict (the time as ISO 8601)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["time"] = self.time.isoformat() if self.time else None
+        return d
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    """A page of the audit trail: its entries, oldest first, and the last
+    sequence number the server looked at (``after_seq`` of the next page)."""
+
+    entries: list[AuditEntry]
+    last_seq: int
 
 
 def ops_from_proto(resp: compute_pb2.ListOpsResponse) -> Ops:

@@ -8,7 +8,7 @@ Exit codes (also in ``tandem --help``):
       jobs of ``tandem map`` failed
 2     bad command-line arguments
 3     the request was rejected (invalid job, unknown op/queue/job,
-      state conflict)
+      state conflict, missing or refused credentials)
 4     the service is unavailable, overloaded, or a wait timed out
 5     any other error
 130   interrupted (Ctrl-C)
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from tandem._client import Client, JobHandle
-from tandem._core import MAP_WINDOW, job_outcome
+from tandem._core import AUDIT_MAX_LIMIT, MAP_WINDOW, job_outcome
 from tandem._errors import (
     Cancelled,
     Conflict,
@@ -36,12 +36,15 @@ from tandem._errors import (
     JobFailed,
     NotFound,
     Overloaded,
+    PermissionDenied,
     TandemError,
     Timeout,
+    Unauthenticated,
     Unavailable,
 )
 from tandem._requests import DEFAULT_ADDRESS
-from tandem._types import Job, JobState, Step
+from tandem._security import SecurityError
+from tandem._types import AuditEntry, AuditPage, Job, JobState, Step
 
 __all__ = [
     "main",
@@ -67,7 +70,8 @@ exit codes:
   0    success
   1    a job did not succeed (FAILED, DEAD, CANCELLED), or some map jobs failed
   2    bad command-line arguments
-  3    request rejected (invalid job, unknown op/queue/job, state conflict)
+  3    request rejected (invalid job, unknown op/queue/job, state conflict,
+       no valid token, or the token lacks the scope)
   4    service unavailable or overloaded, or a wait timed out
   5    any other error
   130  interrupted
@@ -76,7 +80,11 @@ environment:
   TANDEM_ADDRESS          orchestrator address (default 127.0.0.1:50051)
   TANDEM_COMPUTE_ADDRESS  compute address, used by `tandem ops` only when the
                           orchestrator does not serve ListOps itself
-  TANDEM_NATS_URL, TANDEM_WORKER_*  `tandem worker` (see `tandem worker --help`)
+  TANDEM_TOKEN            bearer token (as --token; preferred: not visible in ps)
+  TANDEM_CA               CA bundle of the server certificate (as --ca; turns TLS on)
+  TANDEM_CERT, TANDEM_KEY client certificate and key for mTLS (as --cert, --key)
+  TANDEM_TLS=1            TLS with the system's CA roots (as --tls)
+  TANDEM_NATS_*, TANDEM_WORKER_*  `tandem worker` (see `tandem worker --help`)
 """
 
 
@@ -90,11 +98,11 @@ def exit_code_for(err: BaseException) -> int:
         return EXIT_JOB_FAILED
     if isinstance(err, Cancelled) and "job_id" in err.metadata:
         return EXIT_JOB_FAILED
-    if isinstance(err, (InvalidJob, NotFound, Conflict)):
+    if isinstance(err, (InvalidJob, NotFound, Conflict, Unauthenticated, PermissionDenied)):
         return EXIT_REJECTED
     if isinstance(err, (Unavailable, Overloaded, Timeout)):
         return EXIT_UNAVAILABLE
-    if isinstance(err, UsageError):
+    if isinstance(err, (UsageError, SecurityError)):
         return EXIT_USAGE
     if isinstance(err, KeyboardInterrupt):
         return EXIT_INTERRUPTED
@@ -297,8 +305,22 @@ def _job_dict(job: Job, *, with_result: bool = False) -> dict[str, Any]:
 # ---------------------------------------------------------------- commands
 
 
+def security_options(ns: argparse.Namespace) -> dict[str, Any]:
+    """The Client keyword arguments of the global --tls --ca --cert --key
+    --token --insecure (None where not given: the client reads $TANDEM_*)."""
+    opt = vars(ns)
+    return {
+        "tls": True if opt.get("tls") else None,
+        "ca": opt.get("ca"),
+        "cert": opt.get("cert"),
+        "key": opt.get("key"),
+        "token": opt.get("token"),
+        "insecure": bool(opt.get("insecure")),
+    }
+
+
 def _client(ns: argparse.Namespace) -> Client:
-    return Client(ns.address, timeout=ns.timeout)
+    return Client(ns.address, timeout=ns.timeout, **security_options(ns))
 
 
 def cmd_submit(ns: argparse.Namespace, out: Out) -> int:
@@ -312,7 +334,7 @@ def cmd_submit(ns: argparse.Namespace, out: Out) -> int:
             steps,
             payload,
             queue=ns.queue,
-            idempotency_key=ns.key,
+            idempotency_key=ns.idempotency_key,
             max_attempts=ns.max_attempts,
             timeout=ns.job_timeout,
             labels=labels,
@@ -618,7 +640,8 @@ def cmd_top(ns: argparse.Namespace, out: Out) -> int:
         raise UsageError("--interval must be 0.2 to 3600 seconds")
     # No retries and a short deadline: the next refresh is the retry, and a
     # hung call must not freeze the view.
-    with Client(ns.address, timeout=min(ns.timeout, max(2.0, ns.interval)), retry=NO_RETRY) as c:
+    timeout = min(ns.timeout, max(2.0, ns.interval))
+    with Client(ns.address, timeout=timeout, retry=NO_RETRY, **security_options(ns)) as c:
         try:
             _top.run(
                 c,
@@ -634,6 +657,91 @@ def cmd_top(ns: argparse.Namespace, out: Out) -> int:
     return EXIT_OK  # q or Ctrl-C: how a live view ends
 
 
+def _audit_row(e: AuditEntry) -> list[str]:
+    jobs = ",".join(e.job_ids)
+    if e.job_count > len(e.job_ids):
+        jobs += f" (+{e.job_count - len(e.job_ids)})"
+    outcome = e.code + (f" {e.reason}" if e.reason else "")
+    return [
+        str(e.seq),
+        _when(e.time),
+        e.actor,
+        e.action,
+        e.queue or "-",
+        jobs or "-",
+        outcome,
+        e.peer or "-",
+        e.detail,
+    ]
+
+
+_AUDIT_COLUMNS = ("seq", "time", "actor", "action", "queue", "jobs", "outcome", "peer", "detail")
+
+
+def cmd_audit(ns: argparse.Namespace, out: Out) -> int:
+    if ns.after_seq < 0:
+        raise UsageError(f"--after-seq must be 0 or more, not {ns.after_seq}")
+    if not 1 <= ns.limit <= AUDIT_MAX_LIMIT:
+        raise UsageError(f"--limit must be 1 to {AUDIT_MAX_LIMIT}, not {ns.limit}")
+    if not 0.2 <= ns.interval <= 3600:
+        raise UsageError("--interval must be 0.2 to 3600 seconds")
+    filters = {"actor": ns.actor, "action": ns.action, "queue": ns.queue}
+    with _client(ns) as client:
+        page = client.audit(after_seq=ns.after_seq, limit=ns.limit, **filters)
+        if not ns.follow:
+            if out.json:
+                for e in page.entries:
+                    out.emit(e.to_dict())
+                return EXIT_OK
+            if not page.entries:
+                out.line(f"no audit entries after seq {ns.after_seq}")
+                return EXIT_OK
+            from rich.table import Table
+
+            table = Table(title="audit", title_justify="left")
+            for col in _AUDIT_COLUMNS:
+                table.add_column(col, justify="right" if col == "seq" else "left")
+            for e in page.entries:
+                table.add_row(*_audit_row(e))
+            console = _console()
+            console.print(table)
+            more = len(page.entries) == ns.limit
+            console.print(
+                f"{len(page.entries)} entr{'ies' if len(page.entries) != 1 else 'y'}"
+                + (f"; more: --after-seq {page.last_seq}" if more else ""),
+                highlight=False,
+            )
+            return EXIT_OK
+        # --follow: every entry as it comes, polling with after_seq (the
+        # server's last_seq, so filtered-out entries are not looked at again).
+        after = ns.after_seq
+        while True:
+            for e in page.entries:
+                if out.json:
+                    out.emit(e.to_dict())
+                else:
+                    out.line("  ".join(_audit_row(e)).rstrip())
+            after = max(after, page.last_seq, *(e.seq for e in page.entries))
+            if len(page.entries) < ns.limit:
+                time.sleep(ns.interval)
+            page = _audit_poll(client, after, ns, filters)
+
+
+def _audit_poll(
+    client: Client, after: int, ns: argparse.Namespace, filters: dict[str, Any]
+) -> AuditPage:
+    """The next page of a --follow; a retryable failure (the orchestrator
+    restarting, a rate limit) is told on stderr and polled through."""
+    while True:
+        try:
+            return client.audit(after_seq=after, limit=ns.limit, **filters)
+        except TandemError as err:
+            if not err.retryable:
+                raise
+            print(f"tandem: audit: {err}; polling again", file=sys.stderr)
+            time.sleep(ns.interval)
+
+
 def cmd_worker(ns: argparse.Namespace, out: Out) -> int:
     from tandem._worker import WorkerConfig, load, run
 
@@ -642,8 +750,14 @@ def cmd_worker(ns: argparse.Namespace, out: Out) -> int:
         config = WorkerConfig(
             nats_url=ns.nats_url,
             nats_user=ns.nats_user,
-            nats_password=ns.nats_password,
+            nats_password=""
+            if ns.nats_password_file
+            else os.environ.get("TANDEM_NATS_PASSWORD", ""),
+            nats_password_file=ns.nats_password_file,
             nats_creds=ns.nats_creds,
+            nats_ca=ns.nats_ca,
+            nats_cert=ns.nats_cert,
+            nats_key=ns.nats_key,
             concurrency=ns.concurrency,
             pool=ns.pool,
             backlog=ns.backlog,
@@ -763,17 +877,19 @@ def cmd_map(ns: argparse.Namespace, out: Out) -> int:
     files = _map_inputs(ns)
     if ns.output_dir:
         Path(ns.output_dir).mkdir(parents=True, exist_ok=True)
-    summary = run_map(
-        ns.address,
-        ns.timeout,
-        steps,
-        files,
-        queue=ns.queue,
-        window=ns.window,
-        output_dir=ns.output_dir,
-        progress=not out.json,
-        wait_timeout=ns.wait_timeout,
-    )
+    with _client(ns) as client:
+        summary = run_map(
+            ns.address,
+            ns.timeout,
+            steps,
+            files,
+            queue=ns.queue,
+            window=ns.window,
+            output_dir=ns.output_dir,
+            progress=not out.json,
+            wait_timeout=ns.wait_timeout,
+            client=client,
+        )
     if out.json:
         out.emit(summary)
     else:
@@ -942,16 +1058,36 @@ def _add_worker(sub: Any) -> None:
         help="NATS user (env TANDEM_NATS_USER)",
     )
     p.add_argument(
-        "--nats-password",
-        default=env("TANDEM_NATS_PASSWORD", ""),
-        metavar="PASSWORD",
-        help="NATS password (env TANDEM_NATS_PASSWORD)",
+        "--nats-password-file",
+        default=env("TANDEM_NATS_PASSWORD_FILE", ""),
+        metavar="FILE",
+        help="file holding the password of --nats-user, read at every connect (env "
+        "TANDEM_NATS_PASSWORD_FILE; or the password itself in env TANDEM_NATS_PASSWORD; "
+        "never on the command line, where ps shows it)",
     )
     p.add_argument(
         "--nats-creds",
         default=env("TANDEM_NATS_CREDS", ""),
         metavar="FILE",
-        help="NATS credentials file (env TANDEM_NATS_CREDS)",
+        help="NATS JWT credentials file, .creds (env TANDEM_NATS_CREDS)",
+    )
+    p.add_argument(
+        "--nats-ca",
+        default=env("TANDEM_NATS_CA", ""),
+        metavar="FILE",
+        help="TLS to NATS: PEM CA bundle of the server's certificate (env TANDEM_NATS_CA)",
+    )
+    p.add_argument(
+        "--nats-cert",
+        default=env("TANDEM_NATS_CERT", ""),
+        metavar="FILE",
+        help="TLS to NATS: PEM client certificate, with --nats-key (env TANDEM_NATS_CERT)",
+    )
+    p.add_argument(
+        "--nats-key",
+        default=env("TANDEM_NATS_KEY", ""),
+        metavar="FILE",
+        help="TLS to NATS: PEM key of --nats-cert (env TANDEM_NATS_KEY)",
     )
     p.add_argument(
         "--concurrency",
@@ -1042,6 +1178,43 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
     )
+    sec = common.add_argument_group("security (each also from its environment variable)")
+    sec.add_argument(
+        "--token",
+        default=argparse.SUPPRESS,
+        metavar="TOKEN",
+        help="bearer token sent on every call (env TANDEM_TOKEN, which keeps it out of ps)",
+    )
+    sec.add_argument(
+        "--ca",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="PEM CA bundle of the server's certificate; turns TLS on (env TANDEM_CA)",
+    )
+    sec.add_argument(
+        "--cert",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="PEM client certificate for mTLS, with --key (env TANDEM_CERT)",
+    )
+    sec.add_argument(
+        "--key",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="PEM private key of --cert (env TANDEM_KEY)",
+    )
+    sec.add_argument(
+        "--tls",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="TLS with the system's CA roots (env TANDEM_TLS=1; implied by --ca and --cert)",
+    )
+    sec.add_argument(
+        "--insecure",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="allow sending the token over plaintext to a non-loopback address",
+    )
 
     parser = argparse.ArgumentParser(
         prog="tandem",
@@ -1076,7 +1249,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_steps(p)
     _add_input(p)
     p.add_argument("-q", "--queue", default="", help="queue (default: the server's 'default')")
-    p.add_argument("-k", "--key", help="idempotency key (default: a generated one)")
+    p.add_argument(
+        "-k",
+        "--idempotency-key",
+        metavar="KEY",
+        help="idempotency key (default: a generated one; --key is the TLS client key)",
+    )
     p.add_argument("--max-attempts", type=int, help="override the queue's max attempts")
     p.add_argument("--job-timeout", type=float, metavar="SECONDS", help="per-attempt job timeout")
     p.add_argument("--label", action="append", metavar="KEY=VALUE", help="a label; repeatable")
@@ -1153,6 +1331,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_top)
 
+    p = add("audit", "the audit trail: who changed what, oldest first (needs admin everywhere)")
+    p.add_argument(
+        "--after-seq",
+        type=int,
+        default=0,
+        metavar="N",
+        help="entries after sequence number N (default 0: from the oldest kept)",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=100,
+        metavar="N",
+        help=f"at most N entries per call (default 100, max {AUDIT_MAX_LIMIT})",
+    )
+    p.add_argument("--actor", help="only this actor (token:<id>, cli:<user>@<host>, ...)")
+    p.add_argument("--action", help="only this action (SubmitJob, CancelJob, token.create, ...)")
+    p.add_argument("-q", "--queue", help="only entries of this queue")
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing new entries as they come (polls; Ctrl-C stops)",
+    )
+    p.add_argument(
+        "-n",
+        "--interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="with --follow: seconds between polls (default 2)",
+    )
+    p.set_defaults(func=cmd_audit)
+
     _add_worker(sub)
 
     for name, text in (
@@ -1213,7 +1425,18 @@ def run(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI and returns the exit code (never raises for errors)."""
     parser = build_parser()
     ns = parser.parse_args(argv)
-    for name, default in (("address", None), ("timeout", 30.0), ("json", False), ("debug", False)):
+    for name, default in (
+        ("address", None),
+        ("timeout", 30.0),
+        ("json", False),
+        ("debug", False),
+        ("token", None),
+        ("ca", None),
+        ("cert", None),
+        ("key", None),
+        ("tls", False),
+        ("insecure", False),
+    ):
         if not hasattr(ns, name):
             setattr(ns, name, default)
     ns.address = ns.address or os.environ.get("TANDEM_ADDRESS") or DEFAULT_ADDRESS
@@ -1226,7 +1449,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             raise
         print("tandem: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (TandemError, UsageError) as err:
+    except (TandemError, UsageError, SecurityError) as err:
         if ns.debug:
             import traceback
 

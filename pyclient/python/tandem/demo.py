@@ -17,6 +17,14 @@ defaults); ``--address``, ``--compute-address`` and ``--nats-address``
 choose others, and a port already taken is an error that says so. Without
 ``--serve`` every port is a free one. Exits 0 when the demo went as
 expected; leaves no process running either way.
+
+``--secure`` turns transport security and auth on, the way a deployment
+runs: ``tandem-orchestrator dev-certs`` makes a CA and certificates in the
+temporary folder; compute serves TLS and requires the orchestrator's client
+certificate (mTLS); the orchestrator serves TLS (gRPC and the dashboard) and
+requires a bearer token on JobService (``--auth``); a token with every scope
+on every queue is created with ``tandem-orchestrator token create``, and
+the demo prints how to use it (``TANDEM_CA``, ``TANDEM_TOKEN``, grpcurl).
 """
 
 from __future__ import annotations
@@ -25,9 +33,11 @@ import argparse
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+import grpc
 
 from tandem._client import Client
 from tandem._core import job_outcome
@@ -85,6 +97,84 @@ class LocalStack:
     dashboard_address: str = ""
     worker_id: str = field(default_factory=lambda: f"demo-{os.getpid()}")
     processes: list[Process] = field(default_factory=list)
+    #: TLS everywhere, mTLS to compute, tokens required (``--secure``).
+    secure: bool = False
+    #: With ``secure``: the token :meth:`start` created (every scope, every queue).
+    token: str = ""
+
+    @property
+    def certs(self) -> Path:
+        """Where ``dev-certs`` writes ca.pem, server*.pem, client*.pem."""
+        return self.workdir / "certs"
+
+    def cert(self, name: str) -> str:
+        return str(self.certs / name)
+
+    def client(self, **kwargs: Any) -> Client:
+        """A client of this stack (with the CA and the token when secure)."""
+        if self.secure:
+            kwargs = {"ca": self.cert("ca.pem"), "token": self.token, **kwargs}
+        return Client(self.address, **kwargs)
+
+    def _credentials(self, *, client_cert: bool) -> grpc.ChannelCredentials | None:
+        if not self.secure:
+            return None
+        ca = (self.certs / "ca.pem").read_bytes()
+        if not client_cert:
+            return grpc.ssl_channel_credentials(ca)
+        return grpc.ssl_channel_credentials(
+            ca,
+            (self.certs / "client-key.pem").read_bytes(),
+            (self.certs / "client.pem").read_bytes(),
+        )
+
+    def _run_orchestrator(self, *args: str, what: str) -> str:
+        """Runs a ``tandem-orchestrator`` subcommand; returns its stdout.
+        Its stderr goes to the log; a failure is a StackError that quotes it."""
+        argv = [self.orchestrator_bin, *args]
+        log = self.workdir / "logs" / "orchestrator-cli.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise StackError(f"{what} ({shlex.join(argv)}) failed: {err}") from None
+        with open(log, "a") as f:
+            f.write(f"--- {shlex.join(argv[:3])} ...\n{done.stderr}")
+        if done.returncode != 0:
+            raise StackError(
+                f"{what} failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}"
+            )
+        return done.stdout
+
+    def _make_certs(self) -> None:
+        hosts = sorted(
+            {"localhost", "127.0.0.1"}
+            | {a.rpartition(":")[0] for a in (self.address, self.compute_address) if a}
+        )
+        self._run_orchestrator(
+            "dev-certs", "--out", str(self.certs), "--hosts", ",".join(hosts), what="dev-certs"
+        )
+        for name in ("ca.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem"):
+            if not (self.certs / name).is_file():
+                raise StackError(f"dev-certs did not write {self.certs / name}")
+
+    def _create_token(self) -> None:
+        out = self._run_orchestrator(
+            "token",
+            "create",
+            "--id",
+            "demo",
+            "--all-queues",
+            "--scope",
+            "submit,read,cancel,admin",
+            "--nats-url",
+            f"nats://{self.nats_address}",
+            what="token create",
+        )
+        lines = [line.strip() for line in out.splitlines() if line.strip()]
+        if len(lines) != 1 or not lines[0].startswith("tdm_"):
+            raise StackError("token create printed no token (expected one tdm_... line)")
+        self.token = lines[0]
 
     def check_ports(self) -> None:
         """Raises :class:`StackError` naming any address already in use."""
@@ -106,11 +196,43 @@ class LocalStack:
         self.address = self.address or f"127.0.0.1:{free_port()}"
         self.nats_address = self.nats_address or f"127.0.0.1:{free_port()}"
         logs = self.workdir / "logs"
+        compute_tls: list[str] = []
+        orch_tls: list[str] = []
+        if self.secure:
+            self._make_certs()
+            compute_tls = [
+                "--tls-cert",
+                self.cert("server.pem"),
+                "--tls-key",
+                self.cert("server-key.pem"),
+                "--tls-client-ca",
+                self.cert("ca.pem"),
+            ]
+            orch_tls = [
+                "--tls-cert",
+                self.cert("server.pem"),
+                "--tls-key",
+                self.cert("server-key.pem"),
+                "--compute-ca",
+                self.cert("ca.pem"),
+                "--compute-cert",
+                self.cert("client.pem"),
+                "--compute-key",
+                self.cert("client-key.pem"),
+                "--auth",
+            ]
         compute = Process(
             "tandem-compute",
-            [self.compute_bin, "--listen", self.compute_address, "--metrics-listen", ""],
+            [
+                self.compute_bin,
+                "--listen",
+                self.compute_address,
+                "--metrics-listen",
+                "",
+                *compute_tls,
+            ],
             log_path=logs / "compute.log",
-            ready=grpc_ready(self.compute_address),
+            ready=grpc_ready(self.compute_address, credentials=self._credentials(client_cert=True)),
         )
         orchestrator = Process(
             "tandem-orchestrator",
@@ -127,16 +249,19 @@ class LocalStack:
                 "--metrics-listen",
                 "",
                 *(["--dashboard-listen", self.dashboard_address] if self.dashboard_address else []),
+                *orch_tls,
             ],
             log_path=logs / "orchestrator.log",
-            ready=grpc_ready(self.address),
+            ready=grpc_ready(self.address, credentials=self._credentials(client_cert=False)),
             ready_timeout=60.0,
         )
         self.processes = [compute, orchestrator]
         for p in self.processes:
             p.start()
+        if self.secure:
+            self._create_token()
         # The Python op, served over the orchestrator's embedded NATS.
-        probe = Client(self.address)
+        probe = self.client()
         worker = Process(
             "tandem-worker",
             [
@@ -496,6 +621,23 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def secure_usage(stack: LocalStack) -> str:
+    """How to reach a ``--secure`` stack: the CA, the token, grpcurl."""
+    ca = shlex.quote(stack.cert("ca.pem"))
+    auth = shlex.quote(f"authorization: Bearer {stack.token}")
+    return (
+        "\nsecure mode: TLS on every port, mTLS between orchestrator and compute, "
+        "a token required on JobService. The certificates are in "
+        f"{stack.certs} (gone when the stack stops). Use them with:\n"
+        f"  export TANDEM_CA={ca}\n"
+        f"  export TANDEM_TOKEN={shlex.quote(stack.token)}\n"
+        f"  grpcurl -cacert {ca} -H {auth} {stack.address} tandem.v1.JobService/ListQueues\n"
+        "The token has every scope on every queue (id demo); make narrower ones with "
+        f"`{stack.orchestrator_bin} token create --id ID --queue Q --scope read "
+        f"--nats-url nats://{stack.nats_address}`."
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tandem.demo",
@@ -535,6 +677,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary folder (logs, data)"
     )
+    parser.add_argument(
+        "--secure",
+        action="store_true",
+        help="TLS on every gRPC port, mTLS to compute, bearer tokens required; prints the "
+        "CA and a token to use (tandem-orchestrator dev-certs and token create)",
+    )
     ns = parser.parse_args(argv)
 
     from rich.console import Console
@@ -557,6 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         compute_address=ns.compute_address or (SERVE_COMPUTE_ADDRESS if ns.serve else ""),
         nats_address=ns.nats_address or (SERVE_NATS_ADDRESS if ns.serve else ""),
         dashboard_address=ns.dashboard_address or (SERVE_DASHBOARD_ADDRESS if ns.serve else ""),
+        secure=ns.secure,
     )
     try:
         stack.check_ports()
@@ -574,8 +723,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"compute {stack.compute_address}, NATS {stack.nats_address}",
             highlight=False,
         )
-        with Client(stack.address, compute_address=stack.compute_address) as client:
+        with stack.client(compute_address=stack.compute_address) as client:
             ok = run_demo(client, workdir, console)
+        if ns.serve and stack.secure:
+            console.print(secure_usage(stack), highlight=False, markup=False)
         if ns.serve:
             console.print(
                 f"\nserving: export TANDEM_ADDRESS={stack.address} TANDEM_COMPUTE_ADDRESS="
@@ -584,7 +735,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "`tandem submit --op text.stats --op demo.summary --data 'hi there' --wait`, "
                 "and serve your own ops with `tandem worker MODULE:OBJECT`."
                 + (
-                    f"\ndashboard: http://{stack.dashboard_address}"
+                    f"\ndashboard: http{'s' if stack.secure else ''}://{stack.dashboard_address}"
                     if stack.dashboard_address
                     else ""
                 )

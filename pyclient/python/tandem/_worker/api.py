@@ -190,7 +190,10 @@ class Worker:
         """Serves the ops until SIGTERM or SIGINT (then drains); returns the
         exit code. ``options`` are :class:`tandem._worker.runtime.WorkerConfig`
         fields (``nats_url``, ``concurrency``, ``pool``, ...), as the
-        ``tandem worker`` options."""
+        ``tandem worker`` options. NATS credentials: ``nats_creds`` (a
+        ``.creds`` file), or ``nats_user`` with ``nats_password_file`` (or
+        ``nats_password``); TLS to NATS: ``nats_ca`` (and ``nats_cert`` with
+        ``nats_key``). Bad settings raise ``ValueError`` naming the option."""
         from tandem._worker.runtime import WorkerConfig, run
 
         return run(self, WorkerConfig(**options))

@@ -36,8 +36,9 @@ import re
 import secrets
 import signal
 import socket
+import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -82,9 +83,18 @@ class WorkerConfig:
     """How a worker runs; the fields of ``tandem worker``'s options."""
 
     nats_url: str = DEFAULT_NATS_URL
+    #: User and password auth: the password, or a file holding it (read at
+    #: every connect, so a rotated password is picked up on a reconnect).
     nats_user: str = ""
-    nats_password: str = ""
+    nats_password: str = field(default="", repr=False)
+    nats_password_file: str = ""
+    #: A JWT credentials file (``.creds``: the user JWT and its nkey seed).
     nats_creds: str = ""
+    #: TLS to NATS: the CA bundle of the server's certificate, and a client
+    #: certificate and key when the server verifies clients.
+    nats_ca: str = ""
+    nats_cert: str = ""
+    nats_key: str = ""
     #: Steps at once. None: cores (process pool), 16 (threads), 100 (only async ops).
     concurrency: int | None = None
     #: Where sync ops run: ``"process"`` (default) or ``"thread"``.
@@ -99,6 +109,7 @@ class WorkerConfig:
     log_level: str = "info"
 
     def check(self) -> None:
+        self.check_nats()
         if self.pool not in ("process", "thread"):
             raise ValueError(f"pool must be 'process' or 'thread', not {self.pool!r}")
         if self.concurrency is not None and not 1 <= self.concurrency <= 10_000:
@@ -113,6 +124,87 @@ class WorkerConfig:
             raise ValueError(
                 f"worker id {self.worker_id!r} must be 1 to 64 characters of A-Z a-z 0-9 _ -"
             )
+
+    def check_nats(self) -> None:
+        """Refuses contradictory or unreadable NATS credentials, naming the option."""
+        if self.nats_password and self.nats_password_file:
+            raise ValueError(
+                "give the NATS password once: --nats-password-file or env TANDEM_NATS_PASSWORD"
+            )
+        has_password = bool(self.nats_password or self.nats_password_file)
+        if has_password and not self.nats_user:
+            raise ValueError("a NATS password needs --nats-user (env TANDEM_NATS_USER)")
+        if self.nats_user and not has_password:
+            raise ValueError(
+                f"--nats-user {self.nats_user!r} needs --nats-password-file FILE or env "
+                "TANDEM_NATS_PASSWORD"
+            )
+        if self.nats_user and self.nats_creds:
+            raise ValueError("give --nats-creds or --nats-user, not both")
+        if bool(self.nats_cert) != bool(self.nats_key):
+            raise ValueError("--nats-cert and --nats-key go together")
+        for flag, path in (
+            ("--nats-creds", self.nats_creds),
+            ("--nats-password-file", self.nats_password_file),
+            ("--nats-ca", self.nats_ca),
+            ("--nats-cert", self.nats_cert),
+            ("--nats-key", self.nats_key),
+        ):
+            if path and not os.access(path, os.R_OK):
+                why = "no such file" if not os.path.exists(path) else "not readable"
+                raise ValueError(f"{flag} {path!r}: {why}")
+        if self.nats_password_file:
+            self.password()
+        if self.nats_ca or self.nats_cert:
+            self.tls_context()
+
+    def nats_auth(self) -> dict[str, Any]:
+        """The credential and TLS arguments of ``nats.connect`` (files read now)."""
+        opts: dict[str, Any] = {}
+        if self.nats_user:
+            opts["user"] = self.nats_user
+            opts["password"] = self.password()
+        if self.nats_creds:
+            opts["user_credentials"] = self.nats_creds
+        tls = self.tls_context()
+        if tls is not None:
+            opts["tls"] = tls
+        return opts
+
+    def password(self) -> str:
+        """The NATS password: ``nats_password``, else the first line of
+        ``nats_password_file`` (read now)."""
+        if not self.nats_password_file:
+            return self.nats_password
+        try:
+            with open(self.nats_password_file, encoding="utf-8") as f:
+                text = f.read(64 * 1024)
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"--nats-password-file {self.nats_password_file!r}: {err}") from None
+        password = text.splitlines()[0].strip() if text.strip() else ""
+        if not password:
+            raise ValueError(f"--nats-password-file {self.nats_password_file!r} is empty")
+        return password
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context for NATS (None: no --nats-ca or --nats-cert):
+        the server's certificate checked against ``nats_ca`` (else the
+        system's roots), the client certificate presented when given."""
+        if not (self.nats_ca or self.nats_cert):
+            return None
+        try:
+            ctx = ssl.create_default_context(cafile=self.nats_ca or None)
+        except (OSError, ssl.SSLError) as err:
+            raise ValueError(f"--nats-ca {self.nats_ca!r}: not a PEM CA bundle ({err})") from None
+        if self.nats_cert:
+            try:
+                ctx.load_cert_chain(self.nats_cert, self.nats_key)
+            except (OSError, ssl.SSLError) as err:
+                raise ValueError(
+                    f"--nats-cert {self.nats_cert!r} / --nats-key {self.nats_key!r}: "
+                    f"not a matching PEM certificate and key ({err})"
+                ) from None
+        return ctx
 
 
 def make_id(name: str) -> str:
@@ -294,11 +386,11 @@ class Runtime:
             "reconnected_cb": self._nats_reconnected,
             "closed_cb": self._nats_closed,
         }
-        if self.config.nats_user:
-            opts["user"] = self.config.nats_user
-            opts["password"] = self.config.nats_password
-        if self.config.nats_creds:
-            opts["user_credentials"] = self.config.nats_creds
+        try:
+            opts.update(self.config.nats_auth())  # files read now: rotation on reconnect
+        except ValueError as err:
+            self.log.error("cannot read the NATS credentials", extra={"error": str(err)})
+            raise ConnectionError(str(err)) from err
         self.log.info("connecting to NATS", extra={"nats_url": redact(self.config.nats_url)})
         # nats-py retries an unreachable server itself (max_reconnect_attempts
         # -1, errors through error_cb); a signal meanwhile ends the wait.
@@ -726,6 +818,7 @@ def loop_task(coro: Any) -> asyncio.Task[Any]:
 def run(worker: Worker, config: WorkerConfig) -> int:
     """Configures JSON logs (and, when the environment asks, span export)
     and serves ``worker`` until drained; returns the exit code."""
+    config.check()
     runtime = Runtime(worker, config)
     configure(config.log_level, worker_id=runtime.id)
     logging.getLogger("nats").setLevel(logging.WARNING)
