@@ -55,19 +55,29 @@ type idemClaim struct {
 }
 
 // claimIdempotency finds the job req's key names, if it exists.
-func (s *Service) claimIdempotency(ctx context.Context, q config.Queue, req *tandemv1.SubmitJobRequest) (idemClaim, error) {
+// found, when not nil, is the queue's jobs looked up beforehand for a batch
+// (an id absent from it has no job).
+func (s *Service) claimIdempotency(ctx context.Context, q config.Queue, req *tandemv1.SubmitJobRequest, found map[string]*tandemv1.Job) (idemClaim, error) {
 	c := idemClaim{id: derivedID(q.Name, req.GetIdempotencyKey()), hash: requestHash(q.Name, req)}
-	rec, err := s.Store.GetInQueue(ctx, q.Name, c.id)
-	if jobstore.IsNotFound(err) {
+	var j *tandemv1.Job
+	if found != nil {
+		j = found[c.id]
+	} else {
+		rec, err := s.Store.GetInQueue(ctx, q.Name, c.id)
+		if err != nil && !jobstore.IsNotFound(err) {
+			return idemClaim{}, err
+		}
+		if rec != nil {
+			j = rec.Job
+		}
+	}
+	if j == nil {
 		return c, nil
 	}
-	if err != nil {
+	if err := c.check(q, req, j); err != nil {
 		return idemClaim{}, err
 	}
-	if err := c.check(q, req, rec.Job); err != nil {
-		return idemClaim{}, err
-	}
-	c.done = withoutResult(rec.Job)
+	c.done = withoutResult(j)
 	return c, nil
 }
 

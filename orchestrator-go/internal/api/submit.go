@@ -103,7 +103,10 @@ func (s *Service) validate(ctx context.Context, req *tandemv1.SubmitJobRequest) 
 // to change the job writes the record in KV). A crash before it leaves at
 // most an idempotency key, which a retried submit completes with the same
 // job id.
-func (s *Service) prepare(ctx context.Context, req *tandemv1.SubmitJobRequest) *prepared {
+// found, when not nil, holds the jobs of the batch's idempotency keys by
+// queue and id, looked up beforehand (lookupKeys); a queue not in it is
+// looked up here.
+func (s *Service) prepare(ctx context.Context, req *tandemv1.SubmitJobRequest, found map[string]map[string]*tandemv1.Job) *prepared {
 	if s.draining.Load() {
 		return &prepared{err: apierr.ShuttingDown()}
 	}
@@ -119,7 +122,7 @@ func (s *Service) prepare(ctx context.Context, req *tandemv1.SubmitJobRequest) *
 	p := &prepared{q: q, job: job}
 	id := ulid.Make().String()
 	if req.GetIdempotencyKey() != "" {
-		claim, err := s.claimIdempotency(ctx, q, req)
+		claim, err := s.claimIdempotency(ctx, q, req, found[q.Name])
 		if err != nil {
 			return &prepared{err: err}
 		}
@@ -209,7 +212,7 @@ func withoutResult(j *tandemv1.Job) *tandemv1.Job {
 func (s *Service) submitOne(ctx context.Context, req *tandemv1.SubmitJobRequest) (*tandemv1.SubmitJobResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, brokerTimeout)
 	defer cancel()
-	p := s.prepare(ctx, req)
+	p := s.prepare(ctx, req, nil)
 	defer p.end()
 	if p.err != nil {
 		return nil, p.err
@@ -244,8 +247,11 @@ func (s *Service) submitBatch(ctx context.Context, req *tandemv1.SubmitJobsReque
 	if len(req.GetJobs()) > maxBatchJobs {
 		return nil, apierr.InvalidRequest("jobs", "jobs: %d jobs in one call, more than %d", len(req.GetJobs()), maxBatchJobs)
 	}
-	// Preparing reads (an idempotency key's job) and may write (a large
-	// payload): a few at a time.
+	found, err := s.lookupKeys(ctx, req.GetJobs())
+	if err != nil {
+		return nil, err
+	}
+	// Preparing may write (a large payload): a few at a time.
 	ps := make([]*prepared, len(req.GetJobs()))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, prepareParallel)
@@ -254,7 +260,7 @@ func (s *Service) submitBatch(ctx context.Context, req *tandemv1.SubmitJobsReque
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			ps[i] = s.prepare(ctx, r)
+			ps[i] = s.prepare(ctx, r, found)
 		}()
 	}
 	wg.Wait()
@@ -295,6 +301,33 @@ func (s *Service) submitBatch(ctx context.Context, req *tandemv1.SubmitJobsReque
 		out.Results[i] = &tandemv1.SubmitJobsResult{Outcome: &tandemv1.SubmitJobsResult_Submitted{Submitted: r}}
 	}
 	return out, nil
+}
+
+// lookupKeys finds the jobs the batch's idempotency keys name, with batched
+// reads per queue (queues that do not exist are left to validation).
+func (s *Service) lookupKeys(ctx context.Context, reqs []*tandemv1.SubmitJobRequest) (map[string]map[string]*tandemv1.Job, error) {
+	ids := map[string][]string{}
+	for _, r := range reqs {
+		if r.GetIdempotencyKey() == "" {
+			continue
+		}
+		q := r.GetQueue()
+		if q == "" {
+			q = config.DefaultQueue
+		}
+		if _, ok := s.Broker.Queues()[q]; ok {
+			ids[q] = append(ids[q], derivedID(q, r.GetIdempotencyKey()))
+		}
+	}
+	found := map[string]map[string]*tandemv1.Job{}
+	for q, list := range ids {
+		m, err := s.Store.FindInQueue(ctx, q, list)
+		if err != nil {
+			return nil, err
+		}
+		found[q] = m
+	}
+	return found, nil
 }
 
 // awaitAll waits for every future; a failed one is retried once synchronously
