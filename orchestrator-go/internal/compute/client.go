@@ -15,6 +15,7 @@ import (
 
 	"github.com/sony/gobreaker/v2"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -100,6 +101,11 @@ func New(o Options) (*Client, error) {
 			// the liveness probes are not traced.
 			grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithFilter(filters.None(filters.MethodName("ListOps"), filters.HealthCheck())))),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(o.MaxMessageBytes), grpc.MaxCallSendMsgSize(o.MaxMessageBytes)),
+			// Reconnect soon after compute comes back: gRPC's default
+			// backoff grows to 120 s, so after a minute's outage calls would
+			// fail fast (and keep the breaker open) long after compute is up.
+			grpc.WithConnectParams(grpc.ConnectParams{MinConnectTimeout: 2 * time.Second,
+				Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second}}),
 		}
 		if strings.HasPrefix(addr, "dns:") {
 			opts = append(opts, grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`))

@@ -137,6 +137,18 @@ func (s *Store) Get(ctx context.Context, id string) (*Record, error) {
 	return s.record(ctx, id)
 }
 
+// Record reads the job's record in KV only (JOB_NOT_FOUND when it has none:
+// a queued job's message is then its record).
+func (s *Store) Record(ctx context.Context, id string) (*Record, error) { return s.record(ctx, id) }
+
+// QueuedRecord is the record a job message stands for while the job has no
+// record in KV.
+func QueuedRecord(spec *tandemv1.Job) *Record {
+	j := Spec(spec)
+	j.UpdatedAt = j.GetCreatedAt()
+	return &Record{Job: j, Rev: 0}
+}
+
 func (s *Store) record(ctx context.Context, id string) (*Record, error) {
 	e, err := s.b.Jobs().Get(ctx, id)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {

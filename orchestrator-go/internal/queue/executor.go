@@ -140,16 +140,11 @@ func (p *Pool) begin(msg jetstream.Msg, jobID *string) (*attempt, bool) {
 		log = log.With("trace_id", id)
 	}
 	ctx := context.Background()
-	rec, err := p.Store.Get(ctx, *jobID)
-	var ae *apierr.Error
-	if errors.As(err, &ae) && ae.Reason == tandemv1.ErrorReason_JOB_NOT_FOUND {
-		// The submitter published and then died before writing the record
-		// (or the record of a dead-lettered job expired before its retry):
-		// the message is the truth.
-		rec, err = p.Store.Create(ctx, jobstore.Spec(spec))
-		if errors.Is(err, jobstore.ErrExists) {
-			rec, err = p.Store.Get(ctx, *jobID)
-		}
+	rec, err := p.Store.Record(ctx, *jobID)
+	if jobstore.IsNotFound(err) {
+		// No record yet: the message in hand is the job's QUEUED record
+		// (Rev 0: the attempt's first write creates the record).
+		rec, err = jobstore.QueuedRecord(spec), nil
 	}
 	if err != nil {
 		log.Warn("cannot read job record; retrying delivery", "error", err)
