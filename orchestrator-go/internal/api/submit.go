@@ -141,7 +141,7 @@ func (s *Service) prepare(ctx context.Context, req *tandemv1.SubmitJobRequest) *
 			return &prepared{err: err}
 		}
 	}
-	msg, err := jobstore.EncodeMsg(broker.QueueSubject(q.Name), jobstore.Spec(job), payload, p.object)
+	msg, err := s.Store.NewJobMsg(broker.QueueSubject(q.Name), jobstore.Spec(job), payload, p.object)
 	if err != nil {
 		return &prepared{err: apierr.Internal("encode job: %v", err)}
 	}

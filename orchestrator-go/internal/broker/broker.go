@@ -85,6 +85,9 @@ type Options struct {
 	Name       string // connection name
 	// Replicas of every stream, KV bucket and object store (0 or 1: one copy).
 	Replicas int
+	// ClientOptions are added to every connection's options: credentials
+	// and TLS (SecurityOptions).
+	ClientOptions []nats.Option
 }
 
 // Broker is the orchestrator's connection to NATS with every resource
@@ -206,6 +209,16 @@ func New(o Options) (*Broker, error) {
 	b.url = o.URL
 	b.copts = []nats.Option{
 		nats.Name(o.Name),
+		nats.CustomInboxPrefix(InboxPrefix),
+		// Asynchronous errors: a permissions violation (a NATS user whose
+		// permissions lack a subject Tandem needs), a slow consumer.
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			b.log.Warn("nats error", "error", err, "subscription", subject)
+		}),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
@@ -239,6 +252,7 @@ func New(o Options) (*Broker, error) {
 			go b.ConnectLoop(context.Background())
 		}),
 	}
+	b.copts = append(b.copts, o.ClientOptions...)
 	if b.url == "" {
 		srv, err := startEmbedded(o)
 		if err != nil {
