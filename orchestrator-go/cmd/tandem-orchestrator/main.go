@@ -27,6 +27,9 @@ func run() int {
 	if len(os.Args) > 1 && os.Args[1] == "token" {
 		return tokencmd.Run(os.Args[2:], os.Getenv, os.Stdout, os.Stderr)
 	}
+	if len(os.Args) > 1 && os.Args[1] == "dev-certs" {
+		return devCerts(os.Args[2:], os.Stderr)
+	}
 	cfg, err := config.Parse(os.Args[1:], os.Getenv, os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0

@@ -186,7 +186,7 @@ func (s *Service) retryDeadLetters(ctx context.Context, req *tandemv1.RetryDeadL
 		if err != nil {
 			return nil, err
 		}
-		msg, err := jobstore.EncodeMsg(broker.QueueSubject(q.Name), jobstore.Spec(d.job), d.payload, d.object)
+		msg, err := jobstore.EncodeMsg(broker.JobSubject(q.Name, d.job.GetId()), jobstore.Spec(d.job), d.payload, d.object)
 		if err != nil {
 			return nil, apierr.Internal("encode job: %v", err)
 		}

@@ -148,7 +148,7 @@ func (s *Service) prepare(ctx context.Context, req *tandemv1.SubmitJobRequest, f
 			return &prepared{err: err}
 		}
 	}
-	msg, err := jobstore.EncodeMsg(broker.JobSubject(q.Name, id), jobstore.Spec(job), payload, p.object)
+	msg, err := s.Store.NewJobMsg(broker.JobSubject(q.Name, id), jobstore.Spec(job), payload, p.object)
 	if err != nil {
 		return &prepared{err: apierr.Internal("encode job: %v", err)}
 	}

@@ -101,6 +101,9 @@ type Options struct {
 	Replicas int
 	// AuditMaxAge is the retention of the audit stream (0: 720h).
 	AuditMaxAge time.Duration
+	// ClientOptions are added to every connection's options: credentials
+	// and TLS (SecurityOptions).
+	ClientOptions []nats.Option
 }
 
 // DefaultAuditMaxAge is the audit stream's retention when none is given.
@@ -253,6 +256,16 @@ func New(o Options) (*Broker, error) {
 	b.url = o.URL
 	b.copts = []nats.Option{
 		nats.Name(o.Name),
+		nats.CustomInboxPrefix(InboxPrefix),
+		// Asynchronous errors: a permissions violation (a NATS user whose
+		// permissions lack a subject Tandem needs), a slow consumer.
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			b.log.Warn("nats error", "error", err, "subscription", subject)
+		}),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
@@ -286,6 +299,7 @@ func New(o Options) (*Broker, error) {
 			go b.ConnectLoop(context.Background())
 		}),
 	}
+	b.copts = append(b.copts, o.ClientOptions...)
 	if b.url == "" {
 		srv, err := startEmbedded(o)
 		if err != nil {

@@ -27,6 +27,7 @@ import (
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
 	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
 	"github.com/tandem/tandem/orchestrator-go/internal/provider"
+	"github.com/tandem/tandem/orchestrator-go/internal/tlsconf"
 )
 
 // ErrUnreachable marks a call that never reached a compute server (transport
@@ -45,6 +46,10 @@ type Options struct {
 	Logger          *slog.Logger
 	// OnBreakerChange is called with the endpoint and its new state.
 	OnBreakerChange func(endpoint string, state gobreaker.State)
+	// TLS, when set, is TLS (or mutual TLS) to every endpoint; nil: plaintext.
+	TLS *tlsconf.Client
+	// Token, when set, is sent as a bearer token on every call.
+	Token *TokenFile
 }
 
 type endpoint struct {
@@ -95,8 +100,12 @@ func New(o Options) (*Client, error) {
 	}
 	c := &Client{log: o.Logger, stop: make(chan struct{})}
 	for _, addr := range o.Endpoints {
+		creds := insecure.NewCredentials()
+		if o.TLS != nil {
+			creds = o.TLS.Credentials()
+		}
 		opts := []grpc.DialOption{
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithTransportCredentials(creds),
 			// Spans for job calls (the trace context travels in metadata);
 			// the liveness probes are not traced.
 			grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithFilter(filters.None(filters.MethodName("ListOps"), filters.HealthCheck())))),
@@ -106,6 +115,9 @@ func New(o Options) (*Client, error) {
 			// fail fast (and keep the breaker open) long after compute is up.
 			grpc.WithConnectParams(grpc.ConnectParams{MinConnectTimeout: 2 * time.Second,
 				Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second}}),
+		}
+		if o.Token != nil {
+			opts = append(opts, grpc.WithPerRPCCredentials(o.Token))
 		}
 		if strings.HasPrefix(addr, "dns:") {
 			opts = append(opts, grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`))
@@ -158,6 +170,13 @@ func transportFailure(err error) bool {
 	st, ok := status.FromError(err)
 	if !ok {
 		return false
+	}
+	switch st.Code() {
+	case codes.Unauthenticated, codes.PermissionDenied:
+		// Compute refuses the orchestrator's own credentials (TLS client
+		// certificate, --compute-token-file): no job can run there until
+		// that is fixed, so it counts as an outage, never as the job's fault.
+		return true
 	}
 	return st.Code() == codes.Unavailable && !apierr.HasErrorInfo(err)
 }

@@ -6,6 +6,7 @@ package computetest
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"net"
 	"strconv"
 	"sync"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -67,6 +69,51 @@ type Server struct {
 
 	srv *grpc.Server
 	t   testing.TB
+
+	tls   *tls.Config
+	token atomic.Pointer[string]
+	// LastAuth is the authorization metadata of the last call.
+	lastAuth atomic.Pointer[string]
+}
+
+// StartSecure serves the stub with TLS (tlsConfig, nil: plaintext) and,
+// when token is set, refuses calls without "authorization: Bearer <token>"
+// (UNAUTHENTICATED).
+func StartSecure(t testing.TB, tlsConfig *tls.Config, token string) *Server {
+	s := &Server{calls: map[string]int{}, trace: map[string]string{}, Started: make(chan string, 1000), Release: make(chan struct{}), StallRelease: make(chan struct{}), t: t, tls: tlsConfig}
+	s.SetToken(token)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Addr = lis.Addr().String()
+	s.serve(lis)
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// SetToken changes the accepted bearer token ("" : none needed).
+func (s *Server) SetToken(token string) { s.token.Store(&token) }
+
+// LastAuth is the authorization metadata of the last call ("" if none).
+func (s *Server) LastAuth() string {
+	if p := s.lastAuth.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+func (s *Server) checkToken(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	got := ""
+	if v := md.Get("authorization"); len(v) > 0 {
+		got = v[0]
+	}
+	s.lastAuth.Store(&got)
+	if want := s.token.Load(); want != nil && *want != "" && got != "Bearer "+*want {
+		return nil, status.Error(codes.Unauthenticated, "stub compute: bad or missing bearer token")
+	}
+	return handler(ctx, req)
 }
 
 // Start serves the stub on a random loopback port until the test ends.
@@ -83,7 +130,11 @@ func Start(t testing.TB) *Server {
 }
 
 func (s *Server) serve(lis net.Listener) {
-	srv := grpc.NewServer(grpc.MaxRecvMsgSize(80 << 20))
+	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(80 << 20), grpc.UnaryInterceptor(s.checkToken)}
+	if s.tls != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(s.tls)))
+	}
+	srv := grpc.NewServer(opts...)
 	tandemv1.RegisterComputeServiceServer(srv, s)
 	s.mu.Lock()
 	s.srv = srv

@@ -46,9 +46,6 @@ type Config struct {
 	// StreamReplicas is the replica count of every stream, KV bucket and
 	// object store the orchestrator creates (1..5; >1 needs a clustered server).
 	StreamReplicas int
-	// Auth requires a bearer token (KV bucket tandem_tokens) on every
-	// JobService and ComputeService call (health and reflection stay open).
-	Auth bool
 	// AuditMaxAge is how long the TANDEM_AUDIT stream keeps an entry.
 	AuditMaxAge time.Duration
 	// RateLimit is JobService calls per second per token (per peer address
@@ -57,7 +54,54 @@ type Config struct {
 	RateBurst int
 
 	Queues []Queue
+
+	Security
 }
+
+// Security is the transport security, authentication and encryption
+// settings (see internal/tlsconf, internal/sealing and CheckExposure).
+type Security struct {
+	// TLSCert and TLSKey turn TLS on for the gRPC port and the dashboard;
+	// TLSClientCA (a PEM bundle) makes it mutual: every client must present
+	// a certificate signed by one of its CAs.
+	TLSCert, TLSKey, TLSClientCA string
+	// Auth requires a bearer token (KV bucket tandem_tokens) on every
+	// JobService and ComputeService call (health and reflection stay open).
+	Auth bool
+	// Insecure allows a non-loopback listener without TLS and authentication
+	// (logged as a warning).
+	Insecure bool
+	// ComputeCA, ComputeCert, ComputeKey: TLS (and mTLS) to compute; TLS is
+	// on when ComputeCA or ComputeCert is set. ComputeTokenFile holds the
+	// bearer token sent on every compute call (re-read when it changes).
+	ComputeCA, ComputeCert, ComputeKey, ComputeTokenFile string
+	// NATS credentials (external server, --nats-url): a JWT creds file, an
+	// nkey seed file, or a user with a password file; NATSCA, NATSCert,
+	// NATSKey for TLS to NATS.
+	NATSCreds, NATSNKey, NATSUser, NATSPasswordFile string
+	NATSCA, NATSCert, NATSKey                       string
+	// EncryptionKeyFile, or EncryptionKeys (the text of
+	// TANDEM_ENCRYPTION_KEYS): the keyring that seals payloads and results.
+	EncryptionKeyFile string
+	EncryptionKeys    Secret
+}
+
+// Secret is text that must never be printed or logged.
+type Secret string
+
+// String hides the secret.
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return "[redacted]"
+}
+
+// GoString hides the secret from %#v.
+func (s Secret) GoString() string { return s.String() }
+
+// LogValue hides the secret from log/slog.
+func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
 
 // Queue is one queue's settings ([[queue]] in the TOML file). A field left
 // out (zero) takes its default from DefaultQueueSettings, given here after
@@ -260,10 +304,30 @@ func ParseCommand(name string, args []string, getenv func(string) string, stderr
 	str(&logLevel, "log-level", "TANDEM_ORCH_LOG_LEVEL", "info", "log level: debug, info, warn, error")
 	fs.IntVar(&maxMsgBytes, "max-message-bytes", 64<<20+1<<20, "largest gRPC request accepted (a 64 MiB payload plus overhead)")
 	defs = append(defs, flagDef{"max-message-bytes", "TANDEM_ORCH_MAX_MESSAGE_BYTES", ""})
+	boolean := func(p *bool, name, env, usage string) {
+		fs.BoolVar(p, name, false, usage)
+		defs = append(defs, flagDef{name, env, usage})
+	}
+	sec := &cfg.Security
+	str(&sec.TLSCert, "tls-cert", "TANDEM_ORCH_TLS_CERT", "", "PEM certificate (chain) of the gRPC port and the dashboard; with --tls-key turns TLS on (re-read when the file changes)")
+	str(&sec.TLSKey, "tls-key", "TANDEM_ORCH_TLS_KEY", "", "PEM private key of --tls-cert")
+	str(&sec.TLSClientCA, "tls-client-ca", "TANDEM_ORCH_TLS_CLIENT_CA", "", "PEM CA bundle: mutual TLS, every client must present a certificate signed by one of these CAs")
+	boolean(&sec.Auth, "auth", "TANDEM_ORCH_AUTH", "require a bearer token (KV bucket tandem_tokens, made with: tandem-orchestrator token create) on JobService and ComputeService calls")
+	boolean(&sec.Insecure, "insecure", "TANDEM_ORCH_INSECURE", "allow a non-loopback listen address without TLS and authentication (logs a warning)")
+	str(&sec.ComputeCA, "compute-ca", "TANDEM_ORCH_COMPUTE_CA", "", "PEM CA bundle compute's certificate must chain to; turns TLS to compute on")
+	str(&sec.ComputeCert, "compute-cert", "TANDEM_ORCH_COMPUTE_CERT", "", "PEM client certificate for mutual TLS to compute (turns TLS on; system CAs unless --compute-ca)")
+	str(&sec.ComputeKey, "compute-key", "TANDEM_ORCH_COMPUTE_KEY", "", "PEM private key of --compute-cert")
+	str(&sec.ComputeTokenFile, "compute-token-file", "TANDEM_ORCH_COMPUTE_TOKEN_FILE", "", "file holding the bearer token sent to compute on every call (re-read when it changes)")
+	str(&sec.NATSCreds, "nats-creds", "TANDEM_ORCH_NATS_CREDS", "", "NATS JWT credentials file (--nats-url)")
+	str(&sec.NATSNKey, "nats-nkey", "TANDEM_ORCH_NATS_NKEY", "", "NATS nkey seed file (--nats-url)")
+	str(&sec.NATSUser, "nats-user", "TANDEM_ORCH_NATS_USER", "", "NATS user name, with --nats-password-file (--nats-url)")
+	str(&sec.NATSPasswordFile, "nats-password-file", "TANDEM_ORCH_NATS_PASSWORD_FILE", "", "file holding the password of --nats-user (read at each connect)")
+	str(&sec.NATSCA, "nats-ca", "TANDEM_ORCH_NATS_CA", "", "PEM CA bundle the NATS server's certificate must chain to; turns TLS to NATS on")
+	str(&sec.NATSCert, "nats-cert", "TANDEM_ORCH_NATS_CERT", "", "PEM client certificate for mutual TLS to NATS")
+	str(&sec.NATSKey, "nats-key", "TANDEM_ORCH_NATS_KEY", "", "PEM private key of --nats-cert")
+	str(&sec.EncryptionKeyFile, "encryption-key-file", "TANDEM_ORCH_ENCRYPTION_KEY_FILE", "", "keyring file sealing payloads and results at rest: one \"<key-id>:<base64 of 32 bytes>\" per line, the first active (or env TANDEM_ENCRYPTION_KEYS with the same text)")
 	fs.IntVar(&replicas, "stream-replicas", 1, "replicas of every JetStream stream, KV bucket and object store (1-5; above 1 needs a clustered server via --nats-url)")
 	defs = append(defs, flagDef{"stream-replicas", "TANDEM_ORCH_STREAM_REPLICAS", ""})
-	fs.BoolVar(&cfg.Auth, "auth", false, "require a bearer token (KV bucket tandem_tokens, made with: tandem-orchestrator token create) on JobService calls")
-	defs = append(defs, flagDef{"auth", "TANDEM_ORCH_AUTH", ""})
 	fs.DurationVar(&cfg.AuditMaxAge, "audit-max-age", 720*time.Hour, "how long the audit stream TANDEM_AUDIT keeps an entry")
 	defs = append(defs, flagDef{"audit-max-age", "TANDEM_ORCH_AUDIT_MAX_AGE", ""})
 	fs.Float64Var(&cfg.RateLimit, "rate-limit", 0, "JobService calls per second per token (per peer address when --auth is off); 0: no limit")
@@ -304,6 +368,12 @@ func ParseCommand(name string, args []string, getenv func(string) string, stderr
 		}
 	}
 	cfg.DrainTimeout = drainTimeout
+	if v, ok := lookup(getenv, "TANDEM_ENCRYPTION_KEYS"); ok {
+		cfg.EncryptionKeys = Secret(v)
+	}
+	if err := cfg.Security.validate(cfg.NATSURL); err != nil {
+		return nil, nil, err
+	}
 	cfg.MaxMessageBytes = maxMsgBytes
 	cfg.StreamReplicas = replicas
 	if replicas < 1 || replicas > 5 {

@@ -2,6 +2,7 @@ package config_test
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -54,7 +55,11 @@ func TestHelpShowsEveryEnvVar(t *testing.T) {
 	_, err := config.Parse([]string{"--help"}, env(nil), &out)
 	require.Error(t, err)
 	for _, v := range []string{"TANDEM_ORCH_LISTEN", "TANDEM_ORCH_COMPUTE", "TANDEM_ORCH_NATS_URL", "TANDEM_ORCH_NATS_LISTEN", "TANDEM_ORCH_DATA_DIR",
-		"TANDEM_ORCH_CONFIG", "TANDEM_ORCH_DURABILITY", "TANDEM_ORCH_METRICS_LISTEN", "TANDEM_ORCH_DRAIN_TIMEOUT", "TANDEM_ORCH_LOG_LEVEL", "TANDEM_ORCH_STREAM_REPLICAS"} {
+		"TANDEM_ORCH_CONFIG", "TANDEM_ORCH_DURABILITY", "TANDEM_ORCH_METRICS_LISTEN", "TANDEM_ORCH_DRAIN_TIMEOUT", "TANDEM_ORCH_LOG_LEVEL", "TANDEM_ORCH_STREAM_REPLICAS",
+		"TANDEM_ORCH_TLS_CERT", "TANDEM_ORCH_TLS_KEY", "TANDEM_ORCH_TLS_CLIENT_CA", "TANDEM_ORCH_AUTH", "TANDEM_ORCH_INSECURE",
+		"TANDEM_ORCH_COMPUTE_CA", "TANDEM_ORCH_COMPUTE_CERT", "TANDEM_ORCH_COMPUTE_KEY", "TANDEM_ORCH_COMPUTE_TOKEN_FILE",
+		"TANDEM_ORCH_NATS_CREDS", "TANDEM_ORCH_NATS_NKEY", "TANDEM_ORCH_NATS_USER", "TANDEM_ORCH_NATS_PASSWORD_FILE",
+		"TANDEM_ORCH_NATS_CA", "TANDEM_ORCH_NATS_CERT", "TANDEM_ORCH_NATS_KEY", "TANDEM_ORCH_ENCRYPTION_KEY_FILE", "TANDEM_ENCRYPTION_KEYS"} {
 		require.Contains(t, out.String(), v)
 	}
 }
@@ -144,4 +149,89 @@ func TestAccessFlags(t *testing.T) {
 	_, rest, err := config.ParseCommand("x", []string{"--nats-url", "nats://h:1", "ID"}, env(nil), &bytes.Buffer{}, nil)
 	require.NoError(t, err)
 	require.Equal(t, []string{"ID"}, rest)
+}
+
+func TestLoopback(t *testing.T) {
+	t.Parallel()
+	for addr, want := range map[string]bool{
+		"127.0.0.1:1": true, "127.1.2.3:1": true, "[::1]:1": true, "localhost:1": true, "LOCALHOST:1": true,
+		":50051": false, "0.0.0.0:1": false, "[::]:1": false, "10.0.0.1:1": false, "example.com:1": false, "localhost.evil:1": false, "nonsense": false,
+	} {
+		require.Equal(t, want, config.Loopback(addr), addr)
+	}
+}
+
+func TestSecurityFlags(t *testing.T) {
+	t.Parallel()
+	c, err := config.Parse([]string{"--tls-cert", "c", "--tls-key", "k", "--auth", "--nats-url", "nats://x:4222", "--nats-user", "orchestrator", "--nats-password-file", "pw"},
+		env(map[string]string{"TANDEM_ORCH_TLS_CLIENT_CA": "ca", "TANDEM_ORCH_INSECURE": "true", "TANDEM_ENCRYPTION_KEYS": "k1:AAAA"}), &bytes.Buffer{})
+	require.NoError(t, err)
+	require.True(t, c.TLS())
+	require.True(t, c.Auth)
+	require.True(t, c.Insecure)
+	require.Equal(t, "ca", c.TLSClientCA)
+	require.Equal(t, "orchestrator", c.NATSUser)
+	require.Equal(t, config.Secret("k1:AAAA"), c.EncryptionKeys)
+	require.Equal(t, "[redacted]", c.EncryptionKeys.String())
+	require.NotContains(t, fmt.Sprintf("%v %+v %#v", c.EncryptionKeys, c.Security, c.Security), "AAAA")
+
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--tls-cert", "c"}, "--tls-cert and --tls-key"},
+		{[]string{"--tls-client-ca", "ca"}, "--tls-client-ca needs --tls-cert"},
+		{[]string{"--compute-key", "k"}, "--compute-cert and --compute-key"},
+		{[]string{"--nats-url", "nats://x", "--nats-user", "u"}, "--nats-user and --nats-password-file"},
+		{[]string{"--nats-url", "nats://x", "--nats-creds", "a", "--nats-nkey", "b"}, "one way to authenticate"},
+		{[]string{"--nats-creds", "a"}, "external server"},
+		{[]string{"--encryption-key-file", "f"}, "both set"},
+	} {
+		_, err := config.Parse(tc.args, env(map[string]string{"TANDEM_ENCRYPTION_KEYS": "x"}), &bytes.Buffer{})
+		if tc.want != "both set" {
+			_, err = config.Parse(tc.args, env(nil), &bytes.Buffer{})
+		}
+		require.ErrorContains(t, err, tc.want, "%v", tc.args)
+	}
+}
+
+func TestCheckExposure(t *testing.T) {
+	t.Parallel()
+	base := func() *config.Config {
+		c, err := config.Parse(nil, env(nil), &bytes.Buffer{})
+		require.NoError(t, err)
+		return c
+	}
+	c := base()
+	w, err := config.CheckExposure(c)
+	require.NoError(t, err, "the defaults are loopback")
+	require.Empty(t, w)
+
+	c = base()
+	c.Listen = "0.0.0.0:50051"
+	_, err = config.CheckExposure(c)
+	require.ErrorContains(t, err, "--listen 0.0.0.0:50051 is not a loopback address and has no TLS (--tls-cert and --tls-key) and no authentication")
+	c.TLSCert, c.TLSKey = "c", "k"
+	_, err = config.CheckExposure(c)
+	require.ErrorContains(t, err, "no authentication")
+	require.NotContains(t, err.Error(), "no TLS")
+	c.Auth = true
+	_, err = config.CheckExposure(c)
+	require.NoError(t, err)
+	c.Auth, c.TLSClientCA = false, "ca"
+	_, err = config.CheckExposure(c)
+	require.NoError(t, err, "mutual TLS authenticates")
+
+	c = base()
+	c.DashboardListen, c.NATSListen = ":8080", ":4222"
+	_, err = config.CheckExposure(c)
+	require.ErrorContains(t, err, "--dashboard-listen :8080")
+	require.ErrorContains(t, err, "--nats-listen :4222")
+	c.Insecure = true
+	w, err = config.CheckExposure(c)
+	require.NoError(t, err)
+	require.Len(t, w, 2)
+	c.Insecure, c.NATSURL = false, "nats://n:4222"
+	_, err = config.CheckExposure(c)
+	require.NotContains(t, err.Error(), "--nats-listen", "an external server's listener is not ours")
 }

@@ -22,6 +22,7 @@ import (
 	tandemv1 "github.com/tandem/tandem/orchestrator-go/gen/tandem/v1"
 	"github.com/tandem/tandem/orchestrator-go/internal/apierr"
 	"github.com/tandem/tandem/orchestrator-go/internal/broker"
+	"github.com/tandem/tandem/orchestrator-go/internal/sealing"
 )
 
 // Headers of a job message.
@@ -51,6 +52,40 @@ type Store struct {
 	// InlineLimit is the largest payload or result kept inside the message or
 	// record; larger ones go to an object store.
 	InlineLimit int
+	// Keys, when set, seal every payload and result written (inline in the
+	// job message or record, or as an object) and open them on the read
+	// paths (LoadPayload, View): see seal. nil: stored as they are, and
+	// sealed bytes met on a read are an error naming their key id.
+	Keys *sealing.Keyring
+}
+
+// Purposes of sealed bytes, bound into the seal with the job id: a payload
+// cannot be opened as another job's, nor as a result.
+const (
+	purposePayload = "payload"
+	purposeResult  = "result"
+)
+
+// seal and open are the only places payload and result bytes are encrypted
+// and decrypted (encryption at rest, internal/sealing). Job metadata (ids,
+// state, steps and op names, labels, attempts, errors, sizes) stays
+// plaintext: the orchestrator reads it without a key and it is what the
+// operator inspects.
+func (s *Store) seal(purpose, jobID string, plain []byte) ([]byte, error) {
+	b, err := s.Keys.Seal(purpose+":"+jobID, plain)
+	if err != nil {
+		return nil, apierr.Internal("sealing the %s of job %s: %v", purpose, jobID, err)
+	}
+	return b, nil
+}
+
+func (s *Store) open(purpose, jobID string, b []byte) ([]byte, error) {
+	plain, err := s.Keys.Open(purpose+":"+jobID, b)
+	if err != nil {
+		return nil, apierr.New(tandemv1.ErrorReason_INTERNAL_ERROR, fmt.Sprintf("the %s of job %s cannot be decrypted: %v", purpose, jobID, err),
+			apierr.KeyJobID, jobID)
+	}
+	return plain, nil
 }
 
 // New returns a Store. The inline limit follows the server's max_payload (read
@@ -161,16 +196,23 @@ func (s *Store) record(ctx context.Context, id string) (*Record, error) {
 }
 
 // GetInQueue is Get for a job known to belong to queue (a submit's): it
-// looks at that queue's stream first, then at the record. In that order two
-// reads cannot miss a job that exists: a worker writes the record before its
-// message leaves the stream.
+// looks at that queue's stream first, then at the record, and the record
+// wins. In that order two reads cannot miss a job that exists (a worker
+// writes the record before its message leaves the stream), and a job whose
+// message is still there after its record was written reads as recorded.
 func (s *Store) GetInQueue(ctx context.Context, queue, id string) (*Record, error) {
+	var queued *Record
 	if st, ok := s.b.Queues()[queue]; ok {
-		if rec, err := s.queuedIn(ctx, st, queue, id); rec != nil || err != nil {
-			return rec, err
+		var err error
+		if queued, err = s.queuedIn(ctx, st, queue, id); err != nil {
+			return nil, err
 		}
 	}
-	return s.record(ctx, id)
+	rec, err := s.record(ctx, id)
+	if isNotFound(err) && queued != nil {
+		return queued, nil
+	}
+	return rec, err
 }
 
 // findChunk is how many subjects one batched direct get asks for.
@@ -197,11 +239,10 @@ func (s *Store) FindInQueue(ctx context.Context, queue string, ids []string) (ma
 	if err != nil {
 		return nil, err
 	}
+	// Then every record (a record wins over a message still in the stream).
 	subjects = subjects[:0]
 	for _, id := range ids {
-		if found[id] == nil {
-			subjects = append(subjects, broker.JobKVSubject(id))
-		}
+		subjects = append(subjects, broker.JobKVSubject(id))
 	}
 	err = s.lastMsgs(ctx, "KV_"+broker.JobsBucket, subjects, func(m *jetstream.RawStreamMsg) {
 		if m.Header.Get("KV-Operation") != "" || len(m.Data) == 0 {
@@ -422,6 +463,19 @@ func EncodeMsg(subject string, spec *tandemv1.Job, payload []byte, payloadObject
 	return m, nil
 }
 
+// NewJobMsg is the message of a newly submitted job: EncodeMsg with the
+// inline payload sealed. (EncodeMsg itself takes the payload as stored: a
+// dead letter and its retry carry the bytes of the original message.)
+func (s *Store) NewJobMsg(subject string, spec *tandemv1.Job, payload []byte, payloadObject string) (*nats.Msg, error) {
+	if payloadObject == "" {
+		var err error
+		if payload, err = s.seal(purposePayload, spec.GetId(), payload); err != nil {
+			return nil, err
+		}
+	}
+	return EncodeMsg(subject, spec, payload, payloadObject)
+}
+
 // DecodeMsg splits a job message into its spec, inline payload and payload object name.
 func DecodeMsg(h nats.Header, data []byte) (spec *tandemv1.Job, payload []byte, payloadObject string, err error) {
 	l, n := binary.Uvarint(data)
@@ -444,22 +498,26 @@ func ResultObject(jobID string) string { return "result/" + jobID }
 // PutPayload stores a large payload.
 func (s *Store) PutPayload(ctx context.Context, jobID string, payload []byte) (string, error) {
 	name := PayloadObject(jobID)
+	payload, err := s.seal(purposePayload, jobID, payload)
+	if err != nil {
+		return "", err
+	}
 	if _, err := s.b.Payloads().PutBytes(ctx, name, payload); err != nil {
 		return "", brokerErr(err)
 	}
 	return name, nil
 }
 
-// LoadPayload returns the payload of a job message.
-func (s *Store) LoadPayload(ctx context.Context, inline []byte, object string) ([]byte, error) {
+// LoadPayload returns the (opened) payload of job jobID's message.
+func (s *Store) LoadPayload(ctx context.Context, jobID string, inline []byte, object string) ([]byte, error) {
 	if object == "" {
-		return inline, nil
+		return s.open(purposePayload, jobID, inline)
 	}
 	data, err := s.b.Payloads().GetBytes(ctx, object)
 	if err != nil {
 		return nil, brokerErr(fmt.Errorf("payload %s: %w", object, err))
 	}
-	return data, nil
+	return s.open(purposePayload, jobID, data)
 }
 
 // DeletePayload removes a payload object (best effort).
@@ -474,7 +532,12 @@ func (s *Store) DeletePayload(ctx context.Context, object string) {
 func (s *Store) AttachResult(ctx context.Context, j *tandemv1.Job, result []byte, contentType string) error {
 	j.ResultSize = uint64(len(result))
 	j.ResultContentType = contentType
-	if len(result) <= s.InlineLimit {
+	inline := len(result) <= s.InlineLimit
+	result, err := s.seal(purposeResult, j.GetId(), result)
+	if err != nil {
+		return err
+	}
+	if inline {
 		j.Result = result
 		return nil
 	}
@@ -521,6 +584,11 @@ func (s *Store) View(ctx context.Context, j *tandemv1.Job, includeResult bool) (
 		}
 		out.Result = data
 	}
+	plain, err := s.open(purposeResult, out.GetId(), out.GetResult())
+	if err != nil {
+		return nil, err
+	}
+	out.Result = plain
 	return out, nil
 }
 

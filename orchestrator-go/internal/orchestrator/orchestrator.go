@@ -6,6 +6,7 @@ package orchestrator
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,7 +22,9 @@ import (
 	"github.com/oklog/ulid/v2"
 	"github.com/sony/gobreaker/v2"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/test/bufconn"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc/filters"
@@ -42,7 +45,9 @@ import (
 	"github.com/tandem/tandem/orchestrator-go/internal/metrics"
 	"github.com/tandem/tandem/orchestrator-go/internal/queue"
 	"github.com/tandem/tandem/orchestrator-go/internal/ratelimit"
+	"github.com/tandem/tandem/orchestrator-go/internal/sealing"
 	"github.com/tandem/tandem/orchestrator-go/internal/telemetry"
+	"github.com/tandem/tandem/orchestrator-go/internal/tlsconf"
 	"github.com/tandem/tandem/orchestrator-go/internal/workers"
 )
 
@@ -88,6 +93,16 @@ type Orchestrator struct {
 	dashSrv  *http.Server
 	dashLis  net.Listener
 	dashConn *grpc.ClientConn
+	// inproc is an in-memory listener of the gRPC server: the dashboard's
+	// own calls, which need no TLS.
+	inproc    *bufconn.Listener
+	inprocSrv *grpc.Server
+
+	// ServerTLS is the TLS of the gRPC port and the dashboard (nil: off).
+	ServerTLS  *tlsconf.Server
+	computeTLS *tlsconf.Client
+	token      *compute.TokenFile
+	keys       *sealing.Keyring
 
 	grpc       *grpc.Server
 	health     *health.Server
@@ -139,10 +154,25 @@ func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 			orc.closeAll()
 		}
 	}()
+	exposed, err := config.CheckExposure(cfg)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range exposed {
+		log.Warn("INSECURE: --insecure given; running exposed without TLS and authentication, anyone who can reach the port can use it", "exposure", e)
+	}
+	if err := orc.loadSecurity(); err != nil {
+		return nil, err
+	}
+	natsOpts, err := broker.SecurityOptions(cfg.Security, log)
+	if err != nil {
+		return nil, err
+	}
 	orc.Broker, err = broker.New(broker.Options{
 		URL: cfg.NATSURL, Listen: cfg.NATSListen, DataDir: cfg.DataDir, Durability: cfg.Durability,
 		Queues: cfg.Queues, Logger: log, Name: "tandem-orchestrator " + workerID, Replicas: cfg.StreamReplicas,
-		AuditMaxAge: cfg.AuditMaxAge,
+		AuditMaxAge:   cfg.AuditMaxAge,
+		ClientOptions: natsOpts,
 	})
 	if err != nil {
 		return nil, err
@@ -157,6 +187,7 @@ func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 	}
 	orc.Compute, err = compute.New(compute.Options{
 		Endpoints: cfg.Compute, MaxMessageBytes: cfg.MaxMessageBytes, BreakerOpenFor: o.BreakerOpenFor, Logger: log,
+		TLS: orc.computeTLS, Token: orc.token,
 		OnBreakerChange: func(ep string, st gobreaker.State) {
 			m.BreakerState.WithLabelValues(ep).Set(float64(map[gobreaker.State]int{gobreaker.StateClosed: 0, gobreaker.StateHalfOpen: 1, gobreaker.StateOpen: 2}[st]))
 		},
@@ -170,14 +201,26 @@ func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("--listen %s: %w", cfg.Listen, err)
 	}
-	orc.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(cfg.MaxMessageBytes), grpc.MaxSendMsgSize(cfg.MaxMessageBytes),
+	sopts := []grpc.ServerOption{grpc.MaxRecvMsgSize(cfg.MaxMessageBytes), grpc.MaxSendMsgSize(cfg.MaxMessageBytes),
 		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithFilter(filters.Not(filters.HealthCheck())))),
-		grpc.ChainUnaryInterceptor(orc.gateUnary, orc.access.unary), grpc.ChainStreamInterceptor(orc.gateStream, orc.access.stream))
-	tandemv1.RegisterJobServiceServer(orc.grpc, orc.API)
-	tandemv1.RegisterComputeServiceServer(orc.grpc, &api.ComputeProxy{Compute: orc.Compute, Jobs: orc.API})
+		grpc.ChainUnaryInterceptor(orc.gateUnary, orc.access.unary), grpc.ChainStreamInterceptor(orc.gateStream, orc.access.stream)}
 	orc.health = health.NewServer()
-	healthpb.RegisterHealthServer(orc.grpc, orc.health)
-	reflection.Register(orc.grpc)
+	register := func(srv *grpc.Server) *grpc.Server {
+		tandemv1.RegisterJobServiceServer(srv, orc.API)
+		tandemv1.RegisterComputeServiceServer(srv, &api.ComputeProxy{Compute: orc.Compute, Jobs: orc.API})
+		healthpb.RegisterHealthServer(srv, orc.health)
+		reflection.Register(srv)
+		return srv
+	}
+	if cfg.DashboardListen != "" {
+		// The dashboard's own calls: the same services and interceptors, in
+		// memory, without TLS.
+		orc.inprocSrv = register(grpc.NewServer(sopts...))
+	}
+	if orc.ServerTLS != nil {
+		sopts = append(sopts, grpc.Creds(credentials.NewTLS(orc.ServerTLS.Config())))
+	}
+	orc.grpc = register(grpc.NewServer(sopts...))
 	orc.setHealth(false)
 	orc.wg.Add(1)
 	go func() {
@@ -201,6 +244,12 @@ func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 		}()
 	}
 	if cfg.DashboardListen != "" {
+		orc.inproc = bufconn.Listen(1 << 20)
+		orc.wg.Add(1)
+		go func() {
+			defer orc.wg.Done()
+			_ = orc.inprocSrv.Serve(orc.inproc)
+		}()
 		if err := orc.startDashboard(cfg.DashboardListen); err != nil {
 			return nil, err
 		}
@@ -229,18 +278,55 @@ func Start(ctx context.Context, o Options) (_ *Orchestrator, err error) {
 		}()
 	}
 	log.Info("orchestrator started", "listen", orc.lis.Addr().String(), "nats", orc.Broker.URL(), "compute", cfg.Compute, "queues", len(cfg.Queues), "worker", workerID,
-		"auth", cfg.Auth, "rate_limit", cfg.RateLimit)
+		"tls", orc.ServerTLS != nil, "mtls", cfg.TLSClientCA != "", "auth", cfg.Auth, "rate_limit", cfg.RateLimit, "compute_tls", orc.computeTLS != nil, "encryption", orc.keys.String())
 	return orc, nil
 }
 
+// loadSecurity loads the TLS files, the compute token and the keyring.
+func (o *Orchestrator) loadSecurity() error {
+	sec := o.cfg.Security
+	var err error
+	if sec.TLS() {
+		if o.ServerTLS, err = tlsconf.NewServer(sec.TLSCert, sec.TLSKey, sec.TLSClientCA, o.log); err != nil {
+			return err
+		}
+	}
+	if sec.ComputeCA != "" || sec.ComputeCert != "" {
+		if o.computeTLS, err = tlsconf.NewClient(sec.ComputeCA, sec.ComputeCert, sec.ComputeKey, "--compute-ca/--compute-cert/--compute-key", o.log); err != nil {
+			return err
+		}
+	}
+	if sec.ComputeTokenFile != "" {
+		if o.computeTLS == nil {
+			for _, ep := range o.cfg.Compute {
+				if !config.Loopback(strings.TrimPrefix(ep, "dns:///")) {
+					o.log.Warn("the compute token is sent without TLS (no --compute-ca or --compute-cert)", "endpoint", ep)
+				}
+			}
+		}
+		if o.token, err = compute.NewTokenFile(sec.ComputeTokenFile, o.computeTLS != nil, o.log); err != nil {
+			return err
+		}
+	}
+	if o.keys, err = sealing.Load(sec.EncryptionKeyFile, string(sec.EncryptionKeys)); err != nil {
+		return err
+	}
+	return nil
+}
+
 // startDashboard serves the web dashboard; it calls this orchestrator's own
-// JobService over gRPC, like any other client.
+// JobService over gRPC (in memory, through the same interceptors as any
+// other client).
 func (o *Orchestrator) startDashboard(addr string) error {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("--dashboard-listen %s: %w", addr, err)
 	}
-	conn, err := grpc.NewClient(o.lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if o.ServerTLS != nil {
+		lis = tls.NewListener(lis, o.ServerTLS.Config())
+	}
+	conn, err := grpc.NewClient("passthrough:///tandem-dashboard", grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return o.inproc.DialContext(ctx) }))
 	if err != nil {
 		_ = lis.Close()
 		return err
@@ -308,6 +394,7 @@ func (o *Orchestrator) finishStart(ctx context.Context) error {
 		}
 	}
 	o.Store = jobstore.New(o.Broker)
+	o.Store.Keys = o.keys
 	o.Workers = workers.New(o.Broker, o.Metrics, o.log, o.Compute.Serves)
 	if err := o.Workers.Start(ctx); err != nil {
 		return err
@@ -459,6 +546,9 @@ func (o *Orchestrator) Shutdown(drainTimeout time.Duration) {
 			o.dash.Close()
 			_ = o.dashConn.Close()
 		}
+		if o.inprocSrv != nil {
+			o.inprocSrv.Stop()
+		}
 		o.wg.Wait()
 		o.closeAll()
 		o.log.Info("drained")
@@ -474,12 +564,18 @@ func (o *Orchestrator) closeAll() {
 	} else if o.lis != nil {
 		_ = o.lis.Close()
 	}
+	if o.inprocSrv != nil {
+		o.inprocSrv.Stop()
+	}
 	if o.Compute != nil {
 		o.Compute.Close()
 	}
 	if o.Audit != nil {
 		o.Audit.Flush() // the submits' open audit windows
 	}
+	o.ServerTLS.Close()
+	o.computeTLS.Close()
+	o.token.Close()
 	if o.Broker != nil {
 		o.Broker.Close() // flushes: pending audit publishes go out first
 	}

@@ -1,16 +1,19 @@
 package orchestrator_test
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
@@ -47,6 +50,31 @@ type setupOpts struct {
 	auth      bool
 	rateLimit float64
 	rateBurst int
+	// security is the TLS, auth and encryption configuration; clientCreds
+	// the bundle client's transport credentials (nil: plaintext).
+	security    config.Security
+	clientCreds credentials.TransportCredentials
+	dataDir     string        // empty: a temp dir
+	listen      string        // empty: 127.0.0.1:0
+	logs        *lockedBuffer // set: JSON logs go here
+}
+
+// lockedBuffer collects log lines from many goroutines.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // testQueue is a queue with test-friendly timings.
@@ -96,25 +124,42 @@ func startOrchestrator(t testing.TB, o setupOpts) *testBundle {
 		Compute:         append(append([]string{}, o.deadCompute...), o.compute.Addr),
 		NATSURL:         o.natsURL,
 		NATSListen:      "",
-		DataDir:         t.TempDir(),
+		DataDir:         o.dataDir,
 		Durability:      config.DurabilityInterval,
 		DrainTimeout:    5 * time.Second,
 		MaxMessageBytes: 65 << 20,
 		StreamReplicas:  max(1, o.replicas),
 		Queues:          qs,
-		Auth:            o.auth,
 		RateLimit:       o.rateLimit,
 		RateBurst:       max(1, o.rateBurst),
+		Security:        o.security,
+	}
+	if o.auth {
+		cfg.Auth = true
+	}
+	if cfg.DataDir == "" {
+		cfg.DataDir = t.TempDir()
+	}
+	if o.listen != "" {
+		cfg.Listen = o.listen
+	}
+	log := testLogger()
+	if o.logs != nil {
+		log = slog.New(slog.NewJSONHandler(o.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	if o.dashboard {
 		cfg.DashboardListen = "127.0.0.1:0"
 	}
 	orc, err := orchestrator.Start(context.Background(), orchestrator.Options{
-		Config: cfg, Logger: testLogger(), Fault: o.fault, BreakerOpenFor: 200 * time.Millisecond, WorkerID: o.worker, WatchLimits: o.watchLimits,
+		Config: cfg, Logger: log, Fault: o.fault, BreakerOpenFor: 200 * time.Millisecond, WorkerID: o.worker, WatchLimits: o.watchLimits,
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { orc.Shutdown(time.Second) })
-	conn, err := grpc.NewClient(orc.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+	creds := o.clientCreds
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	conn, err := grpc.NewClient(orc.Addr(), grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(80<<20), grpc.MaxCallSendMsgSize(80<<20)))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = conn.Close() })

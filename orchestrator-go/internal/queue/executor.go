@@ -291,7 +291,7 @@ func (p *Pool) needsCompute(j *tandemv1.Job) bool {
 // worker of its op; the bytes between steps stay here.
 func (p *Pool) transform(ctx context.Context, a *attempt) (resp *tandemv1.TransformResponse, err error) {
 	j := a.rec.Job
-	payload, err := p.Store.LoadPayload(ctx, a.inline, a.object)
+	payload, err := p.Store.LoadPayload(ctx, j.GetId(), a.inline, a.object)
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -45,9 +46,12 @@ type Worker struct {
 }
 
 // Start connects to url and serves until the test ends.
-func Start(t testing.TB, url, id string) *Worker {
+func Start(t testing.TB, url, id string) *Worker { return StartWith(t, url, id) }
+
+// StartWith is Start with extra connection options (credentials, TLS).
+func StartWith(t testing.TB, url, id string, opts ...nats.Option) *Worker {
 	t.Helper()
-	nc, err := nats.Connect(url)
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,6 +111,17 @@ func (w *Worker) serve(msg *nats.Msg) {
 		return // a frozen process reads nothing
 	}
 	w.Calls.Add(1)
+	if req.GetInputObject() != "" {
+		// A large input: from the payloads object store, as the Python worker does.
+		if err := w.payloads(func(ctx context.Context, store jetstream.ObjectStore) error {
+			data, err := store.GetBytes(ctx, req.GetInputObject())
+			req.Input = data
+			return err
+		}); err != nil {
+			w.respond(msg, &tandemv1.StepResponse{Error: &tandemv1.Error{Code: 14, Reason: tandemv1.ErrorReason_BROKER_UNAVAILABLE, Message: err.Error()}})
+			return
+		}
+	}
 	hb, _ := proto.Marshal(&tandemv1.StepHeartbeat{JobId: req.GetJobId(), Attempt: req.GetAttempt(), WorkerId: w.ID})
 	_ = w.nc.Publish(workers.StepHeartbeatSubject(req.GetJobId(), req.GetAttempt()), hb)
 	w.wg.Add(1)
@@ -120,10 +135,40 @@ func (w *Worker) serve(msg *nats.Msg) {
 			case <-time.After(10 * time.Millisecond):
 			}
 		}
-		resp.WorkerId = w.ID
-		data, _ := proto.Marshal(resp)
-		_ = msg.Respond(data)
+		if uint64(len(resp.GetOutput())) > req.GetInlineLimit() && req.GetInlineLimit() > 0 && req.GetOutputObject() != "" {
+			out := resp.Output
+			if err := w.payloads(func(ctx context.Context, store jetstream.ObjectStore) error {
+				_, err := store.PutBytes(ctx, req.GetOutputObject(), out)
+				return err
+			}); err == nil {
+				resp.Output, resp.OutputObject = nil, req.GetOutputObject()
+			} else {
+				resp = &tandemv1.StepResponse{Error: &tandemv1.Error{Code: 14, Reason: tandemv1.ErrorReason_BROKER_UNAVAILABLE, Message: err.Error()}}
+			}
+		}
+		w.respond(msg, resp)
 	}()
+}
+
+func (w *Worker) respond(msg *nats.Msg, resp *tandemv1.StepResponse) {
+	resp.WorkerId = w.ID
+	data, _ := proto.Marshal(resp)
+	_ = msg.Respond(data)
+}
+
+// payloads runs fn on the tandem_payloads object store.
+func (w *Worker) payloads(fn func(ctx context.Context, store jetstream.ObjectStore) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	js, err := jetstream.New(w.nc)
+	if err != nil {
+		return err
+	}
+	store, err := js.ObjectStore(ctx, "tandem_payloads")
+	if err != nil {
+		return err
+	}
+	return fn(ctx, store)
 }
 
 func (w *Worker) run(req *tandemv1.StepRequest) *tandemv1.StepResponse {

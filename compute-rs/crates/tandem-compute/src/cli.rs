@@ -4,6 +4,7 @@
 //! team's own compute binary passes its ops instead of `[]`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tandem_core::Op;
@@ -11,6 +12,7 @@ use tandem_core::Op;
 use crate::metrics::Metrics;
 use crate::server::{CUT_OFF_GRACE, Config, serve};
 use crate::telemetry::Telemetry;
+use crate::tls::TlsFiles;
 
 /// How long shutdown waits for the last spans to be exported.
 const SPAN_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,11 +27,12 @@ const SPAN_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
     name = "tandem-compute",
     version,
     about = "Tandem compute service: runs CPU-bound transforms over gRPC.",
-    long_about = None
+    long_about = None,
+    after_help = SECURITY_HELP
 )]
 pub struct Flags {
-    /// gRPC listen address.
-    #[arg(long, env = "TANDEM_COMPUTE_LISTEN", default_value = "127.0.0.1:50052")]
+    /// gRPC listen address (IP:port; localhost:PORT is 127.0.0.1:PORT).
+    #[arg(long, env = "TANDEM_COMPUTE_LISTEN", default_value = "127.0.0.1:50052", value_parser = listen_addr)]
     pub listen: SocketAddr,
 
     /// Prometheus metrics listen address (HTTP, GET /metrics); empty turns metrics off.
@@ -63,7 +66,60 @@ pub struct Flags {
     /// Log level or tracing filter (error, warn, info, debug, trace).
     #[arg(long, env = "TANDEM_COMPUTE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// TLS on the gRPC port: the server certificate chain (PEM, leaf first); needs --tls-key.
+    /// Re-read when the file changes (new connections get the new certificate).
+    #[arg(long, env = "TANDEM_COMPUTE_TLS_CERT", value_name = "FILE", value_parser = path)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1). Re-read when the file changes.
+    #[arg(long, env = "TANDEM_COMPUTE_TLS_KEY", value_name = "FILE", value_parser = path)]
+    pub tls_key: Option<PathBuf>,
+
+    /// mTLS: CA certificates (PEM bundle) that client certificates must chain to; a client without
+    /// one, or with another CA's, fails the TLS handshake. Needs --tls-cert. Re-read when the file changes.
+    #[arg(long, env = "TANDEM_COMPUTE_TLS_CLIENT_CA", value_name = "FILE", value_parser = path)]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Accepted bearer tokens, one a line (blank lines and # comments ignored): every ComputeService
+    /// call then needs metadata "authorization: Bearer <token>" (health and reflection stay open).
+    /// Re-read when the file changes.
+    #[arg(long, env = "TANDEM_COMPUTE_TOKEN_FILE", value_name = "FILE", value_parser = path)]
+    pub token_file: Option<PathBuf>,
+
+    /// Allow a non-loopback --listen without TLS and client authentication (logs a warning).
+    #[arg(long, env = "TANDEM_COMPUTE_INSECURE", default_value_t = false,
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure: bool,
 }
+
+/// `--listen`: an IP address and port, or `localhost:PORT` (127.0.0.1).
+fn listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Some(port) = s.strip_prefix("localhost:") {
+        let port: u16 = port.parse().map_err(|e| format!("{s:?}: port: {e}"))?;
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().map_err(|e| format!("{s:?}: {e} (want IP:port, e.g. 127.0.0.1:50052 or [::1]:50052)"))
+}
+
+/// A file flag; empty (e.g. `TANDEM_COMPUTE_TLS_CERT=` in a compose file)
+/// is the same as not set.
+fn path(s: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(s))
+}
+
+/// `Some` only for a non-empty path.
+fn given(p: &Option<PathBuf>) -> Option<&PathBuf> {
+    p.as_ref().filter(|p| !p.as_os_str().is_empty())
+}
+
+/// The security paragraph of `--help`.
+const SECURITY_HELP: &str = "\
+Security: a --listen address outside loopback (127.0.0.0/8, ::1) needs TLS (--tls-cert and --tls-key) and \
+client authentication (--tls-client-ca or --token-file, or both); without them the server refuses to start \
+unless --insecure is given. Certificate, key, CA and token files are re-read within about a second of a change; \
+a file that no longer loads keeps the previous one (and logs an error).";
 
 impl Flags {
     /// The flags from the command line and the environment; prints usage
@@ -85,7 +141,56 @@ impl Flags {
         config.limits.queue_depth = queue_depth;
         config.enable_debug_ops = self.enable_debug_ops;
         config.drain_timeout = self.drain_timeout;
+        config.tls = match (given(&self.tls_cert), given(&self.tls_key)) {
+            (Some(cert), Some(key)) => {
+                Some(TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: given(&self.tls_client_ca).cloned() })
+            }
+            _ => None,
+        };
+        config.token_file = given(&self.token_file).cloned();
         config
+    }
+
+    /// Whether these flags may serve: the TLS flags come in pairs, and a
+    /// non-loopback [`Flags::listen`] needs TLS and client authentication
+    /// (a client CA or a token file) unless [`Flags::insecure`]. `Ok` holds
+    /// the warning to log when `--insecure` let a missing one pass.
+    pub fn check_security(&self) -> Result<Option<String>, String> {
+        let (cert, key, client_ca, token_file) =
+            (given(&self.tls_cert), given(&self.tls_key), given(&self.tls_client_ca), given(&self.token_file));
+        match (cert, key) {
+            (Some(_), None) => return Err("--tls-cert needs --tls-key".to_owned()),
+            (None, Some(_)) => return Err("--tls-key needs --tls-cert".to_owned()),
+            _ => {}
+        }
+        if client_ca.is_some() && cert.is_none() {
+            return Err("--tls-client-ca (mTLS) needs --tls-cert and --tls-key".to_owned());
+        }
+        let mut missing = Vec::new();
+        if cert.is_none() {
+            missing.push("TLS (--tls-cert and --tls-key)");
+        }
+        if client_ca.is_none() && token_file.is_none() {
+            missing.push("client authentication (--tls-client-ca or --token-file)");
+        }
+        let ip = self.listen.ip().to_canonical();
+        if ip.is_loopback() || missing.is_empty() {
+            return Ok(None);
+        }
+        let missing = missing.join(" and ");
+        if self.insecure {
+            Ok(Some(format!(
+                "INSECURE: --listen {} is not loopback and has no {missing}: anyone who can reach it can run ops \
+                 (--insecure given)",
+                self.listen
+            )))
+        } else {
+            Err(format!(
+                "refusing to serve: --listen {} is not loopback and has no {missing}; set them, listen on loopback, \
+                 or pass --insecure to accept the risk",
+                self.listen
+            ))
+        }
     }
 }
 
@@ -126,6 +231,13 @@ pub fn run(flags: Flags, ops: impl IntoIterator<Item = Op>) -> Result<(), Box<dy
         tracing::error!(error = %info, "panic");
     }));
 
+    let insecure_warning = match flags.check_security() {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "not starting");
+            return Err(e.into());
+        }
+    };
     let config = Config { ops: ops.into_iter().collect(), ..flags.config() };
     // Refuse a wrongly defined op before listening.
     config.registry().map_err(|e| e.to_string())?;
@@ -141,7 +253,7 @@ pub fn run(flags: Flags, ops: impl IntoIterator<Item = Op>) -> Result<(), Box<dy
         let _in_runtime = runtime.enter();
         Telemetry::init()?
     };
-    let result = runtime.block_on(serve_process(flags, config, telemetry.exporting()));
+    let result = runtime.block_on(serve_process(flags, config, telemetry.exporting(), insecure_warning));
     // The runtime still runs: the last spans (the drain's too) go out.
     telemetry.shutdown(SPAN_FLUSH_TIMEOUT);
     // An op that was cut off and never reaches a checkpoint keeps its
@@ -150,7 +262,21 @@ pub fn run(flags: Flags, ops: impl IntoIterator<Item = Op>) -> Result<(), Box<dy
     result
 }
 
-async fn serve_process(flags: Flags, config: Config, exporting: bool) -> Result<(), Box<dyn std::error::Error>> {
+async fn serve_process(
+    flags: Flags,
+    config: Config,
+    exporting: bool,
+    insecure_warning: Option<String>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // Unusable TLS or token files stop the start before anything listens.
+    let cert_sha256 = match &config.tls {
+        Some(files) => files.check()?,
+        None => String::new(),
+    };
+    let tokens = match &config.token_file {
+        Some(path) => crate::auth::Tokens::from_file(path)?.len(),
+        None => 0,
+    };
     // Before anything listens: SIGTERM is a drain from the first moment on.
     let shutdown = shutdown_signal().map_err(|e| format!("cannot listen for SIGINT/SIGTERM: {e}"))?;
     let metrics = Metrics::new()?;
@@ -178,9 +304,20 @@ async fn serve_process(flags: Flags, config: Config, exporting: bool) -> Result<
         drain_timeout = %crate::duration::format(config.drain_timeout),
         extra_ops = %extra_ops.join(","),
         tracing = if exporting { "otlp" } else { "off" },
+        tls = match &config.tls {
+            None => "off",
+            Some(TlsFiles { client_ca: None, .. }) => "on",
+            Some(_) => "mtls",
+        },
+        cert_sha256 = %cert_sha256,
+        token_auth = config.token_file.is_some(),
+        tokens,
         version = env!("CARGO_PKG_VERSION"),
         "tandem-compute listening"
     );
+    if let Some(w) = insecure_warning {
+        tracing::warn!(listen = %addr, "{w}");
+    }
     serve(config, listener, metrics, shutdown).await?;
     tracing::info!("tandem-compute stopped");
     Ok(())
@@ -215,4 +352,51 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        <Flags as clap::Parser>::try_parse_from(std::iter::once("tandem-compute").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn loopback_needs_nothing_and_public_needs_tls_and_client_auth() {
+        for listen in ["127.0.0.1:1", "127.8.9.10:1", "[::1]:1", "[::ffff:127.0.0.1]:1", "localhost:1"] {
+            assert_eq!(flags(&["--listen", listen]).check_security(), Ok(None), "{listen}");
+        }
+        assert_eq!(flags(&["--listen", "localhost:7"]).listen, "127.0.0.1:7".parse().unwrap());
+        let tls = ["--tls-cert", "c.pem", "--tls-key", "k.pem"];
+        for listen in ["0.0.0.0:1", "[::]:1", "10.1.2.3:1", "[::ffff:10.0.0.1]:1"] {
+            let with = |extra: &[&str]| flags(&[&["--listen", listen], extra].concat()).check_security();
+            let e = with(&[]).unwrap_err();
+            assert!(e.contains("has no TLS (--tls-cert and --tls-key) and client authentication"), "{e}");
+            let e = with(&tls).unwrap_err();
+            assert!(e.contains("has no client authentication (--tls-client-ca or --token-file);"), "{e}");
+            let e = with(&["--token-file", "t"]).unwrap_err();
+            assert!(e.contains("has no TLS (--tls-cert and --tls-key);"), "{e}");
+            assert_eq!(with(&[&tls[..], &["--token-file", "t"]].concat()), Ok(None));
+            assert_eq!(with(&[&tls[..], &["--tls-client-ca", "ca.pem"]].concat()), Ok(None));
+            let w = with(&["--insecure"]).unwrap().unwrap();
+            assert!(w.starts_with(&format!("INSECURE: --listen {listen} is not loopback and has no TLS")), "{w}");
+            let w = with(&[&tls[..], &["--insecure"]].concat()).unwrap().unwrap();
+            assert!(w.contains("has no client authentication"), "{w}");
+            assert_eq!(with(&[&tls[..], &["--token-file", "t", "--insecure"]].concat()), Ok(None));
+        }
+        let e = |args: &[&str]| flags(args).check_security().unwrap_err();
+        assert_eq!(e(&["--tls-cert", "c"]), "--tls-cert needs --tls-key");
+        assert_eq!(e(&["--tls-key", "k"]), "--tls-key needs --tls-cert");
+        assert_eq!(e(&["--tls-client-ca", "ca"]), "--tls-client-ca (mTLS) needs --tls-cert and --tls-key");
+        // Empty (an unset compose variable) is not set.
+        let f = flags(&["--tls-cert", "", "--tls-key", "", "--token-file", ""]);
+        assert_eq!(f.check_security(), Ok(None));
+        assert_eq!((f.config().tls, f.config().token_file), (None, None));
+        let f = flags(&[&tls[..], &["--tls-client-ca", "ca.pem"]].concat());
+        let want = TlsFiles { cert: "c.pem".into(), key: "k.pem".into(), client_ca: Some("ca.pem".into()) };
+        assert_eq!(f.config().tls, Some(want));
+        let bad = <Flags as clap::Parser>::try_parse_from(["tandem-compute", "--listen", "localhost"]).unwrap_err();
+        assert!(bad.to_string().contains("want IP:port"), "{bad}");
+    }
 }

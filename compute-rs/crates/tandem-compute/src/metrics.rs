@@ -36,6 +36,15 @@ pub struct Metrics {
     pub queued: IntGauge,
     /// Requests answered OVERLOADED.
     pub rejected: IntCounter,
+    /// ComputeService calls answered UNAUTHENTICATED (no, a malformed or an
+    /// unknown bearer token).
+    pub unauthenticated: IntCounter,
+    /// TLS handshakes that failed or timed out (plaintext clients, clients
+    /// without an accepted certificate).
+    pub tls_handshake_failures: IntCounter,
+    /// Re-reads of changed certificate, key and token files, by what
+    /// (`tls`, `tokens`) and result (`ok`, `error`: the previous stays).
+    pub reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -72,6 +81,19 @@ impl Metrics {
             "tandem_compute_rejected_total",
             "Requests answered RESOURCE_EXHAUSTED (OVERLOADED) because the pool and its queue were full.",
         )?;
+        let unauthenticated = IntCounter::new(
+            "tandem_compute_unauthenticated_total",
+            "ComputeService calls answered UNAUTHENTICATED (no, a malformed or an unknown bearer token).",
+        )?;
+        let tls_handshake_failures = IntCounter::new(
+            "tandem_compute_tls_handshake_failures_total",
+            "TLS handshakes on the gRPC port that failed or timed out.",
+        )?;
+        let reloads = counters(
+            "tandem_compute_reloads_total",
+            "Re-reads of changed certificate, key and token files, by what and result (error: the previous stays).",
+            &["what", "result"],
+        )?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_seconds.clone()),
@@ -83,6 +105,9 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(queued.clone()),
             Box::new(rejected.clone()),
+            Box::new(unauthenticated.clone()),
+            Box::new(tls_handshake_failures.clone()),
+            Box::new(reloads.clone()),
         ] {
             registry.register(c)?;
         }
@@ -98,6 +123,9 @@ impl Metrics {
             in_flight,
             queued,
             rejected,
+            unauthenticated,
+            tls_handshake_failures,
+            reloads,
         })
     }
 

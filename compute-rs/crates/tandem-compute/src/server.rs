@@ -3,6 +3,7 @@
 //! graceful shutdown with a bounded drain.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
@@ -15,10 +16,12 @@ use tokio::sync::{Semaphore, watch};
 use tonic::codec::CompressionEncoding;
 use tonic::transport::server::TcpIncoming;
 
+use crate::auth::AuthGate;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::service::ComputeSvc;
 use crate::status;
+use crate::tls::TlsFiles;
 
 /// How long shutdown waits for calls in flight by default (`--drain-timeout`).
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,6 +30,12 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// SHUTTING_DOWN answers written (and the ops they ran to reach a
 /// cancellation checkpoint) before the process exits anyway.
 pub const CUT_OFF_GRACE: Duration = Duration::from_secs(1);
+
+/// The most metadata (HTTP/2 headers) one call may carry, 16 KiB (hyper's
+/// default, set here so it is a stated limit): a call over it is refused by
+/// HTTP/2 itself (HTTP 431, or GOAWAY for a flood of CONTINUATION frames),
+/// before any service sees it.
+pub const MAX_METADATA_BYTES: u32 = 16 * 1024;
 
 /// Everything the server needs besides its sockets.
 #[derive(Debug, Clone)]
@@ -44,6 +53,12 @@ pub struct Config {
     /// Ops served besides the built-in catalogue: a team's own
     /// (`tandem_core::registry` says how to declare one).
     pub ops: Vec<Op>,
+    /// TLS (and mTLS) on the gRPC port, the files re-read when they change;
+    /// `None` serves plaintext.
+    pub tls: Option<TlsFiles>,
+    /// A token file ([`crate::auth`]): every call but health and reflection
+    /// needs one of its bearer tokens. `None` asks for no token.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -63,6 +78,8 @@ impl Config {
             enable_debug_ops: false,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             ops: Vec::new(),
+            tls: None,
+            token_file: None,
         }
     }
 
@@ -99,6 +116,10 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error(transparent)]
     Transport(#[from] tonic::transport::Error),
+    /// A TLS or token file is missing or unusable (the message names the
+    /// flag and the file).
+    #[error("{0}")]
+    Security(String),
 }
 
 /// Server reflection: lists [`SERVICES`] and nothing else (no JobService,
@@ -121,7 +142,9 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
     b
 }
 
-/// Serves gRPC on `listener` until `shutdown` resolves, then drains: stops
+/// Serves gRPC on `listener` (over TLS with [`Config::tls`], asking for
+/// bearer tokens with [`Config::token_file`]; both files re-read when they
+/// change) until `shutdown` resolves, then drains: stops
 /// accepting connections, turns health NOT_SERVING, lets the calls in flight
 /// finish, and returns once every connection has closed, or once
 /// [`Config::drain_timeout`] has passed (then it cuts off the calls still in
@@ -134,6 +157,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let registry = config.registry()?;
+    let tls = match &config.tls {
+        Some(files) => Some(crate::tls::watch(files, metrics.clone()).map_err(ServeError::Security)?),
+        None => None,
+    };
+    let tokens = match &config.token_file {
+        Some(path) => Some(crate::auth::watch(path, metrics.clone()).map_err(ServeError::Security)?),
+        None => None,
+    };
     let limits = config.limits.clone();
     let drain_timeout = config.drain_timeout;
     let pool = Pool::new(limits.workers as usize, limits.queue_depth as usize);
@@ -172,7 +203,16 @@ pub async fn serve(
     let decoding = Arc::new(Semaphore::new(2 * (limits.workers as usize + limits.queue_depth as usize) + 4));
     let gate_metrics = metrics_for_gate;
     let gate_drain = drain.clone();
-    let server = tonic::transport::Server::builder()
+    let auth_metrics = gate_metrics.clone();
+    let tls_metrics = gate_metrics.clone();
+    let router = tonic::transport::Server::builder()
+        .http2_max_header_list_size(MAX_METADATA_BYTES)
+        // Outermost: a call without a valid token takes no decoding permit.
+        .layer(tower::layer::layer_fn(move |inner| AuthGate {
+            inner,
+            tokens: tokens.clone(),
+            metrics: auth_metrics.clone(),
+        }))
         .layer(tower::layer::layer_fn(move |inner| RequestGate {
             inner,
             limit: limits.max_request_bytes,
@@ -183,14 +223,15 @@ pub async fn serve(
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(compute)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(std::time::Duration::from_secs(60))),
-            shutdown,
-        );
-    let mut server = std::pin::pin!(server);
+        .add_service(compute);
+    let tcp =
+        TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(std::time::Duration::from_secs(60)));
+    let mut server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
+        Some(tls) => {
+            Box::pin(router.serve_with_incoming_shutdown(crate::tls::incoming(tcp, tls, tls_metrics), shutdown))
+        }
+        None => Box::pin(router.serve_with_incoming_shutdown(tcp, shutdown)),
+    };
     tokio::select! {
         r = &mut server => return Ok(r?),
         () = drain_deadline(stopping, drain_timeout) => {}

@@ -88,6 +88,7 @@ mod tests {
             Error::Timeout { started: false },
             Error::Cancelled,
             Error::ShuttingDown,
+            Error::Unauthenticated { detail: "x".to_owned(), limit: None, actual: None },
             Error::Internal { detail: "x".to_owned() },
             Error::InjectedFault { code: Code::Aborted, message: "x".to_owned() },
             Error::corrupt("x").in_step(2, "decompress.lz4"),

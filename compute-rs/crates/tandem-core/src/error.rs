@@ -332,6 +332,20 @@ pub enum Error {
         detail: String,
     },
 
+    /// `UNAUTHENTICATED`: the call carries no usable credentials (no, a
+    /// malformed, or an unknown bearer token) where the server requires
+    /// them. Raised by the server, never by an op; the message never
+    /// repeats the token.
+    #[error("{detail}")]
+    Unauthenticated {
+        /// What is wrong, e.g. `the call has no authorization metadata`.
+        detail: String,
+        /// The limit passed (a too long `authorization` value), if one was.
+        limit: Option<u64>,
+        /// The length given, with `limit`.
+        actual: Option<u64>,
+    },
+
     /// `INJECTED_FAULT`: raised by `debug.fail` (tests only).
     #[error("injected {}: {message}", .code.as_str())]
     InjectedFault {
@@ -366,7 +380,8 @@ impl Error {
             | Error::Overloaded { .. }
             | Error::Timeout { .. }
             | Error::Cancelled
-            | Error::ShuttingDown) => e,
+            | Error::ShuttingDown
+            | Error::Unauthenticated { .. }) => e,
             e => Error::Step { index, op: Quoted::new(op), source: Box::new(e) },
         }
     }
@@ -401,6 +416,7 @@ impl Error {
             Error::ShuttingDown => Reason::ShuttingDown,
             Error::Internal { .. } => Reason::InternalError,
             Error::InjectedFault { .. } => Reason::InjectedFault,
+            Error::Unauthenticated { .. } => Reason::Unauthenticated,
             Error::Step { source, .. } => source.reason(),
         }
     }
@@ -476,6 +492,15 @@ impl Error {
                 put("field", field.clone());
                 put("limit", limit.to_string());
                 put("actual", value.len().to_string());
+            }
+            Error::Unauthenticated { limit, actual, .. } => {
+                put("field", "authorization".to_owned());
+                if let Some(l) = limit {
+                    put("limit", l.to_string());
+                }
+                if let Some(a) = actual {
+                    put("actual", a.to_string());
+                }
             }
             Error::Overloaded { retry_after_ms } => put("retry_after_ms", retry_after_ms.to_string()),
             Error::Timeout { .. } | Error::Internal { .. } | Error::InjectedFault { .. } => {}
@@ -593,6 +618,7 @@ mod tests {
             Error::ShuttingDown,
             Error::Internal { detail: String::new() },
             Error::InjectedFault { code: Code::DataLoss, message: String::new() },
+            Error::Unauthenticated { detail: String::new(), limit: Some(1), actual: Some(2) },
             Error::Step { index: 0, op: Quoted::new("x"), source: Box::new(Error::Cancelled) },
         ];
         for e in &all {
@@ -612,6 +638,7 @@ mod tests {
                 | Error::ShuttingDown
                 | Error::Internal { .. }
                 | Error::InjectedFault { .. }
+                | Error::Unauthenticated { .. }
                 | Error::Step { .. } => {}
             }
         }
