@@ -28,10 +28,13 @@ FROM debian:13-slim
 RUN groupadd --system --gid 10001 tandem \
  && useradd --system --uid 10001 --gid tandem --no-create-home \
       --home-dir /nonexistent --shell /usr/sbin/nologin tandem \
- && install -d -o tandem -g tandem -m 0750 /var/lib/tandem
+ && install -d -o tandem -g tandem -m 0750 /var/lib/tandem /certs
 COPY --from=build /go/bin/grpc-health-probe /usr/local/bin/grpc-health-probe
 COPY --from=build /out/tandem-orchestrator /usr/local/bin/tandem-orchestrator
 
+# /certs: the mount point of docker-compose.yml's `certs` volume. The `certs`
+# job (this image, uid 10001) mounts it first, so the new volume takes this
+# folder's owner and can be written by dev-certs without root.
 # Inside a container the service must listen on every interface; the data dir
 # is only used by the embedded nats-server, which docker-compose.yml never
 # starts (it always sets TANDEM_ORCH_NATS_URL).

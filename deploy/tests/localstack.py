@@ -4,7 +4,9 @@ Each service gets exactly the environment the compose file gives it, except
 for what only Docker provides: listen addresses move from 0.0.0.0 to free
 loopback ports, compose service names in addresses become 127.0.0.1 with the
 matching port, config files are read from deploy/ instead of their mount
-points, and stores go to a temporary folder. So the binaries are checked
+points, the `certs` volume is a temporary folder (filled by running the
+`certs` job's own script, with the real dev-certs), and stores go to a
+temporary folder. So the binaries are checked
 against the compose configuration (variable names, values, queue files,
 NATS configs) and the harness's compose mode can run against it:
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -27,9 +30,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 from tandem._stack import Process, free_port, grpc_ready, http_ready
 
 import _support as s
+
+#: Where the compose file mounts the `certs` volume.
+CERTS_MOUNT = "/certs"
 
 # The services of each stack: nats, compute, orchestrator, in start order.
 STACKS = {
@@ -48,8 +55,59 @@ class LocalStack:
         self.procs: list[Process] = []
         # compose service name -> (host, port) it is reached at here
         self.ports: dict[str, dict[int, int]] = {}
+        # service name -> the environment it was started with (mapped here)
+        self.envs: dict[str, dict[str, str]] = {}
 
     # --------------------------------------------------------------- helpers
+
+    @property
+    def certs(self) -> Path:
+        """The folder standing for the `certs` volume."""
+        return self.dir / "certs"
+
+    def _paths(self, value: str) -> str:
+        """Paths in the certs volume to their place here."""
+        return value.replace(CERTS_MOUNT + "/", f"{self.certs}/")
+
+    def _uses_certs(self) -> bool:
+        return any("certs" in str(v) for n in self.names for v in self.svcs[n].get("volumes") or [])
+
+    def _run_certs_job(self) -> None:
+        """The `certs` service: its own script, with /certs mapped here and
+        the built tandem-orchestrator on PATH (dev-certs)."""
+        svc = self.svcs["certs"]
+        [script] = svc["command"]
+        binary = s.service_binary("TANDEM_ORCH_")
+        if binary is None:
+            raise RuntimeError("certs: tandem-orchestrator not built (make build)")
+        self.certs.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PATH": f"{binary.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        done = subprocess.run(
+            [*svc["entrypoint"], str(script).replace(CERTS_MOUNT, str(self.certs))],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"certs job failed: {done.stdout}{done.stderr}")
+
+    def probe_credentials(self, name: str) -> grpc.ChannelCredentials | None:
+        """What the service's grpc-health-probe presents (-tls, -tls-ca-cert,
+        -tls-client-cert, -tls-client-key), as gRPC channel credentials."""
+        flags: dict[str, str] = {}
+        for arg in self.svcs[name]["healthcheck"]["test"][2:]:
+            key, _, value = str(arg).lstrip("-").partition("=")
+            flags[key] = self._paths(value)
+        if "tls" not in flags:
+            return None
+
+        def read(key: str) -> bytes | None:
+            return Path(flags[key]).read_bytes() if key in flags else None
+
+        return grpc.ssl_channel_credentials(
+            read("tls-ca-cert"), read("tls-client-key"), read("tls-client-cert")
+        )
 
     def _config_file(self, svc: dict[str, Any], target: str) -> Path:
         for c in svc.get("configs") or []:
@@ -87,6 +145,11 @@ class LocalStack:
         self.procs.append(p)
         p.start()
 
+    def service_env(self, name: str) -> dict[str, str]:
+        """The environment a started service runs with (as ``docker compose
+        exec`` would give a command in its container)."""
+        return dict(self.envs[name])
+
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.log_text()[-4000:]}" for p in self.procs)
 
@@ -99,7 +162,8 @@ class LocalStack:
             raise RuntimeError("nats-server not built (make bin/nats-server)")
         client, http = free_port(), free_port()
         self.ports[name] = {4222: client, 8222: http}
-        target = svc["command"][-1]
+        [cfg] = svc["configs"]
+        target = cfg["target"]
         conf = self._config_file(svc, target).read_text()
         conf = conf.replace("listen: 0.0.0.0:4222", f"listen: 127.0.0.1:{client}")
         conf = conf.replace("http: 0.0.0.0:8222", f"http: 127.0.0.1:{http}")
@@ -108,7 +172,18 @@ class LocalStack:
         path.write_text(conf)
         # The compose health check's URL, on this server's monitoring port.
         url = svc["healthcheck"]["test"][-1].replace("127.0.0.1:8222", f"127.0.0.1:{http}")
-        self._run(name, [str(nats), "--config", str(path)], s.env_of(svc), http_ready(url))
+        command = [str(a) for a in svc["command"]]
+        exec_line = f"nats-server --config {target}"
+        if command[:2] == ["/bin/sh", "-c"]:
+            # The compose wrapper (passwords from files into the environment), run
+            # as is but for the paths.
+            assert command[2].endswith(exec_line), command
+            shell = self._paths(command[2])[: -len(exec_line)]
+            argv = ["/bin/sh", "-c", shell + shlex.join([str(nats), "--config", str(path)])]
+        else:
+            assert command == ["nats-server", "--config", target], command
+            argv = [str(nats), "--config", str(path)]
+        self._run(name, argv, s.env_of(svc), http_ready(url))
 
     def _start_grpc_service(self, name: str, prefix: str, port: int) -> None:
         svc = self.svcs[name]
@@ -130,13 +205,20 @@ class LocalStack:
                 env[key] = str(self.dir / name)
             elif key in ("TANDEM_ORCH_COMPUTE", "TANDEM_ORCH_NATS_URL"):
                 env[key] = self._local(value)
+            elif value.startswith(CERTS_MOUNT + "/"):
+                env[key] = self._paths(value)
         # The compose health check probes 127.0.0.1:<port> with grpc-health-probe,
-        # i.e. the standard health service's overall status; same check here.
-        self._run(name, [str(binary)], env, grpc_ready(f"127.0.0.1:{listen}"))
+        # i.e. the standard health service's overall status, with its TLS
+        # flags; same check here.
+        creds = self.probe_credentials(name)
+        self.envs[name] = env
+        self._run(name, [str(binary)], env, grpc_ready(f"127.0.0.1:{listen}", credentials=creds))
 
     def start(self) -> LocalStack:
         nats, compute, orchestrator = self.names
         try:
+            if self._uses_certs():
+                self._run_certs_job()
             self._start_nats(nats)
             self._start_grpc_service(compute, "TANDEM_COMPUTE_", 50052)
             self._start_grpc_service(orchestrator, "TANDEM_ORCH_", 50051)

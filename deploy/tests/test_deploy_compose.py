@@ -20,6 +20,11 @@ SCHEMA = Path(__file__).with_name("compose-spec.json")
 
 # Services that run once and exit (profile-only, never restarted).
 ONE_SHOT = {"tests"}
+# Set-up jobs that run once and exit before the stack starts (no profile:
+# the always-on services wait for them with service_completed_successfully).
+INIT_JOBS = {"certs"}
+# NATS servers with users (deploy/nats/tandem.conf; test_deploy_security.py).
+SECURED_NATS = {"nats"}
 LONG_RUNNING_RESTART = {"always", "unless-stopped", "on-failure"}
 
 
@@ -90,7 +95,9 @@ def test_every_service_has_a_healthcheck(svcs: dict[str, dict[str, Any]]) -> Non
         hc = svc.get("healthcheck")
         assert hc, f"{name}: no healthcheck"
         if hc.get("disable"):
-            assert name in ONE_SHOT, f"{name}: only one-shot services may disable the healthcheck"
+            assert name in ONE_SHOT | INIT_JOBS, (
+                f"{name}: only one-shot services may disable the healthcheck"
+            )
             continue
         test = hc.get("test")
         assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL"), (
@@ -172,9 +179,12 @@ def test_ports_are_bound_to_loopback_only(svcs: dict[str, dict[str, Any]]) -> No
 
 def test_restart_policies(svcs: dict[str, dict[str, Any]]) -> None:
     for name, svc in svcs.items():
-        if name in ONE_SHOT:
+        if name in ONE_SHOT | INIT_JOBS:
             assert svc.get("restart") == "no", f"{name}: a one-shot service is never restarted"
-            assert s.profiles_of(svc), f"{name}: a one-shot service belongs in a profile"
+            if name in ONE_SHOT:
+                assert s.profiles_of(svc), f"{name}: a one-shot service belongs in a profile"
+            else:
+                assert not s.profiles_of(svc), f"{name}: the stack needs its set-up job"
         else:
             assert svc.get("restart") in LONG_RUNNING_RESTART, f"{name}: restart policy"
 
@@ -204,6 +214,14 @@ def test_orchestrator_stops_after_draining(svcs: dict[str, dict[str, Any]]) -> N
         )
 
 
+def _mount(v: Any) -> tuple[str, str]:
+    """(source, target) of a volume entry, short ("src:/dst[:ro]") or long form."""
+    if isinstance(v, dict):
+        return str(v.get("source", "")), str(v["target"])
+    src, _, rest = str(v).partition(":")
+    return src, rest.split(":")[0]
+
+
 def test_config_files_exist(compose: dict[str, Any], svcs: dict[str, dict[str, Any]]) -> None:
     defined = compose.get("configs") or {}
     for cname, spec in defined.items():
@@ -212,7 +230,9 @@ def test_config_files_exist(compose: dict[str, Any], svcs: dict[str, dict[str, A
         for c in svc.get("configs") or []:
             assert c["source"] in defined, f"{name}: config {c['source']} undefined"
         for v in svc.get("volumes") or []:
-            src = str(v).split(":")[0]
+            src = _mount(v)[0]
+            if isinstance(v, dict):
+                assert v.get("type") == "volume", f"{name}: mount {v}: use a named volume"
             if src.startswith((".", "/")):
                 pytest.fail(f"{name}: bind mount {v}: use a named volume or a config")
             assert src in (compose.get("volumes") or {}), f"{name}: volume {src} undefined"
@@ -296,10 +316,16 @@ def test_nats_services_use_the_checked_configs(
             f"{name}: the alpine image carries wget for the health check"
         )
         [cfg] = svc["configs"]
-        assert svc["command"] == ["nats-server", "--config", cfg["target"]]
+        if name in SECURED_NATS:
+            # Through a shell that only moves the passwords from files into
+            # the environment, then execs the server.
+            assert svc["command"][:2] == ["/bin/sh", "-c"], name
+            assert svc["command"][2].endswith(f"exec nats-server --config {cfg['target']}")
+        else:
+            assert svc["command"] == ["nats-server", "--config", cfg["target"]]
         conf = (s.ROOT / files[cfg["source"]]).read_text()
         store = s.find(r"store_dir:\s*(\S+)", conf)
-        mounts = [str(v).split(":")[1] for v in svc.get("volumes") or []] + list(
+        mounts = [_mount(v)[1] for v in svc.get("volumes") or [] if _mount(v)[0] != "certs"] + list(
             svc.get("tmpfs") or []
         )
         assert mounts == [store], (

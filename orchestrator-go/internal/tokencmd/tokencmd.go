@@ -125,7 +125,12 @@ func open(ctx context.Context, cfg *config.Config) (*session, error) {
 		return nil, err
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
-	b, err := broker.New(broker.Options{URL: url, Logger: log, Name: "tandem-orchestrator token", Replicas: cfg.StreamReplicas})
+	// The same NATS credentials and TLS as the orchestrator's own connection.
+	natsOpts, err := broker.SecurityOptions(cfg.Security, log)
+	if err != nil {
+		return nil, err
+	}
+	b, err := broker.New(broker.Options{URL: url, Logger: log, Name: "tandem-orchestrator token", Replicas: cfg.StreamReplicas, ClientOptions: natsOpts})
 	if err != nil {
 		return nil, err
 	}
