@@ -27,6 +27,9 @@ COLOURS = {
     "celery-reliable/default": "#f1948a",
     "celery-fast/aof-always": "#7d3c98",
     "celery-fast/default": "#c39bd3",
+    # The second peer (issue 15)
+    "taskiq/sync-always": "#1e8449",
+    "taskiq/default": "#82e0aa",
 }
 ORDER = list(COLOURS)
 
@@ -210,7 +213,7 @@ def main() -> int:
     latency(axes[1][1], ms)
     m = doc.get("machine", {})
     fig.suptitle(
-        f"Tandem vs Celery+Redis ({doc.get('mode')} run, {doc.get('started', '')}; "
+        f"Tandem vs Celery+Redis and taskiq+NATS ({doc.get('mode')} run, {doc.get('started', '')}; "
         f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores); median of {doc['settings']['repeats']}, whiskers min–max",
         fontsize=9,
     )

@@ -63,7 +63,20 @@ SYSTEMS: dict[str, dict[str, str]] = {
         "label": "raw JetStream, sync interval",
     },
     "native": {"kind": "limit", "durability": "none", "label": "tandem._native in-process"},
+    # The second peer (issue 15): taskiq with taskiq-nats' JetStream broker
+    # and NATS Object Store result backend, acks when saved.
+    "taskiq/sync-always": {
+        "kind": "peer",
+        "durability": "always",
+        "label": "taskiq + taskiq-nats JetStream, nats-server sync always",
+    },
+    "taskiq/default": {
+        "kind": "peer",
+        "durability": "interval",
+        "label": "taskiq + taskiq-nats JetStream, nats-server default sync",
+    },
 }
+TASKIQ_PEER = {"always": "taskiq/sync-always", "interval": "taskiq/default"}
 
 CELERY_REFERENCE = {"always": "celery-reliable/aof-always", "interval": "celery-reliable/default"}
 JETSTREAM_LIMIT = {"always": "jetstream/always", "interval": "jetstream/interval"}
@@ -167,6 +180,36 @@ def parse_driver_output(text: str) -> dict[str, Any]:
         if isinstance(obj, dict) and "bench_result" in obj:
             return obj
     raise ValueError("no bench_result line in driver output")
+
+
+def merge_clients(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Concurrent clients' driver results as one: their jobs, errors and
+    bytes summed, the elapsed time from the first client's start to the last
+    one's last result (each reports "t0" and "t_end" on one monotonic clock)."""
+    if not results:
+        raise ValueError("no client results")
+    for r in results:
+        if "t0" not in r or "t_end" not in r:
+            raise ValueError("a client result without t0/t_end")
+    t0 = min(r["t0"] for r in results)
+    t_end = max(r["t_end"] for r in results)
+    out = dict(results[0])
+    out.update(
+        {
+            "clients": len(results),
+            "jobs": sum(r["jobs"] for r in results),
+            "errors": sum(r.get("errors", 0) for r in results),
+            "timed_out": any(r.get("timed_out") for r in results),
+            "note": "; ".join(r["note"] for r in results if r.get("note")),
+            "input_bytes": sum(r.get("input_bytes", 0) for r in results),
+            "t0": t0,
+            "t_end": t_end,
+            "elapsed_seconds": t_end - t0,
+            # how far apart the clients really started
+            "start_spread_seconds": max(r["t0"] for r in results) - t0,
+        }
+    )
+    return out
 
 
 def parse_jsbench(text: str) -> dict[str, float]:
@@ -436,6 +479,312 @@ def format_targets(checks: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- issue 15
+
+# The thresholds of issue 15 ("Faster per job at equal durability").
+KIB = 1024.0
+ISSUE15: dict[str, Any] = {
+    "tiny_ratio": 10.0,  # Tandem jobs/s >= 10 x Celery's, both submit styles
+    "p99_ratio": 0.2,  # Tandem p99 <= 1/5 of Celery's at Celery's offered load
+    "roundtrip_p50_ms": {"interval": 1.0, "always": 2.0},
+    "collapse_ratio": 3.0,  # p99 at 50% of own max <= 3 x p99 at 10%
+    "native_fraction": 0.7,  # thumbnails, compress >= 70% of in-process native
+    "flat_fraction": 0.8,  # depth: last/first slice, drain at depth/at baseline (~20%)
+    "store_per_job_bytes": 0.95 * KIB / 2,  # half of today's 0.95 KiB per queued job
+    "rss_per_job_bytes": 0.8 * KIB / 2,  # half of today's 0.8 KiB per queued job
+    "ttl_growth": 1.25,  # record-bucket bytes, last third vs middle third of the run
+}
+
+
+def _find(
+    idx: dict[tuple[str, str, str, str], dict[str, Any]],
+    system: str,
+    workload: str,
+    metric: str,
+    load: str = "",
+) -> dict[str, Any] | None:
+    return idx.get((system, workload, metric, load))
+
+
+def _by_key(rows: Sequence[dict[str, Any]], system: str, key: str) -> dict[str, Any] | None:
+    for r in rows:
+        if r["system"] == system and r.get("key") == key:
+            return r
+    return None
+
+
+def _check(
+    target: str,
+    system: str,
+    value: dict[str, Any] | None,
+    op: str,
+    threshold: float | None,
+    threshold_text: str,
+    unit: str,
+) -> dict[str, Any]:
+    """One issue-15 line: MET / MISSED from the median and the threshold;
+    NOT RUN when the figure was not measured, NO REF when the figure it is
+    compared with (Celery's, the native op's, ...) was not."""
+    if value is None:
+        status = "NOT RUN"
+        figure = None
+    elif threshold is None:
+        # The figure is here, the one it is measured against is not.
+        status = "NO REF"
+        figure = float(value["median"])
+    else:
+        figure = float(value["median"])
+        met = figure >= threshold if op == ">=" else figure <= threshold
+        status = "MET" if met else "MISSED"
+    return {
+        "target": target,
+        "system": system,
+        "status": status,
+        "figure": figure,
+        "unit": unit,
+        "op": op,
+        "threshold": threshold,
+        "threshold_text": threshold_text,
+    }
+
+
+def _info(target: str, system: str, figure: float | None, unit: str, text: str) -> dict[str, Any]:
+    return {
+        "target": target,
+        "system": system,
+        "status": "info" if figure is not None else "NOT RUN",
+        "figure": figure,
+        "unit": unit,
+        "op": "",
+        "threshold": None,
+        "threshold_text": text,
+    }
+
+
+def issue15_targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every target of issue 15 from one run's rows, as MET / MISSED (or NOT
+    RUN when its figures were not measured in this run), plus "info" lines:
+    messages stored and fsyncs per job, and Tandem against taskiq. Every
+    ratio is against a figure of the same run."""
+    idx = _index(rows)
+    th = ISSUE15
+    out: list[dict[str, Any]] = []
+    for d in ("always", "interval"):
+        t = f"tandem/{d}"
+        c = CELERY_REFERENCE[d]
+        for submit in ("batch", "single"):
+            ref = _find(idx, c, f"tiny/{submit}", "throughput")
+            thr = None if ref is None else th["tiny_ratio"] * ref["median"]
+            out.append(
+                _check(
+                    f"tiny/{submit} ≥ 10× Celery",
+                    t,
+                    _find(idx, t, f"tiny/{submit}", "throughput"),
+                    ">=",
+                    thr,
+                    "" if ref is None else f"10 × {c} {fmt_num(ref['median'])}",
+                    "jobs/s",
+                )
+            )
+        for p in (25, 50):
+            ref = _find(idx, c, "latency", "p99", f"{p}%")
+            thr = None if ref is None else th["p99_ratio"] * ref["median"]
+            out.append(
+                _check(
+                    f"p99 ≤ 1/5 of Celery @Celery's {p}%",
+                    t,
+                    _find(idx, t, "latency", "p99", f"celery {p}%"),
+                    "<=",
+                    thr,
+                    "" if ref is None else f"{c} p99 {fmt_num(ref['median'])} ms ÷ 5",
+                    "ms",
+                )
+            )
+        lim = th["roundtrip_p50_ms"][d]
+        out.append(
+            _check(
+                "round trip p50 at low load",
+                t,
+                _find(idx, t, "roundtrip", "p50", "1 in flight"),
+                "<=",
+                lim,
+                "",
+                "ms",
+            )
+        )
+        low = _find(idx, t, "latency", "p99", "10%")
+        out.append(
+            _check(
+                "no collapse: p99 @50% ≤ 3× p99 @10% of own max",
+                t,
+                _find(idx, t, "latency", "p99", "50%"),
+                "<=",
+                None if low is None else th["collapse_ratio"] * low["median"],
+                "" if low is None else f"3 × p99 @10% {fmt_num(low['median'])} ms",
+                "ms",
+            )
+        )
+        for w, unit in (("thumbnails", "images/s"), ("compress", "MB/s")):
+            nat = _find(idx, "native", w, "throughput")
+            out.append(
+                _check(
+                    f"{w} ≥ 70% of in-process native",
+                    t,
+                    _find(idx, t, w, "throughput"),
+                    ">=",
+                    None if nat is None else th["native_fraction"] * nat["median"],
+                    "" if nat is None else f"70% of native {fmt_num(nat['median'])}",
+                    unit,
+                )
+            )
+        out += _depth_targets(rows, idx, t, c)
+        peer = TASKIQ_PEER[d]
+        for w in ("tiny/batch", "tiny/single", "thumbnails"):
+            a = _find(idx, t, w, "throughput")
+            b = _find(idx, peer, w, "throughput")
+            ratio = a["median"] / b["median"] if a and b and b["median"] > 0 else None
+            out.append(
+                _info(
+                    f"{w}: Tandem ÷ taskiq",
+                    t,
+                    ratio,
+                    "×",
+                    "" if b is None else f"{peer} {fmt_num(b['median'])} {b['unit']}",
+                )
+            )
+    # A mode that ran nothing of issue 15's (no Tandem at all) says so once.
+    return out
+
+
+def _depth_targets(
+    rows: Sequence[dict[str, Any]],
+    idx: dict[tuple[str, str, str, str], dict[str, Any]],
+    t: str,
+    c: str,
+) -> list[dict[str, Any]]:
+    th = ISSUE15
+    out: list[dict[str, Any]] = []
+    first = _by_key(rows, t, "submit_first")
+    last = _by_key(rows, t, "submit_last")
+    depth_n = "" if first is None else f" (depth {first.get('depth_jobs', 0):,})"
+    out.append(
+        _check(
+            "depth: submit rate flat (last vs first slice)" + depth_n,
+            t,
+            last,
+            ">=",
+            None if first is None else th["flat_fraction"] * first["median"],
+            "" if first is None else f"80% of the first slice's {fmt_num(first['median'])}",
+            "jobs/s",
+        )
+    )
+    base = _by_key(rows, t, "drain_baseline")
+    out.append(
+        _check(
+            "depth: drain rate at depth vs shallow",
+            t,
+            _by_key(rows, t, "drain_depth"),
+            ">=",
+            None if base is None else th["flat_fraction"] * base["median"],
+            "" if base is None else f"80% of {fmt_num(base['median'])} at {base.get('jobs', 0):,}",
+            "jobs/s",
+        )
+    )
+    out.append(
+        _check(
+            "depth: store bytes per queued job (queue stream + records)",
+            t,
+            _by_key(rows, t, "store_per_job"),
+            "<=",
+            th["store_per_job_bytes"],
+            "half of 0.95 KiB",
+            "B",
+        )
+    )
+    out.append(
+        _check(
+            "depth: nats-server RSS per queued job",
+            t,
+            _by_key(rows, t, "rss_per_job"),
+            "<=",
+            th["rss_per_job_bytes"],
+            "half of 0.8 KiB",
+            "B",
+        )
+    )
+    ttl = _by_key(rows, t, "ttl_growth")
+    residual = None if ttl is None else ttl.get("residual_bytes_per_job")
+    out.append(
+        _check(
+            "result TTL keeps the record bucket bounded",
+            t,
+            ttl,
+            "<=",
+            th["ttl_growth"],
+            "bytes: last third ≤ 1.25× middle third"
+            + (
+                ""
+                if residual is None
+                else f"; still {fmt_num(residual)} B added per job after its TTL"
+            ),
+            "×",
+        )
+    )
+    ref = _find(idx, c, "tiny/batch", "throughput")
+    out.append(
+        _check(
+            "Python client alone: submit_many (paused queue)",
+            t,
+            _by_key(rows, t, "submit_rate"),
+            ">=",
+            None if ref is None else th["tiny_ratio"] * ref["median"],
+            ""
+            if ref is None
+            else f"what tiny/batch ≥ 10× needs: 10 × {c} {fmt_num(ref['median'])}",
+            "jobs/s",
+        )
+    )
+    w = _by_key(rows, t, "stored_per_job")
+    out.append(
+        _info(
+            "writes: JetStream messages stored per job",
+            t,
+            None if w is None else w["median"],
+            "msgs",
+            "" if w is None else w.get("breakdown", ""),
+        )
+    )
+    f = _by_key(rows, t, "fsyncs_per_job")
+    out.append(
+        _info(
+            "fsyncs per job (nats-server, strace)",
+            t,
+            None if f is None else f["median"],
+            "fsyncs",
+            "",
+        )
+    )
+    return out
+
+
+def format_issue15(checks: Sequence[dict[str, Any]]) -> str:
+    """The issue-15 lines: status, target, system, figure, threshold."""
+    lines = []
+    tw = max([len(c["target"]) for c in checks] + [10])
+    for c in checks:
+        fig = "—" if c["figure"] is None else f"{fmt_num(c['figure'])} {c['unit']}"
+        if c["threshold"] is not None:
+            thr = f"{c['op']} {fmt_num(c['threshold'])} {c['unit']}"
+            if c["threshold_text"]:
+                thr += f" ({c['threshold_text']})"
+        else:
+            thr = c["threshold_text"]
+        lines.append(
+            f"{c['status']:<8} {c['target']:<{tw}}  {c['system']:<16} {fig:<18} {thr}".rstrip()
+        )
+    return "\n".join(lines)
+
+
 def format_markdown(doc: dict[str, Any]) -> str:
     """The README's results section from a results JSON: the table as
     markdown, the targets, and the machine."""
@@ -475,5 +824,7 @@ if __name__ == "__main__":
         _doc = json.load(f)
     if "--markdown" in sys.argv[2:]:
         print(format_markdown(_doc))
+    elif "--issue15" in sys.argv[2:]:
+        print(format_issue15(issue15_targets(_doc.get("rows") or build_rows(_doc["measurements"]))))
     else:
         print(format_table(_doc.get("rows") or build_rows(_doc["measurements"])))

@@ -59,7 +59,15 @@ ALL_WORKLOADS = (
     "user-tiny",
     "user-latency",
     "user-thumbnails",
+    # Issue 15: single-job round trips through the public client (Tandem),
+    # and the depth run (a paused queue filled with BENCH_DEPTH jobs, Tandem).
+    "roundtrip",
+    "depth",
 )
+# Workloads only Tandem runs (Celery and taskiq have no counterpart here).
+TANDEM_ONLY = ("roundtrip", "depth")
+# The workloads the taskiq peer runs (issue 15: tiny and thumbnails).
+TASKIQ_WORKLOADS = ("tiny", "thumbnails")
 # Shorter spellings accepted by --only.
 WORKLOAD_ALIASES = {"user-thumbs": "user-thumbnails", "thumbs": "thumbnails"}
 
@@ -95,6 +103,7 @@ class Settings:
     celery_fast_workloads: tuple[str, ...]
     workloads: tuple[str, ...]
     tandem_durability: tuple[str, ...] = ("always", "interval")
+    depth: dict[str, Any] = field(default_factory=dict)
     redis_persistence: tuple[str, ...] = ("aof-always", "default")
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -114,6 +123,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             counts[k] = counts[w.inputs]
     only = parse_only(args.only)
     return Settings(
+        depth=depth_settings(args.quick, os.environ),
         quick=args.quick,
         # --quick is a smoke run: one run per figure unless --repeats says more.
         repeats=args.repeats or (1 if args.quick else 3),
@@ -129,6 +139,37 @@ def settings_from(args: argparse.Namespace) -> Settings:
         else (() if args.celery_fast == "off" else ("tiny", "thumbnails", "compress")),
         workloads=only,
     )
+
+
+def depth_settings(quick: bool, env: "os._Environ[str] | dict[str, str]") -> dict[str, Any]:
+    """The depth run's sizes: BENCH_DEPTH jobs (default 200,000; --quick
+    5,000), compared over first/last slices of a tenth (100,000 at 1M);
+    BENCH_DEPTH_DURABILITY (comma list, default "interval": the issue's own
+    depth figures drained at 2,343 jobs/s, above anything sync always reached
+    on tiny jobs, so they were interval) picks the modes."""
+    raw = env.get("BENCH_DEPTH", "").replace("_", "").replace(",", "")
+    try:
+        jobs = int(raw) if raw else (5000 if quick else 200_000)
+    except ValueError:
+        raise SystemExit(f"BENCH_DEPTH must be a whole number of jobs, not {raw!r}") from None
+    if jobs < 100:
+        raise SystemExit(f"BENCH_DEPTH must be at least 100 jobs, not {jobs}")
+    modes = tuple(
+        m.strip() for m in env.get("BENCH_DEPTH_DURABILITY", "interval").split(",") if m.strip()
+    )
+    for m in modes:
+        if m not in ("always", "interval"):
+            raise SystemExit(f"BENCH_DEPTH_DURABILITY: {m!r} is not always or interval")
+    return {
+        "jobs": jobs,
+        "slice": max(1, min(100_000, jobs // 10)),
+        "baseline": min(10_000, max(100, jobs // 5)),
+        "durability": modes,
+        "ttl_seconds": 6.0 if quick else 20.0,
+        "ttl_rate": 100.0 if quick else 200.0,
+        "ttl_result_ttl": 2.0,
+        "writes_jobs": 200 if quick else 1000,
+    }
 
 
 def log(msg: str) -> None:
@@ -149,7 +190,9 @@ def ensure_bench_venv() -> None:
     want = sha256_file(req)
     if os.path.exists(stamp) and open(stamp).read().strip() == want and os.path.exists(BENCH_PY):
         return
-    log("setting up bench/.venv (Celery, redis-py, zstandard, Pillow, matplotlib)")
+    log(
+        "setting up bench/.venv (Celery, redis-py, taskiq, taskiq-nats, zstandard, Pillow, matplotlib)"
+    )
     if not os.path.exists(BENCH_PY):
         base = getattr(sys, "_base_executable", None) or shutil.which("python3") or sys.executable
         subprocess.run([base, "-m", "venv", BENCH_VENV], check=True)
@@ -183,7 +226,7 @@ def input_counts(st: Settings) -> dict[str, int]:
     """The input sets a run needs and how many inputs of each: a user-*
     workload reads its counterpart's set, so that set holds enough for both."""
     need: dict[str, int] = {}
-    if {"tiny", "latency", "limits"} & set(st.workloads):
+    if {"tiny", "latency", "limits", "roundtrip"} & set(st.workloads):
         need["tiny"] = st.counts["tiny"]
     for w in ("thumbnails", "compress"):
         if w in st.workloads or "limits" in st.workloads:
@@ -274,6 +317,118 @@ def machine_description() -> dict[str, Any]:
 # ---------------------------------------------------------------- the run
 
 
+def depth_measurements(system: str, res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The depth driver's output as measurements (one run each), each with a
+    "key" report.issue15_targets() looks up."""
+    out: list[dict[str, Any]] = []
+    jobs, sl = int(res["jobs"]), int(res["slice"])
+
+    def add(key: str, workload: str, metric: str, unit: str, value: Any, **extra: Any) -> None:
+        if value is None or not isinstance(value, (int, float)) or value != value:
+            return
+        if value in (float("inf"), float("-inf")):
+            return
+        out.append(
+            report.measurement(
+                system, workload, metric, unit, [float(value)], key=key, depth_jobs=jobs, **extra
+            )
+        )
+
+    sub = res.get("submit") or {}
+    add(
+        "submit_rate",
+        f"depth/submit_many, paused queue, {jobs:,}",
+        "throughput",
+        "jobs/s",
+        sub.get("rate"),
+    )
+    add(
+        "submit_first",
+        f"depth/submit first {sl:,}",
+        "throughput",
+        "jobs/s",
+        sub.get("first_slice_rate"),
+    )
+    add(
+        "submit_last",
+        f"depth/submit last {sl:,}",
+        "throughput",
+        "jobs/s",
+        sub.get("last_slice_rate"),
+    )
+    base = res.get("baseline") or {}
+    if base:
+        add(
+            "drain_baseline",
+            f"depth/drain of a {base['jobs']:,} backlog",
+            "throughput",
+            "jobs/s",
+            base.get("drain_rate"),
+            jobs=base["jobs"],
+        )
+    dr = res.get("drain") or {}
+    add(
+        "drain_depth",
+        f"depth/drain first {sl:,} at depth {jobs:,}",
+        "throughput",
+        "jobs/s",
+        dr.get("first_slice_rate"),
+    )
+    add("drain_all", f"depth/drain all {jobs:,}", "throughput", "jobs/s", dr.get("rate"))
+    st = res.get("store") or {}
+    add(
+        "store_per_job",
+        "depth/store per queued job, queue + records",
+        "size",
+        "B",
+        st.get("bytes_per_job"),
+    )
+    add(
+        "store_all_per_job",
+        "depth/store per queued job, all streams",
+        "size",
+        "B",
+        st.get("all_streams_bytes_per_job"),
+    )
+    rss = res.get("rss") or {}
+    add(
+        "rss_per_job", "depth/nats-server RSS per queued job", "size", "B", rss.get("bytes_per_job")
+    )
+    ttl = res.get("ttl") or {}
+    if ttl:
+        add(
+            "ttl_growth",
+            f"depth/records bytes, last ÷ middle third, TTL {ttl['result_ttl_seconds']:g}s",
+            "ratio",
+            "×",
+            (ttl.get("bytes") or {}).get("ratio"),
+            residual_bytes_per_job=ttl.get("residual_bytes_per_job"),
+        )
+    w = res.get("writes") or {}
+    if w:
+        breakdown = ", ".join(
+            f"{name} {v['stored_per_job']:.2f}" for name, v in sorted(w["per_stream"].items())
+        )
+        add(
+            "stored_per_job",
+            "writes/JetStream msgs stored per job",
+            "count",
+            "msgs",
+            w.get("stored_per_job"),
+            breakdown=breakdown,
+            jobs=w["jobs"],
+        )
+        add(
+            "fsyncs_per_job",
+            "writes/nats-server fsyncs per job",
+            "count",
+            "fsyncs",
+            w.get("fsyncs_per_job"),
+            jobs=w["jobs"],
+        )
+    return out
+
+
 class Bench:
     def __init__(self, st: Settings, work: str, manifests: dict[str, dict[str, Any]]) -> None:
         self.st = st
@@ -286,6 +441,8 @@ class Bench:
         # (system, "tiny" | "user-tiny") -> median single-submit jobs/s
         self.tiny_max: dict[tuple[str, str], float] = {}
         self.jetstream_with_tandem = False
+        # system -> the depth driver's output (JSON "depth")
+        self.depth_results: dict[str, dict[str, Any]] = {}
 
     # -- helpers
 
@@ -331,6 +488,61 @@ class Bench:
             if res is not None:
                 out.append(res)
         return out
+
+    def driver_n(
+        self, system: str, label: str, cmd: list[str], clients: int, timeout: float
+    ) -> dict[str, Any] | None:
+        """``clients`` driver processes at once, each on the first
+        count/clients inputs (cmd's --limit), all starting their timed part
+        at one instant (--start-at) after their own warm-up: one result whose
+        jobs/s is all their jobs over the first start to the last result."""
+        t0 = time.monotonic()
+        limit = int(cmd[cmd.index("--limit") + 1])
+        each = max(1, limit // clients)
+        base = list(cmd)
+        base[base.index("--limit") + 1] = str(each)
+        # perf_counter is CLOCK_MONOTONIC on Linux: one clock for every process.
+        start_at = time.perf_counter() + (8.0 if not self.st.quick else 5.0)
+        procs = [
+            subprocess.Popen(
+                base + ["--start-at", f"{start_at:.6f}"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=HERE,
+            )
+            for _ in range(clients)
+        ]
+        try:
+            outs = []
+            for p in procs:
+                out, err = p.communicate(timeout=max(1.0, timeout - (time.monotonic() - t0)))
+                if p.returncode != 0:
+                    raise RuntimeError(f"exit {p.returncode}: {(err or out).strip()[-1500:]}")
+                outs.append(report.parse_driver_output(out))
+            res = report.merge_clients(outs)
+            if res.get("errors") or res.get("timed_out"):
+                raise RuntimeError(
+                    f"{res.get('errors')} errors, timed out: {res.get('timed_out')}; {res.get('note')}"
+                )
+        except Exception as e:  # noqa: BLE001 - one failed run must not stop the others
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.communicate()
+            msg = (
+                str(e)
+                if not isinstance(e, subprocess.TimeoutExpired)
+                else f"timed out after {timeout:.0f}s"
+            )
+            log(f"  FAILED {system} {label} ({clients} clients): {msg[:400]}")
+            self.failures.append({"system": system, "workload": label, "error": msg})
+            return None
+        res["system"] = system
+        res["label"] = label
+        res["wall_seconds"] = time.monotonic() - t0
+        self.runs.append(res)
+        return res
 
     def add_throughput(
         self, system: str, workload: str, results: list[dict[str, Any]], unit: str
@@ -655,6 +867,8 @@ class Bench:
                     CACHE,
                 ]
                 self.run_workloads(system, base, self.st.workloads, celery=False)
+                if "roundtrip" in self.st.workloads:
+                    self.run_roundtrip(system, f"127.0.0.1:{oport}")
             except Exception as e:  # noqa: BLE001
                 log(f"  FAILED {system}: {e}")
                 self.failures.append(
@@ -708,6 +922,225 @@ class Bench:
             ready_timeout=60,
         )
 
+    # -- issue 15: round trips, the depth run, the taskiq peer
+
+    def run_roundtrip(self, system: str, address: str) -> None:
+        """Single-job round trips, one in flight, through tandem.Client."""
+        cmd = [
+            sys.executable,
+            os.path.join(HERE, "roundtrip_driver.py"),
+            "--address",
+            address,
+            "--queue",
+            QUEUE,
+            "--data",
+            CACHE,
+            "--count",
+            str(self.st.extra.get("roundtrip_count", 50 if self.st.quick else 300)),
+        ]
+        self.add_latency(
+            system,
+            "1 in flight",
+            self.repeat(system, "roundtrip", cmd, self.timeout_for("tiny")),
+            workload="roundtrip",
+        )
+
+    def run_depth(self) -> None:
+        """Issue 15's depth run, once per BENCH_DEPTH_DURABILITY mode: an
+        external nats-server (the one binary, its own store; its pid gives
+        RSS and fsyncs), compute, and an orchestrator on it (--nats-url)."""
+        dp = self.st.depth
+        compute_bin = binary("TANDEM_COMPUTE_BIN", "compute-rs/target/release/tandem-compute")
+        orch_bin = binary("TANDEM_ORCHESTRATOR_BIN", "bin/tandem-orchestrator")
+        nats_bin = binary("TANDEM_NATS_SERVER_BIN", "bin/nats-server")
+        for b in (compute_bin, orch_bin, nats_bin):
+            if not os.path.exists(b):
+                self.failures.append(
+                    {"system": "tandem", "workload": "depth", "error": f"missing binary {b}"}
+                )
+                return
+        for durability in dp["durability"]:
+            system = f"tandem/{durability}"
+            log(
+                f"{system}: depth run: {dp['jobs']:,} jobs on a paused queue (BENCH_DEPTH), "
+                f"first/last {dp['slice']:,} compared, drain vs a {dp['baseline']:,}-job backlog, "
+                f"result TTL {dp['ttl_result_ttl']:g}s under {dp['ttl_rate']:g} jobs/s for "
+                f"{dp['ttl_seconds']:g}s, writes per job over {dp['writes_jobs']:,} jobs"
+            )
+            d = tempfile.mkdtemp(prefix=f"depth-{durability}-", dir=self.work)
+            nport, cport, oport = svc.free_port(), svc.free_port(), svc.free_port()
+            conf = os.path.join(d, "nats.conf")
+            with open(conf, "w") as f:
+                f.write(svc.nats_conf(nport, os.path.join(d, "store"), durability))
+            cfg = os.path.join(d, "queues.toml")
+            workers = self.st.extra.get("tandem_max_workers", 16)
+            with open(cfg, "w") as f:
+                f.write(
+                    svc.tandem_queue_toml(
+                        "depth", workers, workers, dp["jobs"] + dp["baseline"] + 100_000
+                    )
+                    + svc.tandem_queue_toml(
+                        "ttl", workers, workers, 1_000_000, f"{dp['ttl_result_ttl']:g}s"
+                    )
+                )
+            procs: list[Any] = []
+            try:
+                np_ = self.services.start(
+                    f"depth-nats-{durability}",
+                    [nats_bin, "-c", conf],
+                    ready=svc.tcp_ready(nport),
+                    ready_timeout=20,
+                )
+                procs.append(np_)
+                procs.append(
+                    self.services.start(
+                        f"depth-compute-{durability}",
+                        [
+                            compute_bin,
+                            "--listen",
+                            f"127.0.0.1:{cport}",
+                            "--metrics-listen",
+                            f"127.0.0.1:{svc.free_port()}",
+                            "--workers",
+                            str(CORES),
+                            "--queue-depth",
+                            "64",
+                            "--log-level",
+                            "warn",
+                        ],
+                        ready=svc.grpc_ready(f"127.0.0.1:{cport}"),
+                        ready_timeout=30,
+                    )
+                )
+                procs.append(
+                    self.services.start(
+                        f"depth-orchestrator-{durability}",
+                        [
+                            orch_bin,
+                            "--listen",
+                            f"127.0.0.1:{oport}",
+                            "--compute",
+                            f"127.0.0.1:{cport}",
+                            "--nats-url",
+                            f"nats://127.0.0.1:{nport}",
+                            "--data-dir",
+                            os.path.join(d, "data"),
+                            "--config",
+                            cfg,
+                            "--metrics-listen",
+                            f"127.0.0.1:{svc.free_port()}",
+                            "--log-level",
+                            "warn",
+                        ],
+                        ready=svc.grpc_ready(f"127.0.0.1:{oport}"),
+                        ready_timeout=60,
+                    )
+                )
+                cmd = [
+                    sys.executable,
+                    os.path.join(HERE, "depth_driver.py"),
+                    "--address",
+                    f"127.0.0.1:{oport}",
+                    "--nats-url",
+                    f"nats://127.0.0.1:{nport}",
+                    "--nats-pid",
+                    str(np_.pid),
+                    "--jobs",
+                    str(dp["jobs"]),
+                    "--slice",
+                    str(dp["slice"]),
+                    "--baseline",
+                    str(dp["baseline"]),
+                    "--ttl-seconds",
+                    str(dp["ttl_seconds"]),
+                    "--ttl-rate",
+                    str(dp["ttl_rate"]),
+                    "--ttl-result-ttl",
+                    str(dp["ttl_result_ttl"]),
+                    "--writes-jobs",
+                    str(dp["writes_jobs"]),
+                ] + (["--strace"] if shutil.which("strace") else [])
+                res = self.driver(system, "depth", cmd, 4 * 3600)
+                if res is not None:
+                    self.add_depth(system, res)
+            except Exception as e:  # noqa: BLE001
+                log(f"  FAILED {system} depth: {e}")
+                self.failures.append(
+                    {"system": system, "workload": "depth", "error": str(e)[-3000:]}
+                )
+            finally:
+                for p in reversed(procs):
+                    self.services.stop(p, timeout=40)
+
+    def add_depth(self, system: str, res: dict[str, Any]) -> None:
+        """The depth driver's figures as measurements (one run each)."""
+        for m in depth_measurements(system, res):
+            self.measurements.append(m)
+            log(f"  {system:<28} {m['workload']:<40} {report.fmt_figure(m)}")
+        self.depth_results[system] = {k: v for k, v in res.items() if k != "latencies"}
+
+    def run_taskiq(self) -> None:
+        """The second peer: taskiq + taskiq-nats on a nats-server of its own
+        (the binary Tandem embeds), sync always and default sync."""
+        nats_bin = binary("TANDEM_NATS_SERVER_BIN", "bin/nats-server")
+        if not os.path.exists(nats_bin):
+            self.failures.append(
+                {"system": "taskiq", "workload": "all", "error": f"no nats-server at {nats_bin}"}
+            )
+            return
+        wanted = tuple(w for w in self.st.workloads if w in TASKIQ_WORKLOADS)
+        for durability, system in (
+            ("always", report.TASKIQ_PEER["always"]),
+            ("interval", report.TASKIQ_PEER["interval"]),
+        ):
+            if durability not in self.st.tandem_durability:
+                continue
+            port = svc.free_port()
+            d = tempfile.mkdtemp(prefix=f"taskiq-{durability}-", dir=self.work)
+            conf = os.path.join(d, "nats.conf")
+            with open(conf, "w") as f:
+                f.write(svc.nats_conf(port, os.path.join(d, "store"), durability))
+            url = f"nats://127.0.0.1:{port}"
+            procs: list[Any] = []
+            try:
+                procs.append(
+                    self.services.start(
+                        f"taskiq-nats-{durability}",
+                        [nats_bin, "-c", conf],
+                        ready=svc.tcp_ready(port),
+                        ready_timeout=20,
+                    )
+                )
+                log(f"{system}: starting taskiq worker ({CORES} processes, --ack-type when_saved)")
+                procs.append(
+                    self.services.start(
+                        system.replace("/", "-"),
+                        svc.taskiq_worker_cmd(os.path.join(BENCH_VENV, "bin", "taskiq"), CORES),
+                        env={"BENCH_NATS_URL": url},
+                        cwd=HERE,
+                    )
+                )
+                base = [
+                    BENCH_PY,
+                    os.path.join(HERE, "taskiq_driver.py"),
+                    "--nats-url",
+                    url,
+                    "--data",
+                    CACHE,
+                ]
+                self.run_workloads(system, base, wanted, celery=True)
+            except Exception as e:  # noqa: BLE001
+                log(f"  FAILED {system}: {e}")
+                self.failures.append(
+                    {"system": system, "workload": "start", "error": str(e)[-3000:]}
+                )
+            finally:
+                # taskiq's worker takes minutes to exit on SIGTERM (its pull
+                # loop does not see it): the group is killed after 3 s, with
+                # every measured result already saved and acked.
+                for p in reversed(procs):
+                    self.services.stop(p, timeout=3)
+
     # -- workloads common to both systems
 
     def run_workloads(
@@ -743,7 +1176,19 @@ class Bench:
                     continue
                 label = f"{tiny}/{submit}"
                 cmd = base + ["--workload", tiny, "--submit", submit, "--limit", str(n)]
-                res = self.repeat(system, label, cmd, self.timeout_for(tiny))
+                clients = self.st.extra.get("clients", 1)
+                if submit == "single" and clients > 1:
+                    # Single submits from concurrent client processes.
+                    res = [
+                        r
+                        for r in (
+                            self.driver_n(system, label, cmd, clients, self.timeout_for(tiny))
+                            for _ in range(self.st.repeats)
+                        )
+                        if r is not None
+                    ]
+                else:
+                    res = self.repeat(system, label, cmd, self.timeout_for(tiny))
                 self.add_throughput(system, label, res, "jobs/s")
                 if submit == "single" and res:
                     self.tiny_max[(system, tiny)] = report.summarize(
@@ -755,7 +1200,10 @@ class Bench:
             and not system.startswith("celery-fast")
         ):
             own = self.tiny_max[(system, tiny)]
-            loads: list[tuple[str, float]] = [(f"{p}%", own * p / 100) for p in (25, 50)]
+            # Tandem also at 10% of its own max: issue 15's "no collapse"
+            # compares its p99 at 50% with its p99 at 10%.
+            pcts = (25, 50) if celery else (10, 25, 50)
+            loads: list[tuple[str, float]] = [(f"{p}%", own * p / 100) for p in pcts]
             if not celery:
                 d = report.SYSTEMS[system]["durability"]
                 ref = (report.CELERY_REFERENCE[d], workloads.celery_counterpart(tiny))
@@ -778,11 +1226,11 @@ class Bench:
                 )
 
 
-def write_outputs(doc: dict[str, Any], names: list[str]) -> list[str]:
-    os.makedirs(RESULTS, exist_ok=True)
+def write_outputs(doc: dict[str, Any], names: list[str], results: str = RESULTS) -> list[str]:
+    os.makedirs(results, exist_ok=True)
     written = []
     for name in names:
-        path = os.path.join(RESULTS, f"{name}.json")
+        path = os.path.join(results, f"{name}.json")
         with open(path + ".tmp", "w") as f:
             json.dump(doc, f, indent=1)
             f.write("\n")
@@ -791,7 +1239,7 @@ def write_outputs(doc: dict[str, Any], names: list[str]) -> list[str]:
     # The chart (matplotlib lives in the bench venv).
     json_path = written[0]
     for name in names:
-        png = os.path.join(RESULTS, f"{name}.png")
+        png = os.path.join(results, f"{name}.png")
         r = subprocess.run(
             [BENCH_PY, os.path.join(HERE, "chart.py"), json_path, png],
             capture_output=True,
@@ -802,6 +1250,45 @@ def write_outputs(doc: dict[str, Any], names: list[str]) -> list[str]:
         else:
             written.append(png)
     return written
+
+
+def write_targets(doc: dict[str, Any], names: list[str], results: str = RESULTS) -> list[str]:
+    """<name>.targets.json for each output name (latest, and full or quick,
+    as the results JSON): the issue-15 lines of this run, with what was run
+    (mode, command, depth settings, machine)."""
+    out = {
+        "issue": 15,
+        "mode": doc["mode"],
+        "started": doc["started"],
+        "command": doc["command"],
+        "seconds": doc["seconds"],
+        "depth_settings": doc["settings"].get("depth"),
+        "machine": doc["machine"],
+        "targets": doc["issue15_targets"],
+        "failures": doc["failures"],
+    }
+    written = []
+    os.makedirs(results, exist_ok=True)
+    for name in names:
+        path = os.path.join(results, f"{name}.targets.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(out, f, indent=1)
+            f.write("\n")
+        os.replace(path + ".tmp", path)
+        written.append(path)
+    return written
+
+
+def depth_summary(st: Settings, ran: bool) -> str:
+    dp = st.depth
+    if not ran:
+        return "depth run: not run (add depth to --only, or run everything)"
+    return (
+        f"depth run: {dp['jobs']:,} jobs (BENCH_DEPTH={dp['jobs']}; the issue's figure is "
+        f"BENCH_DEPTH=1000000), durability {','.join(dp['durability'])} "
+        f"(BENCH_DEPTH_DURABILITY), first/last slices of {dp['slice']:,}, "
+        f"shallow backlog {dp['baseline']:,}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -831,8 +1318,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--systems",
-        default="celery,tandem",
-        help="comma list of celery, tandem (limits always run with --only limits or all)",
+        default="celery,tandem,taskiq",
+        help="comma list of celery, tandem, taskiq (limits always run with --only limits or all)",
     )
     ap.add_argument(
         "--tandem-max-workers", type=int, default=16, help="the bench queue's max_workers"
@@ -853,6 +1340,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--keep", action="store_true", help="keep the work dir (logs, data) after the run"
     )
+    ap.add_argument(
+        "--clients",
+        type=int,
+        default=1,
+        help="tiny/single (and user-tiny/single): client processes submitting at once, "
+        "each with its share of the inputs, for every system (default 1)",
+    )
+    ap.add_argument(
+        "--results",
+        default=RESULTS,
+        metavar="DIR",
+        help="where the JSON, the chart and <name>.targets.json go (default bench/results)",
+    )
     return ap
 
 
@@ -867,6 +1367,9 @@ def main(argv: list[str] | None = None) -> int:
         args.tandem_worker_backlog if args.tandem_worker_backlog >= 0 else args.tandem_max_workers
     )
     st.extra["tandem_worker_concurrency"] = CORES
+    if args.clients < 1:
+        raise SystemExit("--clients must be >= 1")
+    st.extra["clients"] = args.clients
     systems = {s.strip() for s in args.systems.split(",") if s.strip()}
 
     svc.install_signal_handlers()
@@ -880,16 +1383,20 @@ def main(argv: list[str] | None = None) -> int:
         manifests = generate_workloads(st)
         bench = Bench(st, work, manifests)
         parts: list[tuple[str, Callable[[], None]]] = []
-        tandem_runs = "tandem" in systems and bool(set(st.workloads) - {"limits"})
+        tandem_runs = "tandem" in systems and bool(set(st.workloads) - {"limits", "depth"})
         bench.jetstream_with_tandem = "limits" in st.workloads and tandem_runs
         if "limits" in st.workloads:
             # With Tandem running, each raw JetStream mode is measured right
             # before Tandem's own mode (fsync costs drift on a shared disk).
             parts.append(("limits", lambda: bench.run_limits(jetstream=not tandem_runs)))
-        if "celery" in systems and set(st.workloads) - {"limits"}:
+        if "celery" in systems and set(st.workloads) - {"limits", *TANDEM_ONLY}:
             parts.append(("celery", bench.run_celery))
-        if "tandem" in systems and set(st.workloads) - {"limits"}:
+        if "taskiq" in systems and set(st.workloads) & set(TASKIQ_WORKLOADS):
+            parts.append(("taskiq", bench.run_taskiq))
+        if tandem_runs:
             parts.append(("tandem", bench.run_tandem))
+        if "tandem" in systems and "depth" in st.workloads:
+            parts.append(("depth", bench.run_depth))
         for name, part in parts:
             if name == "limits":
                 log(
@@ -922,12 +1429,14 @@ def main(argv: list[str] | None = None) -> int:
         or args.count
         or args.repeats
         or args.latency_seconds
-        or systems != {"celery", "tandem"}
+        or systems != {"celery", "tandem", "taskiq"}
         or args.celery_fast != "tiny"
+        or args.clients != 1
     )
     mode = "quick" if st.quick else ("custom" if custom else "full")
     rows = report.build_rows(bench.measurements)
     checks = report.check_targets(rows)
+    checks15 = report.issue15_targets(rows)
     doc = {
         "mode": mode,
         "interrupted": interrupted,
@@ -943,6 +1452,7 @@ def main(argv: list[str] | None = None) -> int:
             "workloads": st.workloads,
             "celery_fast_workloads": st.celery_fast_workloads,
             "cores": CORES,
+            "depth": st.depth,
             **st.extra,
         },
         "workloads": {
@@ -952,12 +1462,15 @@ def main(argv: list[str] | None = None) -> int:
         "measurements": bench.measurements,
         "rows": rows,
         "targets": checks,
+        "issue15_targets": checks15,
+        "depth": bench.depth_results,
         "failures": bench.failures,
         "runs": bench.runs,
     }
     names = ["latest"] + ([] if mode == "custom" else [mode])
     try:
-        written = write_outputs(doc, names)
+        written = write_outputs(doc, names, args.results)
+        written += write_targets(doc, names, args.results)
     except KeyboardInterrupt:
         log("interrupted while writing the results")
         return 130
@@ -966,6 +1479,11 @@ def main(argv: list[str] | None = None) -> int:
     if checks:
         print('\nTargets (goals from issue 6 and issue "Your own ops", not asserts):')
         print(report.format_targets(checks))
+    print(
+        "\nIssue 15 targets (figures of this run; ratios against this run's Celery; goals, not asserts):"
+    )
+    print(report.format_issue15(checks15))
+    print(depth_summary(st, "depth" in st.workloads and "tandem" in systems))
     if bench.failures:
         print(f"\n{len(bench.failures)} run(s) failed:")
         for f in bench.failures:

@@ -34,6 +34,7 @@ __all__ = [
     "install_signal_handlers",
     "ensure_redis_server",
     "ops_ready",
+    "taskiq_worker_cmd",
 ]
 
 
@@ -199,8 +200,28 @@ def nats_conf(port: int, store_dir: str, sync: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def tandem_queue_toml(queue: str, min_workers: int, max_workers: int, max_depth: int) -> str:
+def tandem_queue_toml(
+    queue: str, min_workers: int, max_workers: int, max_depth: int, result_ttl: str = ""
+) -> str:
+    """One [[queue]] table; ``result_ttl`` (e.g. "2s") only when given."""
     return (
         f'[[queue]]\nname = "{queue}"\nmin_workers = {min_workers}\nmax_workers = {max_workers}\n'
         f"max_depth = {max_depth}\nmax_attempts = 5\n"
+        + (f'result_ttl = "{result_ttl}"\n' if result_ttl else "")
     )
+
+
+def taskiq_worker_cmd(taskiq_bin: str, processes: int) -> list[str]:
+    """taskiq's worker for bench/taskiq_app.py: ``processes`` worker
+    processes (Celery's prefork count), acks only once the result is saved."""
+    return [
+        taskiq_bin,
+        "worker",
+        "taskiq_app:broker",
+        "--workers",
+        str(processes),
+        "--ack-type",
+        "when_saved",
+        "--log-level",
+        "WARNING",
+    ]

@@ -426,6 +426,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             submit_done = time.perf_counter()
         else:
             n = len(payloads)
+            if args.start_at:  # concurrent clients (run.py --clients) start together
+                await asyncio.sleep(max(0.0, args.start_at - time.perf_counter()))
             t0 = time.perf_counter()
             if args.submit == "single":
                 ids = [""] * n
@@ -489,6 +491,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "watch_missed": col.missed,
         "submit_seconds": submit_done - t0,
         "elapsed_seconds": t_end - t0,
+        # perf_counter is CLOCK_MONOTONIC: comparable across processes (run.py --clients)
+        "t0": t0,
+        "t_end": t_end,
         "result_bytes": result_bytes,
         "input_bytes": sum(len(payloads[i % len(payloads)]) for i in range(n)),
         "steps": steps,
@@ -534,6 +539,12 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=0, help="use only the first N inputs")
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument(
+        "--start-at",
+        type=float,
+        default=0.0,
+        help="time.perf_counter() to start the timed part at (concurrent clients)",
+    )
     args = ap.parse_args()
     out = asyncio.run(run(args))
     print(json.dumps(out), flush=True)

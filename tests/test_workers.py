@@ -450,7 +450,7 @@ def test_jobs_wait_while_no_worker_serves_their_op(env: Env) -> None:
     log = env.stack.orchestrators[0].log_path
 
     def handed_back() -> set[str]:
-        ids = set()
+        ids: set[str] = set()
         for line in log.read_text(errors="replace").splitlines():
             if (
                 '"job handed back; the attempt does not count"' in line
