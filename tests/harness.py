@@ -85,6 +85,7 @@ class Stack:
         compute_args: tuple[str, ...] = (),
         orchestrator_args: tuple[str, ...] = (),
         name: str = "stack",
+        ready_credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.tmp = tmp
         self.name = name
@@ -93,6 +94,8 @@ class Stack:
         self.queues_toml = queues_toml
         self.compute_args = compute_args
         self.orchestrator_args = orchestrator_args
+        # TLS credentials of the readiness probes (services started with TLS).
+        self.ready_credentials = ready_credentials
         self.nats: Process | None = None
         self.computes: list[Process] = []
         self.orchestrators: list[Process] = []
@@ -152,7 +155,7 @@ class Stack:
                 *extra,
             ],
             log_path=self.tmp / f"logs/compute-{i}.log",
-            ready=grpc_ready(address),
+            ready=grpc_ready(address, credentials=self.ready_credentials),
             address=address,
         )
         self.computes.append(p)
@@ -183,7 +186,7 @@ class Stack:
                 *extra,
             ],
             log_path=self.tmp / f"logs/orchestrator-{i}.log",
-            ready=grpc_ready(address),
+            ready=grpc_ready(address, credentials=self.ready_credentials),
             ready_timeout=60.0,
             address=address,
         )
