@@ -155,7 +155,7 @@ def depth_settings(quick: bool, env: "os._Environ[str] | dict[str, str]") -> dic
     if jobs < 100:
         raise SystemExit(f"BENCH_DEPTH must be at least 100 jobs, not {jobs}")
     modes = tuple(
-        m.strip() for m in env.get("BENCH_DEPTH_DURABILITY", "interval").split(",") if m.strip()
+        m.strip() for m in (env.get("BENCH_DEPTH_DURABILITY") or "interval").split(",") if m.strip()
     )
     for m in modes:
         if m not in ("always", "interval"):

@@ -189,6 +189,8 @@ def test_depth_settings_from_the_environment() -> None:
         10_000,
         ("interval",),
     )
+    # make passes unset variables as empty strings: they mean the defaults.
+    assert run.depth_settings(False, {"BENCH_DEPTH": "", "BENCH_DEPTH_DURABILITY": ""}) == d
     big = run.depth_settings(False, {"BENCH_DEPTH": "1_000_000"})
     assert (big["jobs"], big["slice"]) == (1_000_000, 100_000)
     q = run.depth_settings(True, {"BENCH_DEPTH_DURABILITY": "always,interval"})

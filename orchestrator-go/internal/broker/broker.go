@@ -45,8 +45,11 @@ const (
 	DuplicateWindow = 2 * time.Minute
 )
 
-// markerTTL is how long a KV keeps the delete marker of an expired key.
-const markerTTL = 10 * time.Minute
+// markerTTL is how long a KV keeps the delete marker of an expired key (the
+// records bucket needs one for per-message TTLs; nothing in Tandem reads the
+// markers, so they stay only the minimum, and an expired record costs its
+// bytes for its result_ttl plus a second, no more).
+const markerTTL = time.Second
 
 // JobKVSubject is the subject a job record is stored under.
 func JobKVSubject(id string) string { return "$KV." + JobsBucket + "." + id }
