@@ -91,9 +91,8 @@ func (s *Service) listJobs(ctx context.Context, req *tandemv1.ListJobsRequest) (
 				if err != nil || recorded[spec.GetId()] {
 					return
 				}
-				spec.UpdatedAt = spec.GetCreatedAt()
-				if matches(spec, req) && auth.Can(ctx, spec.GetQueue(), auth.Read) {
-					jobs = append(jobs, spec)
+				if j := jobstore.QueuedRecord(spec).Job; matches(j, req) && auth.Can(ctx, j.GetQueue(), auth.Read) {
+					jobs = append(jobs, j)
 				}
 			})
 			if err != nil {

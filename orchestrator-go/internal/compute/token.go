@@ -33,14 +33,9 @@ func NewTokenFile(path string, secure bool, log *slog.Logger) (*TokenFile, error
 		if err != nil {
 			return fmt.Errorf("--compute-token-file: %w", err)
 		}
-		tok := strings.TrimSpace(string(b))
-		if tok == "" {
-			return fmt.Errorf("--compute-token-file %s: empty", path)
-		}
-		for _, c := range tok {
-			if c <= ' ' || c > '~' {
-				return fmt.Errorf("--compute-token-file %s: the token must be one line of printable ASCII without spaces", path)
-			}
+		tok, err := firstToken(b)
+		if err != nil {
+			return fmt.Errorf("--compute-token-file %s: %w", path, err)
 		}
 		t.tok.Store(&tok)
 		return nil
@@ -50,6 +45,25 @@ func NewTokenFile(path string, secure bool, log *slog.Logger) (*TokenFile, error
 	}
 	t.w = w
 	return t, nil
+}
+
+// firstToken is the token a token file gives: the file has compute's
+// --token-file format (one token a line, blank lines and lines starting with
+// # skipped), so one file can serve both sides; the first token is sent.
+func firstToken(b []byte) (string, error) {
+	for _, line := range strings.Split(string(b), "\n") {
+		tok := strings.TrimSpace(line)
+		if tok == "" || strings.HasPrefix(tok, "#") {
+			continue
+		}
+		for _, c := range tok {
+			if c <= ' ' || c > '~' {
+				return "", fmt.Errorf("a token must be printable ASCII without spaces")
+			}
+		}
+		return tok, nil
+	}
+	return "", fmt.Errorf("no token in it (blank and # lines are skipped)")
 }
 
 // GetRequestMetadata implements credentials.PerRPCCredentials.

@@ -159,11 +159,11 @@ func (s *Store) Get(ctx context.Context, id string) (*Record, error) {
 		return nil, apierr.JobNotFound(id)
 	}
 	rec, err := s.record(ctx, id)
-	if err == nil || !isNotFound(err) {
+	if err == nil || !IsNotFound(err) {
 		return rec, err
 	}
 	rec, err = s.queued(ctx, id)
-	if err == nil || !isNotFound(err) {
+	if err == nil || !IsNotFound(err) {
 		return rec, err
 	}
 	// A worker may have written the record and acked the message between
@@ -209,7 +209,7 @@ func (s *Store) GetInQueue(ctx context.Context, queue, id string) (*Record, erro
 		}
 	}
 	rec, err := s.record(ctx, id)
-	if isNotFound(err) && queued != nil {
+	if IsNotFound(err) && queued != nil {
 		return queued, nil
 	}
 	return rec, err
@@ -232,8 +232,7 @@ func (s *Store) FindInQueue(ctx context.Context, queue string, ids []string) (ma
 	}
 	err := s.lastMsgs(ctx, broker.QueueStream(queue), subjects, func(m *jetstream.RawStreamMsg) {
 		if spec, _, _, err := DecodeMsg(m.Header, m.Data); err == nil {
-			spec.UpdatedAt = spec.GetCreatedAt()
-			found[spec.GetId()] = spec
+			found[spec.GetId()] = QueuedRecord(spec).Job
 		}
 	})
 	if err != nil {
@@ -282,9 +281,7 @@ func (s *Store) lastMsgs(ctx context.Context, stream string, subjects []string, 
 }
 
 // IsNotFound reports whether err is JOB_NOT_FOUND.
-func IsNotFound(err error) bool { return isNotFound(err) }
-
-func isNotFound(err error) bool {
+func IsNotFound(err error) bool {
 	var ae *apierr.Error
 	return errors.As(err, &ae) && ae.Reason == tandemv1.ErrorReason_JOB_NOT_FOUND
 }
@@ -332,8 +329,7 @@ func (s *Store) queuedIn(ctx context.Context, st jetstream.Stream, queue, id str
 	if err != nil {
 		return nil, apierr.Internal("job message %s is corrupt: %v", id, err)
 	}
-	spec.UpdatedAt = spec.GetCreatedAt()
-	return &Record{Job: spec, Rev: 0}, nil
+	return QueuedRecord(spec), nil
 }
 
 // Decode turns a KV entry into a Record.
