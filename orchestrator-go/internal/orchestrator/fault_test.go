@@ -166,7 +166,11 @@ func TestWorkerDiesMidRunIsRedelivered(t *testing.T) {
 	require.Equal(t, tandemv1.JobState_JOB_STATE_SUCCEEDED, final.GetState())
 	require.EqualValues(t, 2, final.GetAttempt()) // attempt 1 died after RUNNING
 	require.Len(t, final.GetAttempts(), 2)
-	require.Equal(t, 2, b.compute.Calls(job.GetId())) // the first call was cut off by the "crash"
+	// The "crash" fires 250 ms into the attempt: its compute call has usually
+	// reached compute by then, but on a loaded machine it may not have.
+	// Either way, no more than the two attempts ran.
+	calls := b.compute.Calls(job.GetId())
+	require.True(t, calls == 1 || calls == 2, "compute calls: %d", calls)
 }
 
 // TestWorkerDiesBeforeAnyWrite: a worker that dies before the attempt wrote

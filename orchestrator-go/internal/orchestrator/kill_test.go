@@ -120,11 +120,14 @@ func TestKillAtEveryStep(t *testing.T) {
 			require.Equal(t, payload, final.GetResult())
 			// Even worker.before_ack (died after recording SUCCEEDED, before the
 			// ack): the redelivery finds the record finished and does not run it.
-			runs := 1
 			if point == "worker.after_running" {
-				runs = 2 // the killed attempt's call had started
+				// The kill comes 250 ms into the attempt: its call has usually
+				// reached compute by then (2 runs), on a loaded machine perhaps
+				// not (1); never more.
+				require.Contains(t, []int64{1, 2}, int64(stub.Total()), "runs")
+			} else {
+				require.EqualValues(t, 1, stub.Total(), "exactly one run")
 			}
-			require.EqualValues(t, runs, stub.Total(), "runs")
 			require.Eventually(t, func() bool {
 				qs, err := b.client.ListQueues(ctxT(t), &tandemv1.ListQueuesRequest{})
 				return err == nil && qs.GetQueues()[0].GetDepth() == 0 && qs.GetQueues()[0].GetInFlight() == 0
